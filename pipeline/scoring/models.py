@@ -1,0 +1,206 @@
+"""Scoring presets and the once-per-process loader for the CLIP and DINO scoring models.
+
+Two presets share one loading path (`from_pretrained` through `AutoModel`, `AutoTokenizer`,
+`AutoImageProcessor`), so the tiny preset exercises exactly the code the real one runs:
+
+- `tiny`: random-weight CLIP (32 px, width 32) and DINOv2 (32 px) built from small configs with a fixed
+  seed, written once into a cache folder with `save_pretrained`, then loaded back by path.
+- `real`: `openai/clip-vit-large-patch14` (the paper's CLIP-T / CLIP-I family) and `facebook/dinov2-base`.
+  Any hub id or local folder can be configured instead.
+
+On CUDA the models run in float16 by default (`dtype="auto"`); on CPU in float32.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch
+
+REAL_CLIP = "openai/clip-vit-large-patch14"
+REAL_DINO = "facebook/dinov2-base"
+TINY_FOLDER = "tiny-scoring-v1"  # bump the suffix when the tiny configs change
+DEFAULT_CACHE_DIR = Path(os.environ.get("STYLEGEN_CACHE_DIR", "~/.cache/stylegen")).expanduser()
+
+
+class ScoringConfig(BaseModel):
+    """What to score with and how to filter. Model fields take a hub id or a local folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clip_model: str = REAL_CLIP
+    dino_model: str = REAL_DINO
+    batch_size: int = Field(32, ge=1, description="images per forward pass")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    reference_cache_size: int = Field(4096, ge=0, description="reference images whose embeddings are kept")
+
+
+PRESETS = ("tiny", "real", "stable-cascade")  # stable-cascade (the generation preset) scores with `real`
+
+
+def scoring_preset(name: str, cache_dir: Path | str | None = None, **overrides: Any) -> ScoringConfig:
+    """`tiny` (built into `cache_dir` on first use) or `real`; `overrides` replace config fields.
+
+    The generation preset names are accepted too, so a run's `preset` can pick its scorers directly.
+    """
+    if name == "tiny":
+        folder = build_tiny_scoring_models(Path(cache_dir or DEFAULT_CACHE_DIR) / TINY_FOLDER)
+        fields = {"clip_model": str(folder / "clip"), "dino_model": str(folder / "dino")}
+    elif name in ("real", "stable-cascade"):
+        fields = {"clip_model": REAL_CLIP, "dino_model": REAL_DINO}
+    else:
+        raise ValueError(f"unknown scoring preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ScoringConfig(**{**fields, **overrides})
+
+
+def build_tiny_scoring_models(folder: Path) -> Path:
+    """Write the tiny CLIP (+ tokenizer, processor) and DINOv2 (+ processor) into `folder` once.
+
+    The folder is built under a temporary name and renamed into place, so concurrent workers never see
+    a half-written model (two racing builders produce identical files; the loser discards its copy).
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        _write_tiny_models(staging)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not folder.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _write_tiny_models(folder: Path) -> None:
+    import torch
+    from transformers import (
+        BitImageProcessorPil,
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPTextConfig,
+        Dinov2Config,
+        Dinov2Model,
+    )
+
+    from pipeline.tiny_tokenizer import save_tiny_clip_tokenizer
+
+    tokenizer = save_tiny_clip_tokenizer(folder / "clip")
+    text_config = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=32,
+    )
+    tiny_vit = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same tiny weights on every machine
+        vision_config = dict(**tiny_vit, image_size=32, patch_size=8, projection_dim=32)
+        clip = CLIPModel(
+            CLIPConfig(text_config=text_config.to_dict(), vision_config=vision_config, projection_dim=32)
+        )
+        dino = Dinov2Model(Dinov2Config(**tiny_vit, image_size=32, patch_size=8))
+    clip.save_pretrained(folder / "clip")
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder / "clip"
+    )
+    dino.save_pretrained(folder / "dino")
+    # Same recipe as facebook/dinov2-base (shortest edge 256, crop 224, ImageNet stats), scaled to 32 px.
+    BitImageProcessorPil(
+        size={"shortest_edge": 36},
+        crop_size={"height": 32, "width": 32},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder / "dino")
+    shutil.rmtree(folder / "clip" / "_bpe", ignore_errors=True)  # raw BPE files; tokenizer.json has them
+
+
+@dataclass
+class ScoringModels:
+    """The loaded scoring models, on one device, in eval mode."""
+
+    clip: Any  # CLIPModel (anything with get_image_features / get_text_features)
+    clip_tokenizer: Any
+    clip_processor: Any
+    dino: Any  # Dinov2Model or another AutoModel whose last_hidden_state[:, 0] is the CLS token
+    dino_processor: Any
+    device: torch.device
+    dtype: torch.dtype
+    max_text_tokens: int
+
+
+_LOADED: dict[tuple, ScoringModels] = {}
+
+
+def resolve_device(device: Any = None) -> torch.device:
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_scoring_models(config: ScoringConfig, device: Any = None) -> ScoringModels:
+    """Load CLIP and DINO once per process (per ids, device and dtype); later calls reuse them."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(config.dtype, device)
+    key = (config.clip_model, config.dino_model, str(device), str(dtype))
+    if key not in _LOADED:
+        _LOADED[key] = _load(config.clip_model, config.dino_model, device, dtype)
+    return _LOADED[key]
+
+
+def _load(clip_id: str, dino_id: str, device: torch.device, dtype: torch.dtype) -> ScoringModels:
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    clip = _from_pretrained(AutoModel, clip_id, "CLIP model", dtype=dtype)
+    if not hasattr(clip, "get_image_features") or not hasattr(clip, "get_text_features"):
+        raise ValueError(f"CLIP model {clip_id!r} ({type(clip).__name__}) has no get_image/text_features")
+    tokenizer = _from_pretrained(AutoTokenizer, clip_id, "CLIP tokenizer")
+    if len(tokenizer) <= 2:  # offline hub + uncached id gives an empty tokenizer instead of an error
+        raise ValueError(f"CLIP tokenizer {clip_id!r} is empty ({len(tokenizer)} tokens); is the id cached?")
+    dino = _from_pretrained(AutoModel, dino_id, "DINO model", dtype=dtype)
+    return ScoringModels(
+        clip=clip.to(device).eval().requires_grad_(False),
+        clip_tokenizer=tokenizer,
+        clip_processor=_from_pretrained(AutoImageProcessor, clip_id, "CLIP image processor", backend="pil"),
+        dino=dino.to(device).eval().requires_grad_(False),
+        dino_processor=_from_pretrained(AutoImageProcessor, dino_id, "DINO image processor", backend="pil"),
+        device=device,
+        dtype=dtype,
+        max_text_tokens=clip.config.text_config.max_position_embeddings,
+    )
+
+
+def _from_pretrained(loader: Any, model_id: str, what: str, **kwargs: Any) -> Any:
+    try:
+        return loader.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load the {what} from {model_id!r}: {error}") from error
