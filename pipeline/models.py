@@ -382,7 +382,11 @@ def tiny_specs() -> dict:
 def tiny_key() -> str:
     import torch
 
-    blob = json.dumps({"specs": tiny_specs(), "torch": torch.__version__}, sort_keys=True)
+    from pipeline.tiny_tokenizer import vocabulary_key
+
+    blob = json.dumps(
+        {"specs": tiny_specs(), "torch": torch.__version__, "vocabulary": vocabulary_key()}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -20,6 +20,12 @@ def test_tiny_tokenizer_round_trips_through_from_pretrained(tmp_path):
     ]
     text = " ".join(WORDS)
     assert loaded.decode(loaded(text).input_ids, skip_special_tokens=True) == text
+    for word in WORDS:  # every listed word is one whole-word token
+        assert loaded.convert_ids_to_tokens(loaded(word).input_ids) == [
+            "<|startoftext|>",
+            word + "</w>",
+            "<|endoftext|>",
+        ]
 
 
 def test_unknown_words_fall_back_to_bytes(tmp_path):

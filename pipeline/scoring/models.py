@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.tiny_tokenizer import vocabulary_key
+
 if TYPE_CHECKING:
     import torch
 
 REAL_CLIP = "openai/clip-vit-large-patch14"
 REAL_DINO = "facebook/dinov2-base"
-TINY_FOLDER = "tiny-scoring-v1"  # bump the suffix when the tiny configs change
+TINY_FOLDER = f"tiny-scoring-v1-{vocabulary_key()}"  # bump v1 when the tiny configs change
 DEFAULT_CACHE_DIR = Path(os.environ.get("STYLEGEN_CACHE_DIR", "~/.cache/stylegen")).expanduser()
 
 

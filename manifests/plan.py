@@ -1,0 +1,278 @@
+"""The shard plan: a deterministic split of a normalized manifest into shards of `shard_size` rows.
+
+Order "style" (default) sorts rows by (style, uid) so rows sharing a style are contiguous and a shard
+reuses that style's features; order "uid" sorts by uid alone. Strings compare as bytes, so the order is
+the same on every machine. Shards are filled in that order: shard k holds rows k*shard_size onwards.
+
+Duplicate uids are refused with the rows named; `dedupe=True` keeps each uid's first row (lowest row
+number) and records the dropped rows in `Plan.dropped_rows`.
+
+Fingerprint: sha256 hex over b"stylegen-plan-v1" + canonical JSON of
+{"manifest": table_fingerprint(manifest), "shard_size", "order", "dedupe", "plan_version"}, where the
+manifest fingerprint covers every cell of every column (manifests/fingerprint.py). It changes when any
+cell, column or parameter changes, and not with file names, chunking or the machine.
+
+plan.parquet holds one row per planned row: `shard_id` (int32), then every normalized manifest column
+(uid, row, prompt, style, content, id, seed, extras), sorted by shard. Row groups hold whole shards
+(as many as fit in ~16k rows), so `read_shard` reads one row group. The schema metadata key
+`stylegen.plan` holds the parameters and fingerprints as JSON (`read_plan_info`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pa_fs
+import pyarrow.parquet as pq
+
+from manifests.fingerprint import table_fingerprint
+from manifests.read import filesystem_and_path, read_manifest
+from manifests.schema import CONTENT, ROW, STYLE, UID, ManifestError, format_rows
+from manifests.validate import duplicate_uid_groups
+
+PLAN_VERSION = 1
+PLAN_FILE = "plan.parquet"
+METADATA_KEY = b"stylegen.plan"
+ORDERS = ("style", "uid")
+ROW_GROUP_TARGET_ROWS = 16_384
+
+
+@dataclass(frozen=True)
+class Plan:
+    manifest: pa.Table  # the normalized manifest, in its original order
+    positions: np.ndarray  # manifest positions in plan order (duplicates already dropped)
+    shard_size: int
+    order: str
+    dedupe: bool
+    manifest_fingerprint: str
+    fingerprint: str
+    dropped_rows: tuple[int, ...] = field(default=())
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.positions)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_rows // self.shard_size)
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        full, rest = divmod(self.num_rows, self.shard_size)
+        return [self.shard_size] * full + ([rest] if rest else [])
+
+    def shard(self, shard_id: int) -> pa.Table:
+        """The plan rows of one shard (same columns as plan.parquet)."""
+        _check_shard_id(shard_id, self.num_shards, "plan")
+        start = shard_id * self.shard_size
+        return self._rows(start, min(start + self.shard_size, self.num_rows))
+
+    @cached_property
+    def table(self) -> pa.Table:
+        """The whole plan table, as written to plan.parquet (built on first use)."""
+        return self._rows(0, self.num_rows)
+
+    def _rows(self, start: int, stop: int) -> pa.Table:
+        rows = self._taker.take(self.positions[start:stop])
+        shard_ids = (np.arange(start, stop) // self.shard_size).astype(np.int32)
+        return rows.add_column(0, "shard_id", pa.array(shard_ids, pa.int32()))
+
+    @cached_property
+    def _taker(self) -> _RowTaker:
+        return _RowTaker(self.manifest)
+
+    def info(self) -> dict:
+        """Parameters and fingerprints, as stored in plan.parquet's metadata."""
+        return {
+            "plan_version": PLAN_VERSION,
+            "fingerprint": self.fingerprint,
+            "manifest_fingerprint": self.manifest_fingerprint,
+            "shard_size": self.shard_size,
+            "order": self.order,
+            "dedupe": self.dedupe,
+            "num_rows": self.num_rows,
+            "num_shards": self.num_shards,
+            "dropped_rows": len(self.dropped_rows),
+        }
+
+    def summary(self) -> dict:
+        """What `stylegen manifest plan` prints."""
+        has_content = pc.is_valid(self.manifest.column(CONTENT)).to_numpy()[self.positions]
+        return {
+            "rows": self.num_rows,
+            "shards": self.num_shards,
+            "styles": pc.count_distinct(
+                _style_ranks(self.manifest.column(STYLE))
+            ).as_py(),  # dedupe keeps all
+            "composition rows": int(has_content.sum()),
+            "dropped duplicates": len(self.dropped_rows),
+            "fingerprint": self.fingerprint,
+        }
+
+    def write(self, directory: str | Path) -> str:
+        """Write `<directory>/plan.parquet` (local folder or s3:// prefix); returns its path/URI."""
+        target = str(directory).rstrip("/") + "/" + PLAN_FILE
+        filesystem, path = filesystem_and_path(target)
+        if isinstance(filesystem, pa_fs.LocalFileSystem):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            staging = str(Path(path).with_name(f".{PLAN_FILE}.{os.getpid()}.tmp"))
+            try:
+                self.write_parquet(staging)
+                os.replace(staging, path)  # readers never see a half-written plan
+            finally:
+                Path(staging).unlink(missing_ok=True)
+        else:
+            with filesystem.open_output_stream(path) as stream:
+                self.write_parquet(stream)
+        return target
+
+    def write_parquet(self, where) -> None:
+        """Stream the plan into a path or writable file object, one row group of whole shards at a time."""
+        schema = self._rows(0, 0).schema.with_metadata(
+            {METADATA_KEY: json.dumps(self.info(), sort_keys=True)}
+        )
+        group_rows = self.shard_size * max(1, ROW_GROUP_TARGET_ROWS // self.shard_size)
+        with pq.ParquetWriter(where, schema, compression="zstd") as writer:
+            for start in range(0, self.num_rows, group_rows):
+                rows = self._rows(start, min(start + group_rows, self.num_rows))
+                writer.write_table(rows.replace_schema_metadata(schema.metadata), row_group_size=group_rows)
+
+
+class _RowTaker:
+    """Rows by position from a table with chunked columns. Arrow's Table.take concatenates every chunk
+    first (a full copy per call); this takes from each record batch and restores the order."""
+
+    def __init__(self, table: pa.Table):
+        plain = [
+            f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in table.schema
+        ]
+        self.schema = pa.schema(plain)  # plan rows are always plain strings, even from a compact manifest
+        self.batches = table.to_batches()  # zero-copy slices at the chunk boundaries
+        self.starts = np.cumsum([0] + [batch.num_rows for batch in self.batches])
+
+    def take(self, positions: np.ndarray) -> pa.Table:
+        batch_of = np.searchsorted(self.starts, positions, side="right") - 1
+        by_batch = np.argsort(batch_of, kind="stable")
+        bounds = np.searchsorted(batch_of[by_batch], np.arange(len(self.batches) + 1))
+        parts = []
+        for index in np.flatnonzero(np.diff(bounds)):
+            local = positions[by_batch[bounds[index] : bounds[index + 1]]] - self.starts[index]
+            parts.append(self.batches[index].take(pa.array(local)).cast(self.schema))
+        gathered = pa.Table.from_batches(parts, schema=self.schema).combine_chunks()
+        return gathered.take(pa.array(np.argsort(by_batch, kind="stable")))
+
+
+def _style_ranks(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each row's style as its int32 rank in byte order (null stays null). Sorting by it equals sorting
+    by the strings, costs less, and works on compact (dictionary-encoded) tables too."""
+    encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
+    encoded = pa.table({"style": encoded}).unify_dictionaries().column("style")  # one shared dictionary
+    if encoded.num_chunks == 0:
+        return pa.chunked_array([], pa.int32())
+    dictionary = encoded.chunk(0).dictionary
+    rank = np.empty(len(dictionary), dtype=np.int32)
+    rank[pc.sort_indices(dictionary).to_numpy()] = np.arange(len(dictionary), dtype=np.int32)
+    ranks = pa.array(rank)
+    return pa.chunked_array([ranks.take(chunk.indices) for chunk in encoded.chunks], pa.int32())
+
+
+def make_plan(table: pa.Table, shard_size: int, order: str = "style", *, dedupe: bool = False) -> Plan:
+    """Plan a normalized manifest (the output of read_manifest, plain or compact)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    missing = [c for c in (UID, ROW) if c not in table.column_names]
+    if missing:
+        raise ValueError(f"the table lacks {missing}: plan the output of read_manifest()")
+    keys = {"style_rank": _style_ranks(table.column(STYLE))} if order == "style" else {}
+    keys |= {UID: table.column(UID), ROW: table.column(ROW)}
+    sort_keys = [(name, "ascending") for name in keys]
+    positions = pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy().astype(np.int64)  # nulls last
+    dropped: list[int] = []
+    duplicates = duplicate_uid_groups(table, order=positions)
+    if duplicates and not dedupe:
+        shown = "; ".join(f"uid {uid}: {format_rows(rows)}" for uid, rows in duplicates[:5])
+        more = f" (and {len(duplicates) - 5} more)" if len(duplicates) > 5 else ""
+        raise ManifestError(
+            f"{len(duplicates)} duplicate uid(s), i.e. rows with the same style, content, prompt and seed: "
+            f"{shown}{more}. Use --dedupe to keep the first row of each.",
+            column=UID,
+            rows=[int(r) for _, rows in duplicates for r in rows],
+        )
+    if duplicates:  # keep the first (lowest row) of each run; the sort put it first
+        drop = np.concatenate([rows[1:] for _, rows in duplicates])
+        dropped = sorted(drop.tolist())
+        positions = positions[~np.isin(table.column(ROW).to_numpy()[positions], drop)]
+    manifest_fingerprint = table_fingerprint(table)
+    params = {"shard_size": shard_size, "order": order, "dedupe": dedupe, "plan_version": PLAN_VERSION}
+    canonical = json.dumps(
+        {"manifest": manifest_fingerprint, **params}, sort_keys=True, separators=(",", ":")
+    )
+    fingerprint = hashlib.sha256(b"stylegen-plan-v1" + canonical.encode()).hexdigest()
+    return Plan(
+        table, positions, shard_size, order, dedupe, manifest_fingerprint, fingerprint, tuple(dropped)
+    )
+
+
+def _plan_file(plan_uri: str | Path) -> tuple[pa_fs.FileSystem, str]:
+    uri = str(plan_uri)
+    filesystem, path = filesystem_and_path(uri)
+    if filesystem.get_file_info(path).type == pa_fs.FileType.Directory:
+        path = path.rstrip("/") + "/" + PLAN_FILE
+    return filesystem, path
+
+
+def read_plan_info(plan_uri: str | Path) -> dict:
+    """The parameters and fingerprints stored in a plan.parquet (reads only the footer)."""
+    filesystem, path = _plan_file(plan_uri)
+    metadata = pq.read_schema(path, filesystem=filesystem).metadata or {}
+    if METADATA_KEY not in metadata:
+        raise ManifestError(f"{plan_uri}: not a stylegen plan (no {METADATA_KEY.decode()} metadata)")
+    return json.loads(metadata[METADATA_KEY])
+
+
+def read_shard(plan: str | Path | BinaryIO, shard_id: int) -> pa.Table:
+    """One shard's rows from plan.parquet, reading only the row groups whose shard_id statistics can
+    hold it. `plan` is the file, the folder holding it (local or s3://), or an open binary file
+    (e.g. from a storage layer with its own credentials)."""
+    if hasattr(plan, "read"):
+        return _read_shard_from(plan, shard_id, "plan.parquet")
+    filesystem, path = _plan_file(plan)
+    with filesystem.open_input_file(path) as handle:
+        return _read_shard_from(handle, shard_id, plan)
+
+
+def _read_shard_from(handle, shard_id: int, where) -> pa.Table:
+    parquet = pq.ParquetFile(handle)
+    metadata = parquet.schema_arrow.metadata or {}
+    if METADATA_KEY not in metadata:
+        raise ManifestError(f"{where}: not a stylegen plan (no {METADATA_KEY.decode()} metadata)")
+    _check_shard_id(shard_id, json.loads(metadata[METADATA_KEY])["num_shards"], where)
+    column = parquet.schema_arrow.get_field_index("shard_id")
+    groups = []
+    for index in range(parquet.metadata.num_row_groups):
+        stats = parquet.metadata.row_group(index).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.min <= shard_id <= stats.max:
+            groups.append(index)
+    rows = parquet.read_row_groups(groups)
+    return rows.filter(pc.equal(rows.column("shard_id"), pa.scalar(shard_id, pa.int32())))
+
+
+def _check_shard_id(shard_id: int, num_shards: int, where) -> None:
+    if not 0 <= shard_id < num_shards:
+        raise ManifestError(f"{where}: no shard {shard_id} (the plan has shards 0..{num_shards - 1})")
+
+
+def plan_manifest(uri: str, shard_size: int, order: str = "style", *, dedupe: bool = False) -> Plan:
+    """read_manifest(compact=True) + make_plan: the memory-lean way to plan a big manifest."""
+    return make_plan(read_manifest(uri, compact=True), shard_size, order, dedupe=dedupe)
