@@ -1,0 +1,294 @@
+"""The shard commit protocol: a shard exists for readers only once its marker exists.
+
+commit_shard, for files the caller has finished writing locally:
+ 1. If `_SUCCESS/shard-N.json` already exists, the shard is done: complete its publish if a crash
+    interrupted it (below) and report that this attempt lost. Nothing is uploaded.
+ 2. Upload every file to an attempt-scoped key `_attempts/shard-N/<attempt_id>/<final key>` and verify
+    its size and sha256. Nothing under a final name changes, so a kill here leaves no visible shard
+    (an unfinished multipart upload leaves no object at all; abort_stale_multipart_uploads frees it).
+ 3. Create the marker exclusively (If-None-Match: * on S3, link()/O_EXCL locally). The marker names
+    the attempt and every file with size and sha256, plus the caller's summary (kept/rejected/failed
+    counts, ...). This is the commit point: whoever creates the marker owns the shard.
+ 4. Lost (the marker existed: 412): delete this attempt's uploads and report the winner. A zombie or
+    duplicate attempt therefore changes nothing.
+ 5. Won: publish the attempt's objects under their final names (server-side copy on S3, rename
+    locally), verify them, then delete the attempt keys.
+
+A crash between 3 and 5 leaves a marker whose final names are missing or partial. `finalize` (and any
+later commit_shard call for that shard) completes it from the attempt the marker names; the files of
+any other attempt are never published. `remove_orphans` deletes what crashed or lost attempts left,
+and final-name objects that no marker accounts for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.storage.layout import (
+    ATTEMPTS_PREFIX,
+    MARKER_PREFIX,
+    REJECTED_PREFIX,
+    SHARDS_PREFIX,
+    attempt_key,
+    attempt_of,
+    attempt_prefix,
+    marker_key,
+    rejected_key,
+    shard_id_of,
+    table_key,
+    tar_key,
+    validate_attempt_id,
+)
+from pipeline.storage.objects import LocalFile, ObjectInfo, ObjectNotFound, ShardIntegrityError, StorageError
+
+if TYPE_CHECKING:
+    from pipeline.storage.base import Progress, Store
+
+log = logging.getLogger(__name__)
+
+MARKER_FORMAT = "stylegen.shard-marker/1"
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int
+    sha256: str
+    attempt_key: str  # where the committing attempt uploaded it
+
+
+class ShardMarker(BaseModel):
+    """The content of `_SUCCESS/shard-NNNNNN.json`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format: str = MARKER_FORMAT
+    shard_id: int
+    attempt_id: str
+    committed_at: str  # ISO 8601, UTC
+    files: dict[str, FileEntry]  # final key -> size, sha256, attempt key
+    summary: dict[str, Any]  # from the caller, e.g. {"rows": 64, "kept": 60, "rejected": 3, "failed": 1}
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> ShardMarker:
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as error:
+            raise StorageError(f"{where} is not a valid shard marker: {error}") from None
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    shard_id: int
+    attempt_id: str  # this attempt
+    won: bool  # True if this attempt's files are the shard
+    marker: ShardMarker  # the committed marker (the winner's when this attempt lost)
+
+    @property
+    def committed(self) -> bool:
+        """Alias of `won`: this attempt's files are the committed shard."""
+        return self.won
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shard_id": self.shard_id,
+            "attempt_id": self.attempt_id,
+            "won": self.won,
+            "marker": self.marker.model_dump(mode="json"),
+        }
+
+
+def commit_shard(
+    store: Store,
+    shard_id: int,
+    *,
+    tar: Path | LocalFile,
+    table: Path | LocalFile,
+    rejected: Path | LocalFile | None = None,
+    summary: Mapping[str, Any],
+    attempt_id: str | None = None,
+    progress: Progress | None = None,
+) -> CommitResult:
+    """Commit a shard's finished local files (see the module docstring). Raises StorageError (or a
+    subclass) when the store fails; the caller retries with a new attempt id."""
+    attempt_id = validate_attempt_id(attempt_id or uuid.uuid4().hex)
+    files = {tar_key(shard_id): tar, table_key(shard_id): table}
+    if rejected is not None:
+        files[rejected_key(shard_id)] = rejected
+    summary = dict(summary)
+    try:
+        json.dumps(summary, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"shard {shard_id}: the commit summary must be plain JSON: {error}") from None
+
+    existing = read_marker(store, shard_id)
+    if existing is not None:
+        finalize_shard(store, existing)
+        log.info("shard %d was already committed by attempt %s", shard_id, existing.attempt_id)
+        return CommitResult(shard_id, attempt_id, False, existing)
+
+    local = {
+        key: file if isinstance(file, LocalFile) else LocalFile.from_path(file) for key, file in files.items()
+    }
+    entries: dict[str, FileEntry] = {}
+    try:
+        for key, file in local.items():
+            upload_key = attempt_key(shard_id, attempt_id, key)
+            entries[key] = FileEntry(size=file.size, sha256=file.sha256, attempt_key=upload_key)
+            store.put_file(upload_key, file.path, sha256=file.sha256, progress=progress)
+    except BaseException:
+        _delete_quietly(store, [entry.attempt_key for entry in entries.values()])
+        raise
+
+    marker = ShardMarker(
+        shard_id=shard_id,
+        attempt_id=attempt_id,
+        committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        files=entries,
+        summary=summary,
+    )
+    # The commit point. If this raises, we cannot tell whether the marker was created, so the uploads
+    # stay: finalize publishes them if it was, remove_orphans deletes them if it was not.
+    if store.create_if_absent(marker_key(shard_id), marker.to_bytes()):
+        finalize_shard(store, marker)
+        return CommitResult(shard_id, attempt_id, True, marker)
+
+    _delete_quietly(store, [entry.attempt_key for entry in entries.values()])
+    winner = read_marker(store, shard_id)
+    if winner is None:
+        raise StorageError(f"{store.url(marker_key(shard_id))} existed a moment ago and is gone now")
+    finalize_shard(store, winner)
+    log.info("shard %d: attempt %s lost to attempt %s", shard_id, attempt_id, winner.attempt_id)
+    return CommitResult(shard_id, attempt_id, False, winner)
+
+
+def finalize_shard(store: Store, marker: ShardMarker, uploads: Iterable[str] | None = None) -> None:
+    """Make sure every file the marker names is under its final name, then drop the attempt's keys.
+
+    `uploads` are the keys present under the marker's attempt prefix (listed when not given)."""
+    if uploads is None:
+        uploads = [info.key for info in store.list(attempt_prefix(marker.shard_id, marker.attempt_id))]
+    uploads = set(uploads)
+    for key, entry in sorted(marker.files.items()):
+        if entry.attempt_key in uploads:
+            try:
+                store.publish(entry.attempt_key, key, entry.size, entry.sha256)
+                continue
+            except ObjectNotFound:
+                pass  # a concurrent finalizer published it first; check below
+        if not _matches(store.head(key), entry):
+            raise ShardIntegrityError(
+                f"shard {marker.shard_id}: {store.url(marker_key(marker.shard_id))} names attempt "
+                f"{marker.attempt_id}, but {store.url(key)} is missing or differs and "
+                f"{store.url(entry.attempt_key)} is gone; delete the marker to redo the shard"
+            )
+    store.delete(sorted(uploads))
+
+
+def _matches(info: ObjectInfo | None, entry: FileEntry) -> bool:
+    return info is not None and info.size == entry.size and info.sha256 in (None, entry.sha256)
+
+
+def _delete_quietly(store: Store, keys: list[str]) -> None:
+    """Best-effort cleanup on a path that is already failing or lost; remove_orphans catches the rest."""
+    try:
+        store.delete(keys)
+    except Exception as error:  # noqa: BLE001 - the original outcome matters more than cleanup
+        log.warning("could not delete attempt objects %s: %s", keys, error)
+
+
+def read_marker(store: Store, shard_id: int) -> ShardMarker | None:
+    key = marker_key(shard_id)
+    try:
+        data = store.get_bytes(key)
+    except ObjectNotFound:
+        return None
+    return ShardMarker.from_bytes(data, store.url(key))
+
+
+def committed_shards(store: Store) -> dict[int, ShardMarker]:
+    """Every committed shard: one LIST of `_SUCCESS/`, then the markers read in parallel."""
+    keys = [info.key for info in store.list(MARKER_PREFIX) if shard_id_of(info.key) is not None]
+
+    def read(key: str) -> ShardMarker | None:
+        try:
+            return ShardMarker.from_bytes(store.get_bytes(key), store.url(key))
+        except ObjectNotFound:
+            return None  # deleted since the listing
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        markers = list(pool.map(read, keys))
+    found = {}
+    for key, marker in zip(keys, markers, strict=True):
+        if marker is None:
+            continue
+        if marker.shard_id != shard_id_of(key):
+            raise StorageError(f"{store.url(key)} holds the marker of shard {marker.shard_id}")
+        found[marker.shard_id] = marker
+    return found
+
+
+def finalize(store: Store) -> list[int]:
+    """Complete every committed shard whose final names are missing (a crash between marker and
+    publish) and drop the winners' leftover attempt keys. Returns the shard ids it had to complete.
+    Uses listings, so a finished output costs a few LISTs and no per-shard requests."""
+    markers = committed_shards(store)
+    uploads: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for info in store.list(ATTEMPTS_PREFIX):
+        if (parsed := attempt_of(info.key)) is not None:
+            uploads[parsed].add(info.key)
+    finals = {info.key: info for info in store.list(SHARDS_PREFIX) + store.list(REJECTED_PREFIX)}
+    completed = []
+    for shard_id, marker in sorted(markers.items()):
+        leftovers = uploads.get((shard_id, marker.attempt_id), set())
+        published = all(_matches(finals.get(key), entry) for key, entry in marker.files.items())
+        if published and not leftovers:
+            continue
+        finalize_shard(store, marker, leftovers)
+        if not published:
+            completed.append(shard_id)
+    return completed
+
+
+def remove_orphans(store: Store, older_than: timedelta = timedelta(hours=1)) -> list[str]:
+    """Delete, among objects older than `older_than`:
+    - attempt objects of attempts no marker names (lost, crashed or killed attempts);
+    - final-name objects (shards/, rejected/) that no marker accounts for.
+    The winners' own attempt keys are left to finalize. An attempt that is still uploading has no
+    marker yet, so while writers run keep `older_than` above the longest commit; older_than=0 is for
+    when no writer is active. Returns the deleted keys."""
+    cutoff = datetime.now(timezone.utc) - older_than
+    markers = committed_shards(store)
+    doomed = []
+    for info in store.list(ATTEMPTS_PREFIX):
+        parsed = attempt_of(info.key)
+        if parsed is None or info.modified > cutoff:
+            continue
+        marker = markers.get(parsed[0])
+        if marker is None or marker.attempt_id != parsed[1]:
+            doomed.append(info.key)
+    for info in store.list(SHARDS_PREFIX) + store.list(REJECTED_PREFIX):
+        shard_id = shard_id_of(info.key)
+        if shard_id is None or info.modified > cutoff:
+            continue
+        marker = markers.get(shard_id)
+        if marker is None or info.key not in marker.files:
+            doomed.append(info.key)
+    store.delete(doomed)
+    for key in doomed:
+        log.info("removed orphan %s", store.url(key))
+    return doomed

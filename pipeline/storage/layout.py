@@ -1,0 +1,92 @@
+"""Object keys of an output, relative to its root (a folder or s3://bucket/prefix).
+
+run.json, plan.parquet, report.html         written by the driver through a Store
+shards/shard-NNNNNN.tar                       kept samples
+shards/shard-NNNNNN.parquet                   every planned row of the shard
+rejected/shard-NNNNNN.tar                     optional: rejected samples, same layout
+_SUCCESS/shard-NNNNNN.json                    the commit marker: the only truth for "done"
+_attempts/shard-NNNNNN/<attempt_id>/<final key>   an attempt's uploads before (and until) publish
+"""
+
+from __future__ import annotations
+
+import re
+
+MARKER_PREFIX = "_SUCCESS/"
+ATTEMPTS_PREFIX = "_attempts/"
+SHARDS_PREFIX = "shards/"
+REJECTED_PREFIX = "rejected/"
+
+_ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SHARD_FILE = re.compile(r"(?:shards|rejected|_SUCCESS)/shard-(\d{6,})\.(?:tar|parquet|json)")
+_ATTEMPT_KEY = re.compile(r"_attempts/shard-(\d{6,})/([A-Za-z0-9_-]{1,64})/.+")
+
+
+def shard_name(shard_id: int) -> str:
+    if isinstance(shard_id, bool) or not isinstance(shard_id, int) or shard_id < 0:
+        raise ValueError(f"shard id must be a non-negative int, got {shard_id!r}")
+    return f"shard-{shard_id:06d}"
+
+
+def tar_key(shard_id: int) -> str:
+    return f"{SHARDS_PREFIX}{shard_name(shard_id)}.tar"
+
+
+def table_key(shard_id: int) -> str:
+    return f"{SHARDS_PREFIX}{shard_name(shard_id)}.parquet"
+
+
+def rejected_key(shard_id: int) -> str:
+    return f"{REJECTED_PREFIX}{shard_name(shard_id)}.tar"
+
+
+def marker_key(shard_id: int) -> str:
+    return f"{MARKER_PREFIX}{shard_name(shard_id)}.json"
+
+
+def validate_attempt_id(attempt_id: str) -> str:
+    if not isinstance(attempt_id, str) or not _ATTEMPT_ID.fullmatch(attempt_id):
+        raise ValueError(f"attempt id {attempt_id!r} must be 1-64 characters of [A-Za-z0-9_-]")
+    return attempt_id
+
+
+def attempt_prefix(shard_id: int, attempt_id: str) -> str:
+    return f"{ATTEMPTS_PREFIX}{shard_name(shard_id)}/{validate_attempt_id(attempt_id)}/"
+
+
+def attempt_key(shard_id: int, attempt_id: str, final_key: str) -> str:
+    return attempt_prefix(shard_id, attempt_id) + final_key
+
+
+def shard_id_of(key: str) -> int | None:
+    """The shard id of a final-name or marker key, or None for any other key."""
+    match = _SHARD_FILE.fullmatch(key)
+    return int(match.group(1)) if match else None
+
+
+def attempt_of(key: str) -> tuple[int, str] | None:
+    """(shard id, attempt id) of an attempt-scoped key, or None for any other key."""
+    match = _ATTEMPT_KEY.fullmatch(key)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def validate_key(key: str) -> str:
+    """Refuse keys that could leave the output root or collide with temporary files.
+
+    A key is a relative '/'-separated path whose segments are non-empty, are not '.' or '..', and do
+    not start with '.' (LocalStore keeps its temporary files under such names)."""
+    if not isinstance(key, str) or not key or len(key) > 1024:
+        raise ValueError(f"invalid object key {key!r}: must be a non-empty string of at most 1024 chars")
+    if key.startswith("/") or "\\" in key or "\x00" in key:
+        raise ValueError(f"invalid object key {key!r}: must be a relative '/'-separated path")
+    for segment in key.split("/"):
+        if not segment or segment.startswith("."):
+            raise ValueError(f"invalid object key {key!r}: empty, '.', '..' or hidden path segment")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """A listing prefix: '' (everything) or a key prefix such as 'shards/'."""
+    if prefix:
+        validate_key(prefix.rstrip("/") or ".")
+    return prefix

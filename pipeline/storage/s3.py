@@ -1,0 +1,419 @@
+"""S3Store: any S3-compatible object store through boto3 (AWS, MinIO, SeaweedFS, R2, Ceph).
+
+- One boto3 client per process (and per endpoint/identity), created with adaptive retries so
+  SlowDown/503 throttling is absorbed, and a connection pool sized for concurrent part uploads.
+- Files go through the TransferManager (`upload_file` + `TransferConfig`): multipart above the
+  threshold, and a multipart upload that never completes leaves no visible object.
+- Credentials come only from boto3's standard chain (environment, profile, SSO, instance role). No
+  credential is accepted as an option, stored, logged or put into an error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.storage.base import Progress, Store, content_type_for
+from pipeline.storage.layout import validate_key, validate_prefix
+from pipeline.storage.objects import (
+    LocalFile,
+    ObjectInfo,
+    ObjectNotFound,
+    ShardIntegrityError,
+    StorageError,
+)
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+ENV_PREFIX = "STYLEGEN_S3_"
+_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential", "session")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_AUTH_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidToken",
+    "403",
+    "AuthorizationHeaderMalformed",
+}
+_AUTH_HINT = (
+    "; check the credentials in the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "AWS_PROFILE, instance role) and the bucket permissions"
+)
+_CHUNK = 8 * MIB
+
+
+class S3Config(BaseModel):
+    """S3 options: defaults < STYLEGEN_S3_<FIELD> environment variables < run config < explicit options.
+
+    The endpoint may also come from AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, which boto3 reads itself."""
+
+    # hide_input_in_errors: a mistaken credential in a config must not be echoed in the error.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    endpoint_url: str | None = None  # e.g. http://127.0.0.1:9000 for MinIO; None = boto3's resolution
+    region: str | None = None
+    addressing_style: Literal["auto", "virtual", "path"] = "auto"  # path for most self-hosted servers
+    max_attempts: int = Field(10, ge=1)  # per request, adaptive retry mode
+    max_pool_connections: int = Field(32, ge=1)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0)
+    multipart_threshold_mib: int = Field(64, ge=5)
+    multipart_chunksize_mib: int = Field(16, ge=5)  # S3 parts are at least 5 MiB
+    max_concurrency: int = Field(8, ge=1)  # parts in flight per upload
+    # True: the marker is created with If-None-Match: * (AWS S3 since 2024, MinIO, SeaweedFS, R2).
+    # False: HEAD-then-PUT-then-read-back for stores without conditional writes. Race: two attempts
+    # that both HEAD before either PUTs, and whose read-backs both come before the other's PUT, both
+    # believe they won; the marker then names the later one while both publish.
+    conditional_writes: bool = True
+    # head: HEAD checks size and the sha256 stored with the object (bytes in flight are protected by
+    # botocore's per-request checksums); read: also download and hash every uploaded object.
+    verify: Literal["head", "read"] = "head"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_credentials(cls, data: Any) -> Any:
+        for key in data if isinstance(data, dict) else ():
+            if any(word in str(key).lower() for word in _SECRET_WORDS):
+                raise ValueError(
+                    f"S3 option {key!r} looks like a credential; credentials come only from the standard "
+                    "AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance role)"
+                )
+        return data
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **options: Any) -> S3Config:
+        """Options from STYLEGEN_S3_* variables (e.g. STYLEGEN_S3_ADDRESSING_STYLE=path), then `options`."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, value in environ.items():
+            if name.startswith(ENV_PREFIX):
+                field = name[len(ENV_PREFIX) :].lower()
+                if field not in cls.model_fields:
+                    raise ValueError(f"unknown S3 option in environment variable {name}")
+                values[field] = value
+        return cls.model_validate({**values, **options})
+
+    def transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=self.multipart_threshold_mib * MIB,
+            multipart_chunksize=self.multipart_chunksize_mib * MIB,
+            max_concurrency=self.max_concurrency,
+            use_threads=True,
+        )
+
+
+# --- one client per process -------------------------------------------------------------------------
+
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+# Environment variables that change which endpoint or identity a new client gets. The access key id
+# (not the secret) is part of the cache key so a process that switches identity gets a fresh client.
+_IDENTITY_ENV = ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def s3_client(config: S3Config):
+    """The process's boto3 S3 client for `config` (boto3 clients are thread-safe; sessions are not,
+    so each new client gets its own session). A forked child builds its own."""
+    identity = tuple(os.environ.get(name) for name in _IDENTITY_ENV)
+    cache_key = (os.getpid(), config, identity)
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            botocore_config = Config(
+                region_name=config.region,
+                retries={"mode": "adaptive", "total_max_attempts": config.max_attempts},
+                max_pool_connections=config.max_pool_connections,
+                connect_timeout=config.connect_timeout_s,
+                read_timeout=config.read_timeout_s,
+                s3={"addressing_style": config.addressing_style},
+                user_agent_extra="stylegen",
+            )
+            session = boto3.session.Session()
+            client = session.client("s3", endpoint_url=config.endpoint_url, config=botocore_config)
+            _clients[cache_key] = client
+        return client
+
+
+# --- the store ----------------------------------------------------------------------------------------
+
+
+class _RangeReader(io.RawIOBase):
+    """A seekable reader over ranged GETs, so pyarrow can read a Parquet footer without the whole file."""
+
+    def __init__(self, fetch: Callable[[int, int], bytes], size: int) -> None:
+        self._fetch, self._size, self._position = fetch, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        length = min(len(buffer), self._size - self._position)
+        if length <= 0:
+            return 0
+        data = self._fetch(self._position, length)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, prefix: str = "", config: S3Config | None = None) -> None:
+        if not _BUCKET.fullmatch(bucket):
+            raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+        self.bucket, self.prefix = bucket, prefix
+        self.config = config or S3Config()
+        self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._client = s3_client(self.config)
+        self._transfer = self.config.transfer_config()
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.uri!r})"
+
+    def _full(self, key: str) -> str:
+        validate_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    @contextmanager
+    def _errors(self, operation: str, key: str) -> Iterator[None]:
+        """Turn boto errors into StorageError naming the operation and object (never a credential)."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        where = f"{operation} {self.url(key)}"
+        try:
+            yield
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = error.response.get("Error", {}).get("Message") or code
+            if code in _NOT_FOUND:
+                raise ObjectNotFound(f"{where}: not found") from None
+            hint = _AUTH_HINT if code in _AUTH_CODES or status == 403 else ""
+            raise StorageError(f"S3 {where} failed: {code} (HTTP {status}): {message}{hint}") from None
+        except S3UploadFailedError as error:  # the TransferManager's wrapper around a ClientError
+            hint = _AUTH_HINT if any(code in str(error) for code in _AUTH_CODES) else ""
+            raise StorageError(f"S3 {where} failed: {error}{hint}") from None
+        except NoCredentialsError:
+            raise StorageError(
+                f"S3 {where} failed: no AWS credentials found in the standard chain "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance role)"
+            ) from None
+        except BotoCoreError as error:
+            raise StorageError(f"S3 {where} failed: {error}") from None
+
+    def _verify(self, key: str, size: int, sha256: str) -> ObjectInfo:
+        info = self.head(key)
+        if info is None or info.size != size or info.sha256 != sha256:
+            found = "nothing" if info is None else f"{info.size} bytes, sha256 {info.sha256}"
+            raise ShardIntegrityError(
+                f"{self.url(key)}: expected {size} bytes with sha256 {sha256}, found {found}"
+            )
+        if self.config.verify == "read":
+            digest = hashlib.sha256()
+            with self._errors("read back", key):
+                body = self._client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+                for chunk in body.iter_chunks(_CHUNK):
+                    digest.update(chunk)
+            if digest.hexdigest() != sha256:
+                raise ShardIntegrityError(f"{self.url(key)}: content sha256 {digest.hexdigest()} != {sha256}")
+        return info
+
+    # --- plain object operations -----------------------------------------------------------------
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._errors("put", key):
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._full(key), Body=data, ContentType=content_type_for(key)
+            )
+
+    def put_file(
+        self, key: str, path: str | Path, *, sha256: str | None = None, progress: Progress | None = None
+    ) -> ObjectInfo:
+        size = os.path.getsize(path)
+        sha256 = sha256 or LocalFile.from_path(path).sha256
+        extra = {"Metadata": {"sha256": sha256}, "ContentType": content_type_for(key)}
+        with self._errors("upload", key):
+            self._client.upload_file(
+                str(path),
+                self.bucket,
+                self._full(key),
+                ExtraArgs=extra,
+                Config=self._transfer,
+                Callback=progress,
+            )
+        return self._verify(key, size, sha256)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._errors("get", key):
+            return self._client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+
+    def _get_range(self, key: str, start: int, length: int) -> bytes:
+        with self._errors("get", key):
+            response = self._client.get_object(
+                Bucket=self.bucket, Key=self._full(key), Range=f"bytes={start}-{start + length - 1}"
+            )
+            return response["Body"].read()
+
+    def open(self, key: str) -> BinaryIO:
+        info = self.head(key)
+        if info is None:
+            raise ObjectNotFound(f"open {self.url(key)}: not found")
+        reader = _RangeReader(lambda start, length: self._get_range(key, start, length), info.size)
+        return io.BufferedReader(reader, buffer_size=MIB)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            with self._errors("head", key):
+                response = self._client.head_object(Bucket=self.bucket, Key=self._full(key))
+        except ObjectNotFound:
+            return None
+        return ObjectInfo(
+            key,
+            response["ContentLength"],
+            response["LastModified"],
+            response.get("Metadata", {}).get("sha256"),
+        )
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        validate_prefix(prefix)
+        full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        found = []
+        with self._errors("list", prefix):
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for item in page.get("Contents", []):
+                    key = self._relative(item["Key"])
+                    found.append(ObjectInfo(key, item["Size"], item["LastModified"]))
+        return sorted(found, key=lambda info: info.key)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        full_keys = [self._full(key) for key in keys]
+        for start in range(0, len(full_keys), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = full_keys[start : start + 1000]
+            with self._errors("delete", self._relative(batch[0])):
+                response = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
+                )
+            if errors := response.get("Errors"):
+                first = errors[0]
+                raise StorageError(
+                    f"S3 delete of {len(errors)} objects failed; "
+                    f"first s3://{self.bucket}/{first.get('Key')}: "
+                    f"{first.get('Code')}: {first.get('Message')}"
+                )
+
+    # --- primitives of the commit protocol -------------------------------------------------------
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        if not self.config.conditional_writes and self.head(key) is not None:
+            return False
+        for retry in range(6):
+            outcome = self._put_marker(key, data)
+            if outcome == "exists":
+                return False  # another attempt created it first (412)
+            if outcome == "created":
+                break
+            time.sleep(0.05 * 2**retry)  # 409: a concurrent conditional write is in progress; retry
+        else:
+            raise StorageError(
+                f"S3 create {self.url(key)} failed: conditional write conflicts did not settle"
+            )
+        # Read back: the object must hold our bytes. This closes most of the fallback's race and catches
+        # a server that silently ignores If-None-Match.
+        won = self.get_bytes(key) == data
+        if not won and self.config.conditional_writes:
+            log.warning("%s changed after our conditional create: does the server honour If-None-Match?", key)
+        return won
+
+    def _put_marker(self, key: str, data: bytes) -> Literal["created", "exists", "conflict"]:
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if self.config.conditional_writes else {}
+        with self._errors("create", key):
+            try:
+                self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._full(key),
+                    Body=data,
+                    ContentType=content_type_for(key),
+                    **condition,
+                )
+                return "created"
+            except ClientError as error:
+                code = str(error.response.get("Error", {}).get("Code", ""))
+                status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status in (412, 304) or code in ("PreconditionFailed", "NotModified"):
+                    return "exists"
+                if status == 409 or code == "ConditionalRequestConflict":
+                    return "conflict"
+                raise
+
+    def publish(self, source: str, destination: str, size: int, sha256: str) -> None:
+        extra = {
+            "Metadata": {"sha256": sha256},
+            "MetadataDirective": "REPLACE",
+            "ContentType": content_type_for(destination),
+        }
+        with self._errors("copy from", source):
+            self._client.copy(
+                {"Bucket": self.bucket, "Key": self._full(source)},
+                self.bucket,
+                self._full(destination),
+                ExtraArgs=extra,
+                Config=self._transfer,
+            )
+        self._verify(destination, size, sha256)
+
+    def abort_stale_multipart_uploads(self, older_than: timedelta = timedelta(hours=1)) -> int:
+        cutoff = datetime.now(timezone.utc) - older_than
+        aborted = 0
+        with self._errors("list multipart uploads under", self.prefix or "(root)"):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else ""
+            ):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] <= cutoff:
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted += 1
+        return aborted
