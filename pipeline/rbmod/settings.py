@@ -1,0 +1,67 @@
+"""RB-Modulation sampling settings, with the official app's defaults (spec 2.2, 5.6, 6).
+
+Fields left `None` depend on the mode or the preset and are filled by `resolve`: steps (preset's Stage C
+steps: 20 for stable-cascade), lambda_proximal (1 stylization / 0 composition), sampler (DDIM
+stylization / DDPM composition), resolution and the Stage B steps/CFG (preset defaults).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["stylization", "composition"]
+
+
+class RBModSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Stage C schedule and guidance
+    steps: int | None = Field(None, ge=1)  # T
+    guidance_scale: float = Field(4.0, ge=0)  # w
+    cfg_rescale: float = Field(0.7, ge=0, le=1)  # rho
+    shift: float = Field(2.0, gt=0)
+    sampler: Literal["ddim", "ddpm"] | None = None
+    # SOC
+    eta: float = Field(0.1, ge=0)  # base Adam lr, decays linearly: eta * (1 - k/T)
+    soc_iterations: int = Field(3, ge=0)  # M
+    tau: int | None = Field(None, ge=0)  # SOC runs at steps k < tau; None: every step (tau = T)
+    lambda_style: float = Field(1.0, ge=0)
+    lambda_content: float = Field(1.0, ge=0)  # composition only
+    lambda_proximal: float | None = Field(None, ge=0)
+    # AFA (off only for ablations)
+    afa: bool = True
+    # output and Stage B
+    resolution: int | None = Field(None, ge=1)  # square images; None: the preset's image_size
+    stage_b_steps: int | None = Field(None, ge=1)
+    stage_b_guidance_scale: float | None = Field(None, ge=0)
+    # execution: requests per batch, and whether each request runs as its own batch (bit-identical
+    # results whatever the batching; default: on CPU, where batched GEMMs/convs round differently)
+    max_batch_size: int = Field(8, ge=1)
+    batch_invariant: bool | None = None
+
+    def resolve(self, mode: Mode, config) -> RBModSettings:
+        """Every `None` filled for `mode` from the preset config (`pipeline.models.PresetConfig`)."""
+        steps = self.steps or config.stage_c_steps
+        return self.model_copy(
+            update=dict(
+                steps=steps,
+                tau=steps if self.tau is None else self.tau,
+                lambda_proximal=(1.0 if mode == "stylization" else 0.0)
+                if self.lambda_proximal is None
+                else self.lambda_proximal,
+                sampler=self.sampler or ("ddim" if mode == "stylization" else "ddpm"),
+                resolution=self.resolution or config.image_size,
+                stage_b_steps=self.stage_b_steps or config.stage_b_steps,
+                stage_b_guidance_scale=config.stage_b_guidance_scale
+                if self.stage_b_guidance_scale is None
+                else self.stage_b_guidance_scale,
+            )
+        )
+
+    def latent_size(self, config) -> int:
+        """Stage C latent side for `resolution` (1024 -> 24 for stable-cascade: ceil(res / 42.67))."""
+        resolution = self.resolution or config.image_size
+        return max(1, math.ceil(resolution * config.stage_c_latent_size / config.image_size - 1e-9))
