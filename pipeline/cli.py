@@ -1,9 +1,17 @@
-"""The `stylegen` command line. Each command group lives beside the code it drives; this file only
-joins them, so `stylegen --help` stays fast (heavy imports happen inside the commands)."""
+"""The `stylegen` command line. Each command lives beside the code it drives; this file only joins them.
+The command modules import their heavy parts (torch, ray, transformers) inside the commands, so
+`stylegen --help` stays fast."""
 
 from __future__ import annotations
 
 import typer
+
+from manifests.cli import manifest_app
+from pipeline.demo import demo_command
+from pipeline.report.command import report
+from pipeline.run_cli import run
+from pipeline.select import select
+from pipeline.status import status
 
 app = typer.Typer(
     name="stylegen",
@@ -12,8 +20,12 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-
-# --- command registrations (one line each) ---
+app.add_typer(manifest_app, name="manifest")
+app.command("run")(run)
+app.command("demo")(demo_command)
+app.command("status")(status)
+app.command("select")(select)
+app.command("report")(report)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""`stylegen demo`: make synthetic inputs, build a manifest, validate it and plan it, with no download.
+"""`stylegen demo`: synthetic inputs -> manifest -> validation -> plan -> a full run on local Ray with the
+tiny preset (generate, score, filter, commit shards, report), with no download.
 
-Each step is its own function so the full demo (generate, score, write shards) can call them and add
-its run step after `plan_demo`. Everything the demo makes goes under `<output>/inputs/`; the output
-root is left for the run's own layout (run.json, plan.parquet, shards/, ...).
+Inputs go under `<output>/inputs/`, the run's output (run.json, plan.parquet, shards/, _SUCCESS/,
+rejected/, report.html) under `<output>/run/`. Running the demo again resumes: nothing is redone.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from pathlib import Path
 import typer
 
 DEMO_SHARD_SIZE = 8
+# Thresholds picked for the tiny random-weight scorers so the demo shows both outcomes; real runs set
+# their own (e.g. clip_t >= 0.25 with openai/clip-vit-large-patch14).
+DEMO_FILTERS = ("clip_t >= -0.35", "csd_style >= 0.7", "leakage < 0.93")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class DemoResult:
     report: object  # manifests.validate.ValidationReport
     plan: object  # manifests.plan.Plan
     plan_path: str
+    run: object = None  # pipeline.driver.RunSummary, when the demo ran
 
 
 def make_inputs(output: Path):
@@ -97,7 +101,27 @@ def print_summary(result: DemoResult) -> None:
     console.print(rows)
 
 
-def demo(output: Path) -> DemoResult:
+def run_demo(manifest: Path, output: Path, actors: int | None = None):
+    """The full run: local Ray, tiny preset, every shard generated, scored, filtered and committed."""
+    import os
+
+    from pipeline.driver import run_job
+    from pipeline.run_config import RunConfig
+
+    config = RunConfig.load(
+        None,
+        {
+            "preset": "tiny",
+            "shard_size": DEMO_SHARD_SIZE,
+            "keep_rejected": True,
+            "scoring.filters": list(DEMO_FILTERS),
+        },
+    )
+    # On a CPU machine each actor holds one logical GPU and one core.
+    return run_job(str(manifest), str(output), config, actors=actors or max(1, min(2, os.cpu_count() or 1)))
+
+
+def demo(output: Path, *, run: bool = True, actors: int | None = None) -> DemoResult:
     output = Path(output)
     inputs = make_inputs(output)
     manifest = build_demo_manifest(inputs, output)
@@ -105,13 +129,32 @@ def demo(output: Path) -> DemoResult:
     plan, plan_path = plan_demo(manifest, output)
     result = DemoResult(inputs, manifest, report, plan, plan_path)
     print_summary(result)
+    if run:
+        summary = run_demo(manifest, output / "run", actors)
+        result = DemoResult(inputs, manifest, report, plan, plan_path, summary)
+        print_where(summary)
     return result
+
+
+def print_where(summary) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    console.print(f"shards:  {summary.output}/shards/shard-*.tar  (kept samples: {{uid}}.png + {{uid}}.json)")
+    console.print(f"report:  {summary.report_uri}")
+    console.print(f"status:  stylegen status {summary.output}")
+    console.print(
+        'read:    python -c "import webdataset as wds, glob; '
+        f"print(sum(1 for _ in wds.WebDataset(sorted(glob.glob('{summary.output}/shards/*.tar')))))\""
+    )
 
 
 def demo_command(
     output: Path = typer.Option(
         Path("demo-output"), "--output", "-o", help="Folder for everything the demo makes"
     ),
+    plan_only: bool = typer.Option(False, "--plan-only", help="Stop after the plan: no models, no Ray"),
+    actors: int | None = typer.Option(None, "--actors", min=1, help="Generator actors (default: 2 on CPU)"),
 ) -> None:
-    """Make synthetic inputs, then build, validate and plan a demo manifest (no downloads)."""
-    demo(output)
+    """Synthetic inputs -> manifest -> plan -> full run on local Ray with the tiny preset -> report."""
+    demo(output, run=not plan_only, actors=actors)

@@ -32,7 +32,7 @@ def test_demo_inputs_are_distinct_images_and_whole_word_prompts(tmp_path):
 
 
 def test_demo_builds_validates_and_plans(tmp_path, cache_home):
-    result = demo(tmp_path / "demo out")
+    result = demo(tmp_path / "demo out", run=False)
     table = read_manifest(str(result.manifest))
     has_content = [c is not None for c in table.column("content").to_pylist()]
     assert table.num_rows == 6 * 8 + 6 * 3 == 66 and sum(has_content) == 18
@@ -44,11 +44,11 @@ def test_demo_builds_validates_and_plans(tmp_path, cache_home):
 
 
 def test_demo_is_reproducible_and_runs_from_the_cli(tmp_path, cache_home):
-    first = demo(tmp_path / "out")
+    first = demo(tmp_path / "out", run=False)
     digests = {
         p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "out").rglob("*") if p.is_file()
     }
-    result = CliRunner().invoke(app, ["demo", "--output", str(tmp_path / "out")], catch_exceptions=False)
+    result = CliRunner().invoke(app, ["demo", "--plan-only", "--output", str(tmp_path / "out")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert (
         "manifest rows" in result.output

@@ -312,13 +312,13 @@ def test_meta_schema_keeps_column_types_stable_across_shards(tmp_path):
         [ShardRow(uid_of(0), "kept", meta={"extra_size": None, "extra_note": None})],
         tmp_path / "a.parquet",
         0,
-        meta_schema=schema,
+        schema=schema,
     )
     write_shard_table(
         [ShardRow(uid_of(1), "kept", meta={"extra_size": 4, "extra_note": "x"})],
         tmp_path / "b.parquet",
         1,
-        meta_schema=schema,
+        schema=schema,
     )
     a, b = pq.read_schema(tmp_path / "a.parquet"), pq.read_schema(tmp_path / "b.parquet")
     assert a.field("extra_size").type == b.field("extra_size").type == pa.int32()
@@ -326,3 +326,26 @@ def test_meta_schema_keeps_column_types_stable_across_shards(tmp_path):
         [pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")]
     )
     assert combined.column("extra_size").to_pylist() == [None, 4]
+
+
+def test_schema_gives_an_all_failed_shard_the_same_columns_as_a_scored_one(tmp_path):
+    schema = pa.schema(
+        [("score_clip_t", pa.float64()), ("time_generate_s", pa.float64()), ("content", pa.string())]
+    )
+    scored = ShardRow(uid_of(0), "kept", scores={"clip_t": 0.3}, timings={"generate_s": 1.5}, meta={})
+    failed = ShardRow(uid_of(1), "failed", reason="OSError: missing style")
+    write_shard_table([scored], tmp_path / "a.parquet", 0, schema=schema)
+    write_shard_table([failed], tmp_path / "b.parquet", 1, schema=schema)
+    a, b = pq.read_schema(tmp_path / "a.parquet"), pq.read_schema(tmp_path / "b.parquet")
+    assert a == b and a.names == [
+        "uid",
+        "shard_id",
+        "status",
+        "reason",
+        "score_clip_t",
+        "time_generate_s",
+        "content",
+    ]
+    both = pq.ParquetDataset(tmp_path).read()  # a reader over the folder sees one schema
+    assert both.column("score_clip_t").to_pylist() == [0.3, None]
+    assert both.column("content").to_pylist() == [None, None]

@@ -3,9 +3,11 @@
 Columns, in this order:
   uid (string), shard_id (int64), status (string: kept / rejected / failed), reason (string or null:
   the filter rule and value for rejected rows, the error for failed ones),
-  score_<name> (float64, null when absent) for every score seen in the shard,
-  time_<name> (float64 seconds, null when absent) for every timing seen in the shard,
+  score_<name> (float64, null when absent) for every score seen in the shard or named by `schema`,
+  time_<name> (float64 seconds, null when absent) for every timing seen in the shard or named by `schema`,
   then every metadata key (sorted): scalars as their own column, lists/dicts as canonical JSON strings.
+A run passes one `schema` for all its shards, so every shard parquet has the same columns and types (an
+all-failed shard has no scores, an all-null column no type of its own) and readers can concatenate them.
 Rows are sorted by uid, so the same rows give the same bytes (pyarrow writes no timestamps).
 """
 
@@ -84,20 +86,22 @@ def _meta_column(rows: list[ShardRow], name: str, shard_id: int, schema: pa.Sche
         raise ValueError(f"shard {shard_id}: metadata column {name!r} cannot be stored: {error}") from None
 
 
-def build_shard_table(
-    rows: Iterable[ShardRow], shard_id: int, meta_schema: pa.Schema | None = None
-) -> pa.Table:
+def build_shard_table(rows: Iterable[ShardRow], shard_id: int, schema: pa.Schema | None = None) -> pa.Table:
     """The Arrow table `write_shard_table` writes (see the module docstring for its columns).
 
-    `meta_schema` optionally fixes metadata column types (e.g. the manifest's extra columns), so
-    every shard of a run has the same schema even when a column is all-null in one shard."""
+    `schema` optionally fixes the run's columns: its metadata, score_* and time_* fields appear in every
+    shard (null where a row has no value) with the given metadata types."""
     ordered = sorted(rows, key=lambda row: row.uid)
     for previous, row in pairwise(ordered):
         if previous.uid == row.uid:
             raise ValueError(f"shard {shard_id}: row uid {row.uid} appears twice")
-    meta_names = sorted({name for row in ordered for name in row.meta})
-    score_names = sorted({name for row in ordered for name in row.scores})
-    timing_names = sorted({name for row in ordered for name in row.timings})
+    fixed = [n for n in (schema.names if schema is not None else []) if n not in _CORE_COLUMNS]
+    scored = {n.removeprefix("score_") for n in fixed if n.startswith("score_")}
+    timed = {n.removeprefix("time_") for n in fixed if n.startswith("time_")}
+    described = {n for n in fixed if not n.startswith(("score_", "time_"))}
+    meta_names = sorted({name for row in ordered for name in row.meta} | described)
+    score_names = sorted({name for row in ordered for name in row.scores} | scored)
+    timing_names = sorted({name for row in ordered for name in row.timings} | timed)
     clashes = set(meta_names) & (
         set(_CORE_COLUMNS) | {f"score_{n}" for n in score_names} | {f"time_{n}" for n in timing_names}
     )
@@ -115,15 +119,15 @@ def build_shard_table(
     for name in timing_names:
         columns[f"time_{name}"] = _float_column(ordered, "timings", name)
     for name in meta_names:
-        columns[name] = _meta_column(ordered, name, shard_id, meta_schema)
+        columns[name] = _meta_column(ordered, name, shard_id, schema)
     return pa.table(columns)
 
 
 def write_shard_table(
-    rows: Iterable[ShardRow], path: str | Path, shard_id: int, meta_schema: pa.Schema | None = None
+    rows: Iterable[ShardRow], path: str | Path, shard_id: int, schema: pa.Schema | None = None
 ) -> TableStats:
     """Write the shard's Parquet table at `path` (temp file + fsync + rename) and count its statuses."""
-    table = build_shard_table(rows, shard_id, meta_schema)
+    table = build_shard_table(rows, shard_id, schema)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")

@@ -1,0 +1,457 @@
+"""The actor pool and the shard scheduler: the only place that waits on Ray.
+
+- `start_ray` connects to a cluster (`--address` / RAY_ADDRESS, code shipped with a runtime_env) or
+  starts a local instance whose GPUs are logical on a CPU machine, so one code path runs everywhere.
+- `GeneratorPool` keeps one GeneratorActor per GPU and at most two shards in flight per actor, so an
+  actor always has its next shard queued (no idle GPU between shards) and a finished shard uploads while
+  the next one generates.
+- `ShardScheduler.run` is the `ray.wait` loop. Every wait has a timeout; a shard that runs past its
+  deadline gets its actor killed (Ray restarts it) and is resubmitted; a shard that failed
+  `max_attempts` times is handed back as failed; dead actors are detected with a health probe and
+  dropped, and the run stops with an error once no actor is left. It never loops forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
+
+from actors.generator_actor import GeneratorActor, ProgressActor
+
+log = logging.getLogger("stylegen.pool")
+
+SHARDS_IN_FLIGHT_PER_ACTOR = 2
+PROBE_RETRY_S = 0.5
+HEARTBEAT_POLL_S = 0.5
+
+
+class PoolError(RuntimeError):
+    """The run cannot go on: no generator actor is alive (the message says why)."""
+
+
+# --- Ray connection --------------------------------------------------------------------------------
+
+
+def project_packages() -> list[Path]:
+    """The three packages to ship to a remote cluster."""
+    import actors
+    import manifests
+    import pipeline
+
+    return [Path(module.__file__).parent for module in (manifests, pipeline, actors)]
+
+
+def start_ray(address: str | None, num_gpus: float | None, num_cpus: int | None = None) -> bool:
+    """Connect to `address` (or RAY_ADDRESS), or start a local instance. True when this call did it,
+    so the caller shuts down only what it started; an already-initialized Ray is reused."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if address:
+        modules = [str(p) for p in project_packages()]
+        ray.init(address=address, runtime_env={"py_modules": modules}, **common)
+    else:
+        ray.init(num_gpus=num_gpus, num_cpus=num_cpus, **common)
+    return True
+
+
+def detect_gpus() -> int:
+    """CUDA devices on this machine; without an NVIDIA driver, 0 (and no torch import, which is slow)."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# --- deadlines -------------------------------------------------------------------------------------
+
+
+class DeadlinePolicy:
+    """Shard deadline = factor x observed seconds per image x rows, floored; a fixed allowance until
+    the first shards have finished (those include warm-up)."""
+
+    def __init__(self, factor: float, first_deadline_s: float, min_deadline_s: float):
+        self.factor = factor
+        self.first_deadline_s = first_deadline_s
+        self.min_deadline_s = min_deadline_s
+        self._per_image: deque[float] = deque(maxlen=64)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if rows > 0:
+            self._per_image.append(seconds / rows)
+
+    def deadline(self, rows: int) -> float:
+        if not self._per_image:
+            return self.first_deadline_s
+        return max(self.min_deadline_s, self.factor * statistics.median(self._per_image) * max(rows, 1))
+
+
+# --- pool ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    shard_id: int
+    number: int  # 1-based attempt count of this shard in this run
+    attempt_id: str
+    slot: ActorSlot
+    ref: Any
+    submitted_at: float
+    started_at: float | None = None  # driver clock, when its first heartbeat was seen
+    images_done: int = 0
+    incarnation: int = 0  # the slot's incarnation (restart count) it was submitted to
+    deadline_exceeded: bool = False  # this attempt's actor was killed because of this attempt
+    deadline_s: float = 0.0  # the deadline it exceeded
+    collateral: bool = False  # its actor died because of another attempt: not charged
+
+
+@dataclass
+class ActorSlot:
+    index: int
+    handle: Any
+    info: dict = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+    probe: Any = None  # a ready() call in flight: no new work until it answers
+    probe_since: float = 0.0
+    reprobe_at: float | None = None
+    idle_since: float = field(default_factory=time.monotonic)  # no shard of this actor started since
+    dead_reason: str | None = None
+    restarts: int = 0
+    killed_pid: int | None = None  # a probe answered by this pid came from the instance being killed
+
+    @property
+    def usable(self) -> bool:
+        return self.dead_reason is None and self.probe is None and self.reprobe_at is None
+
+
+class GeneratorPool:
+    def __init__(
+        self,
+        config_json: str,
+        output: str,
+        size: int,
+        gpus_per_actor: float = 1.0,
+        torch_threads: int | None = None,
+    ):
+        if size < 1:
+            raise PoolError("the pool needs at least one actor")
+        threads = torch_threads or max(1, (os.cpu_count() or 1) // size)
+        progress_name = f"stylegen-progress-{uuid.uuid4().hex}"
+        self.progress = ProgressActor.options(name=progress_name).remote()
+        self.slots: list[ActorSlot] = []
+        now = time.monotonic()
+        for index in range(size):
+            handle = GeneratorActor.options(num_gpus=gpus_per_actor).remote(
+                config_json, output, index, progress_name, threads
+            )
+            self.slots.append(ActorSlot(index, handle, probe=handle.ready.remote(), probe_since=now))
+
+    def wait_ready(self, timeout_s: float) -> list[dict]:
+        """Block until every actor answered its first probe (tests and benchmarks use this)."""
+        refs = [slot.probe for slot in self.slots if slot.probe is not None]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(done) < len(refs):
+            raise PoolError(
+                f"{len(refs) - len(done)} of {len(refs)} actors not ready after {timeout_s:.0f} s"
+            )
+        for slot in self.slots:
+            slot.info, slot.probe = ray.get(slot.probe), None
+        return [slot.info for slot in self.slots]
+
+    def shutdown(self) -> None:
+        for slot in self.slots:
+            ray.kill(slot.handle, no_restart=True)
+        ray.kill(self.progress, no_restart=True)
+
+
+# --- scheduler -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SchedulerHooks:
+    on_committed: Callable[[int, dict], None] = lambda shard_id, result: None
+    on_failed: Callable[[int, list[str]], None] = lambda shard_id, errors: None
+    on_progress: Callable[[int], None] = lambda images_in_flight: None  # images done in running shards
+    on_event: Callable[[str], None] = lambda message: None  # retries, kills, restarts: for the log
+
+
+class ShardScheduler:
+    def __init__(
+        self,
+        pool: GeneratorPool,
+        policy: DeadlinePolicy,
+        max_attempts: int,
+        actor_start_timeout_s: float,
+        hooks: SchedulerHooks | None = None,
+        poll_s: float = 0.1,
+    ):
+        self.pool = pool
+        self.policy = policy
+        self.max_attempts = max_attempts
+        self.actor_start_timeout_s = actor_start_timeout_s
+        self.hooks = hooks or SchedulerHooks()
+        self.poll_s = poll_s
+        self._errors: dict[int, list[str]] = defaultdict(list)
+        # (shard id, attempt id) of attempts that ended without a result: their uploads are orphans
+        self.unfinished_attempts: list[tuple[int, str]] = []
+        self._tries: dict[int, int] = defaultdict(int)
+        self._last_heartbeat_poll = 0.0
+
+    def run(self, shard_rows: dict[int, int]) -> None:
+        """Run every shard in `shard_rows` (shard id -> planned rows) to a commit or a final failure."""
+        self._rows = shard_rows
+        self._pending: deque[int] = deque(sorted(shard_rows))
+        while self._pending or self._attempts():
+            self._fill()
+            self._wait_and_collect()
+            self._poll_heartbeats()
+            self._enforce_deadlines()
+            self._check_probes()
+            if all(slot.dead_reason for slot in self.pool.slots):
+                reasons = "; ".join(f"actor {s.index}: {s.dead_reason}" for s in self.pool.slots)
+                raise PoolError(f"no generator actor is alive ({reasons})")
+
+    # -- submission --
+
+    def _attempts(self) -> list[Attempt]:
+        return [attempt for slot in self.pool.slots for attempt in slot.attempts]
+
+    def _fill(self) -> None:
+        """Give the least busy usable actor the next shard until every actor has two (or none are left)."""
+        while self._pending:
+            open_slots = [
+                s for s in self.pool.slots if s.usable and len(s.attempts) < SHARDS_IN_FLIGHT_PER_ACTOR
+            ]
+            if not open_slots:
+                return
+            slot = min(open_slots, key=lambda s: len(s.attempts))
+            shard_id = self._pending.popleft()
+            self._tries[shard_id] += 1
+            number = self._tries[shard_id]
+            attempt_id = f"{number}-{uuid.uuid4().hex[:12]}"
+            if not slot.attempts:
+                slot.idle_since = time.monotonic()
+            ref = slot.handle.run_shard.remote(shard_id, attempt_id)
+            slot.attempts.append(
+                Attempt(shard_id, number, attempt_id, slot, ref, time.monotonic(), incarnation=slot.restarts)
+            )
+
+    # -- results --
+
+    def _wait_and_collect(self) -> None:
+        by_ref = {attempt.ref: attempt for attempt in self._attempts()}
+        probes = {slot.probe: slot for slot in self.pool.slots if slot.probe is not None}
+        refs = list(by_ref) + list(probes)
+        if not refs:
+            time.sleep(self.poll_s)
+            return
+        ready, _ = ray.wait(refs, num_returns=1, timeout=self.poll_s)
+        if ready:  # collect everything else that is ready too
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            if ref in by_ref:
+                self._finish(by_ref[ref])
+            else:
+                self._probe_answered(probes[ref])
+
+    def _finish(self, attempt: Attempt) -> None:
+        slot = attempt.slot
+        slot.attempts.remove(attempt)
+        self.pool.progress.forget.remote([attempt.attempt_id])
+        try:
+            result = ray.get(attempt.ref)
+        except RayTaskError as error:  # the worker raised; the actor is fine
+            self.unfinished_attempts.append((attempt.shard_id, attempt.attempt_id))
+            self._charge(attempt, f"attempt {attempt.number}: {_cause(error)}")
+            return
+        except RayActorError as error:
+            self.unfinished_attempts.append((attempt.shard_id, attempt.attempt_id))
+            self._assign_blame(attempt)
+            self._actor_failed(slot, error)
+            if attempt.collateral:
+                self.hooks.on_event(
+                    f"shard {attempt.shard_id}: resubmitted, not charged (actor {slot.index} was lost "
+                    "because of another shard)"
+                )
+                self._tries[attempt.shard_id] -= 1
+                self._pending.appendleft(attempt.shard_id)
+            elif attempt.deadline_exceeded:
+                self._charge(
+                    attempt, f"attempt {attempt.number}: deadline of {attempt.deadline_s:.0f} s exceeded"
+                )
+            else:
+                self._charge(
+                    attempt, f"attempt {attempt.number}: actor {slot.index} died ({type(error).__name__})"
+                )
+            return
+        started = attempt.started_at or attempt.submitted_at
+        self.policy.observe(self._rows[attempt.shard_id], time.monotonic() - started)
+        slot.idle_since = time.monotonic()
+        self.hooks.on_committed(attempt.shard_id, result)
+
+    def _charge(self, attempt: Attempt, error: str) -> None:
+        errors = self._errors[attempt.shard_id]
+        errors.append(error)
+        if len(errors) >= self.max_attempts:
+            self.hooks.on_event(f"shard {attempt.shard_id}: failed {len(errors)} times, giving up: {error}")
+            self.hooks.on_failed(attempt.shard_id, list(errors))
+        else:
+            self.hooks.on_event(f"shard {attempt.shard_id}: {error}; retrying")
+            self._pending.appendleft(attempt.shard_id)
+
+    def _assign_blame(self, failed: Attempt) -> None:
+        """An actor died with shards in flight. The one it was generating caused it; one waiting to
+        start or already uploading (all images done) is resubmitted without being charged. When the
+        heartbeats cannot tell (none seen yet), every attempt is charged."""
+        if failed.deadline_exceeded or failed.collateral:
+            return
+        same_instance = [failed] + [a for a in failed.slot.attempts if a.incarnation == failed.incarnation]
+        undecided = [a for a in same_instance if not (a.deadline_exceeded or a.collateral)]
+        generating = [
+            a for a in undecided if a.started_at is not None and a.images_done < self._rows[a.shard_id]
+        ]
+        if generating:
+            for attempt in undecided:
+                attempt.collateral = attempt not in generating
+
+    # -- actor health --
+
+    def _actor_failed(self, slot: ActorSlot, error: Exception) -> None:
+        if slot.probe is None and slot.dead_reason is None:
+            self.hooks.on_event(f"actor {slot.index}: lost ({type(error).__name__}); waiting for its restart")
+            self._start_probe(slot)
+
+    def _start_probe(self, slot: ActorSlot) -> None:
+        slot.probe, slot.reprobe_at = slot.handle.ready.remote(), None
+        if not slot.probe_since:
+            slot.probe_since = time.monotonic()
+
+    def _probe_answered(self, slot: ActorSlot) -> None:
+        ref, slot.probe = slot.probe, None
+        try:
+            info = ray.get(ref)
+        except ActorDiedError as error:
+            self._declare_dead(slot, _death_reason(error))
+            return
+        except RayActorError:  # restarting: ask again shortly
+            slot.reprobe_at = time.monotonic() + PROBE_RETRY_S
+            return
+        except RayTaskError as error:
+            self._declare_dead(slot, _cause(error))
+            return
+        if info.get("pid") == slot.killed_pid:  # the killed instance answered before it went away
+            slot.reprobe_at = time.monotonic() + PROBE_RETRY_S
+            return
+        slot.killed_pid = None
+        if slot.info and info.get("pid") != slot.info.get("pid"):
+            slot.restarts += 1
+            self.hooks.on_event(f"actor {slot.index}: restarted as pid {info.get('pid')}")
+        slot.info, slot.probe_since, slot.idle_since = info, 0.0, time.monotonic()
+
+    def _check_probes(self) -> None:
+        now = time.monotonic()
+        for slot in self.pool.slots:
+            if slot.dead_reason:
+                continue
+            if slot.reprobe_at is not None and now >= slot.reprobe_at:
+                self._start_probe(slot)
+            waiting = slot.probe is not None or slot.reprobe_at is not None
+            if waiting and now - slot.probe_since > self.actor_start_timeout_s:
+                self._declare_dead(slot, f"not ready after {self.actor_start_timeout_s:.0f} s")
+
+    def _declare_dead(self, slot: ActorSlot, reason: str) -> None:
+        slot.dead_reason, slot.probe, slot.reprobe_at = reason, None, None
+        self.hooks.on_event(f"actor {slot.index}: dead ({reason})")
+        ray.kill(slot.handle, no_restart=True)
+        for attempt in list(slot.attempts):  # resubmit elsewhere without charging the shard
+            slot.attempts.remove(attempt)
+            self.unfinished_attempts.append((attempt.shard_id, attempt.attempt_id))
+            self._tries[attempt.shard_id] -= 1
+            self._pending.appendleft(attempt.shard_id)
+
+    # -- heartbeats and deadlines --
+
+    def _poll_heartbeats(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat_poll < HEARTBEAT_POLL_S:
+            return
+        self._last_heartbeat_poll = now
+        try:
+            beats = ray.get(self.pool.progress.snapshot.remote(), timeout=10)
+        except (GetTimeoutError, RayActorError):
+            return
+        in_flight_images = 0
+        for attempt in self._attempts():
+            beat = beats.get(attempt.attempt_id)
+            if beat is None:
+                continue
+            if attempt.started_at is None:
+                attempt.started_at = now
+                attempt.slot.idle_since = now
+            attempt.images_done = beat["images_done"]
+            in_flight_images += attempt.images_done
+        self.hooks.on_progress(in_flight_images)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for slot in self.pool.slots:
+            if not slot.usable or not slot.attempts:
+                continue
+            late = [
+                a
+                for a in slot.attempts
+                if a.started_at is not None
+                and now - a.started_at > self.policy.deadline(self._rows[a.shard_id])
+            ]
+            stuck = not any(a.started_at for a in slot.attempts) and (
+                now - slot.idle_since > self.actor_start_timeout_s
+            )
+            if not late and not stuck:
+                continue
+            for attempt in slot.attempts:
+                attempt.deadline_exceeded = attempt in late or stuck
+                attempt.collateral = not attempt.deadline_exceeded
+                if attempt in late:
+                    attempt.deadline_s = self.policy.deadline(self._rows[attempt.shard_id])
+                elif stuck:
+                    attempt.deadline_s = self.actor_start_timeout_s
+            why = f"shard {late[0].shard_id} past its deadline" if late else "no shard started"
+            self.hooks.on_event(f"actor {slot.index}: killed ({why}); Ray restarts it")
+            ray.kill(slot.handle, no_restart=False)
+            slot.killed_pid = slot.info.get("pid")
+            slot.probe_since = now
+            slot.reprobe_at = now + PROBE_RETRY_S  # no new work until the restarted actor answers
+
+
+def _cause(error: RayTaskError) -> str:
+    cause = getattr(error, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    return _first_line(error)
+
+
+def _death_reason(error: ActorDiedError) -> str:
+    """For a constructor that raised, its exception line (the last of the traceback); else line one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "creation task" in str(error) and lines:
+        return f"its constructor raised {lines[-1][:300]}"
+    return _first_line(error)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__

@@ -1,0 +1,444 @@
+"""The driver: plan -> run.json -> resume -> schedule -> finalize.
+
+`run_job` is the whole of `stylegen run` (and what `stylegen demo` calls):
+
+1. read and plan the manifest; the first run writes `plan.parquet`, then `run.json` (config, its
+   fingerprint, the manifest and plan fingerprints, versions; never a credential);
+2. a later run of the same output compares itself with `run.json` and refuses a changed manifest or
+   config, naming what changed (`restart=True` deletes the old output first);
+3. one LIST of the commit markers gives the shards already done; the rest run on the Ray actor pool
+   (actors/pool.py), with deadlines, retries and failed-shard records;
+4. finalize: remove orphaned attempt objects, write `summary.json`, print the summary table.
+The log of each run goes to `logs/run-<UTC timestamp>.log` under the output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
+from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint
+from pipeline.worker import PLAN_KEY, commit_failed_shard, package_versions
+
+log = logging.getLogger("stylegen.driver")
+
+RUN_KEY = "run.json"
+SUMMARY_KEY = "summary.json"
+RUN_FORMAT = "stylegen-run/1"
+
+
+class RunRefused(RuntimeError):
+    """The output holds a different run (changed manifest or config), or --restart would delete
+    something that is not a stylegen output."""
+
+
+@dataclass
+class RunSummary:
+    output: str
+    shards_planned: int
+    shards_resumed: int  # committed before this run started
+    shards_committed: int  # committed by this run (including failed-shard records)
+    shards_failed: int  # shards recorded with every row failed, over the whole output
+    rows: int
+    kept: int
+    rejected: int
+    failed: int
+    images_this_run: int
+    elapsed_s: float
+    images_per_s: float
+    actors: int
+    config_fingerprint: str
+    plan_fingerprint: str
+    log_uri: str | None = None
+    report_uri: str | None = None
+    failed_shard_errors: dict[int, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_job(
+    manifest: str,
+    output: str,
+    config: RunConfig,
+    *,
+    actors: int | None = None,
+    gpus_per_actor: float = 1.0,
+    address: str | None = None,
+    restart: bool = False,
+    console: Console | None = None,
+    live: bool | None = None,
+) -> RunSummary:
+    """Run (or resume) `manifest` into `output` (a folder or s3://bucket/prefix) and return the summary.
+
+    actors: pool size (default: every GPU, or one logical GPU on a CPU machine); gpus_per_actor may be
+    fractional; address: an existing Ray cluster (else RAY_ADDRESS, else a local instance; an already
+    initialized Ray is reused and left running); restart: delete the output's objects first;
+    live: draw the progress bar (default: when the console is a terminal)."""
+    from pipeline.storage import open_store
+
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    check_config(config)
+    store = open_store(output, **config.storage)
+    if restart:
+        clear_output(store)
+    log_key = f"logs/run-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}.log"
+    log_path = _local_log_path(store, log_key)
+    handler = open_run_log(log_path)
+    try:
+        summary = _run(manifest, store, config, actors, gpus_per_actor, address, console, live, started)
+        summary.log_uri = store.url(log_key)
+        summary.report_uri = write_run_report(store)
+        store.put_bytes(
+            SUMMARY_KEY, (json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+        )
+        console.print(summary_table(summary))
+        return summary
+    except BaseException as error:
+        log.error("run stopped: %s: %s", type(error).__name__, error)
+        raise
+    finally:
+        close_run_log(handler)
+        if not _is_local(store):
+            store.put_file(log_key, log_path)
+            log_path.unlink(missing_ok=True)
+
+
+def write_run_report(store) -> str:
+    """report.html for the output (galleries, score histograms with the filter thresholds, throughput)."""
+    from pipeline.report.command import REPORT_KEY, build_report
+
+    store.put_bytes(REPORT_KEY, build_report(store).encode("utf-8"))
+    return store.url(REPORT_KEY)
+
+
+def _run(manifest, store, config, actors, gpus_per_actor, address, console, live, started) -> RunSummary:
+    plan, record = plan_run(manifest, config)
+    log.info(
+        "run %s -> %s: %d rows in %d shards", manifest, store.uri, record["manifest"]["rows"], plan.num_shards
+    )
+    prior = read_run_record(store)
+    if prior is not None:
+        ensure_same_run(prior, record, store.uri)
+        log.info("resuming: run.json matches (config %s)", record["config_fingerprint"][:12])
+    else:
+        write_plan(store, plan)
+        store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+
+    sizes = dict(enumerate(plan.shard_sizes))
+    done = store.committed_shards()
+    pending = {shard_id: rows for shard_id, rows in sizes.items() if shard_id not in done}
+    kept, rejected, _ = _counts(done.values())
+    progress = RunProgress(
+        plan.num_shards,
+        sum(sizes.values()),
+        done_shards=len(done),
+        done_images=sum(sizes[s] for s in done if s in sizes),
+        kept=kept,
+        rejected=rejected,
+        console=console,
+        live=live,
+    )
+    log.info("%d shards committed before this run, %d to run", len(done), len(pending))
+    failed_errors: dict[int, list[str]] = {}
+    unfinished: list[tuple[int, str]] = []
+    pool_size = 0
+    if pending:
+        with progress:
+            pool_size = execute(
+                store, config, pending, progress, failed_errors, unfinished, actors, gpus_per_actor, address
+            )
+    finalize(store, unfinished, since_s=time.monotonic() - started)
+    final = store.committed_shards()
+    kept, rejected, failed = _counts(final.values())
+    fresh = sum(sizes[s] for s in final if s not in done and s in sizes)
+    elapsed = time.monotonic() - started
+    return RunSummary(
+        output=store.uri,
+        shards_planned=plan.num_shards,
+        shards_resumed=len(done),
+        shards_committed=len(set(final) - set(done)),
+        shards_failed=sum(1 for marker in final.values() if marker.summary.get("shard_failed")),
+        rows=sum(sizes.values()),
+        kept=kept,
+        rejected=rejected,
+        failed=failed,
+        images_this_run=fresh,
+        elapsed_s=elapsed,
+        images_per_s=fresh / elapsed if elapsed > 0 else 0.0,
+        actors=pool_size,
+        config_fingerprint=record["config_fingerprint"],
+        plan_fingerprint=record["plan"]["fingerprint"],
+        failed_shard_errors=failed_errors,
+    )
+
+
+# --- planning and run.json -------------------------------------------------------------------------
+
+
+def check_config(config: RunConfig) -> None:
+    """Catch bad filter rules and sampler settings here, before any actor loads a model."""
+    from pydantic import ValidationError
+
+    if config.scoring.filters:
+        from pipeline.scoring.rules import FilterRules, RuleError
+        from pipeline.scoring.scorer import SCORE_NAMES
+
+        try:
+            FilterRules.parse(list(config.scoring.filters), set(SCORE_NAMES))
+        except RuleError as error:
+            raise ConfigError(f"scoring.filters: {error}") from None
+    if config.generator.kind == "rbmod" and config.rbmod:
+        from pipeline.rbmod.settings import RBModSettings
+
+        try:
+            RBModSettings.model_validate(config.rbmod)
+        except ValidationError as error:
+            problems = "; ".join(f"rbmod.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ConfigError(problems) from None
+
+
+def plan_run(manifest: str, config: RunConfig):
+    """Read and plan the manifest; the run record (run.json) that identifies this run."""
+    import platform
+
+    from manifests.plan import make_plan
+    from manifests.read import read_manifest
+
+    table = read_manifest(manifest)
+    plan = make_plan(table, config.shard_size, order=config.plan_order, dedupe=config.dedupe)
+    if plan.dropped_rows:
+        log.warning(
+            "dedupe: dropped %d duplicate rows: %s", len(plan.dropped_rows), list(plan.dropped_rows)[:20]
+        )
+    record = {
+        "format": RUN_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "manifest": {"uri": manifest, "fingerprint": plan.manifest_fingerprint, "rows": table.num_rows},
+        "plan": {
+            "fingerprint": plan.fingerprint,
+            "shards": plan.num_shards,
+            "shard_size": config.shard_size,
+            "order": config.plan_order,
+            "dropped_rows": len(plan.dropped_rows),
+        },
+        "config": config.to_dict(),
+        "config_fingerprint": config.fingerprint(),
+        "versions": {**package_versions(), "python": platform.python_version(), **_more_versions()},
+    }
+    return plan, record
+
+
+def _more_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    return {name: metadata.version(name) for name in ("ray", "pyarrow", "webdataset")}
+
+
+def read_run_record(store) -> dict[str, Any] | None:
+    if not store.exists(RUN_KEY):
+        return None
+    return json.loads(store.get_bytes(RUN_KEY))
+
+
+def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) -> None:
+    """Refuse to resume a different run, naming exactly what changed."""
+    if prior.get("format") != RUN_FORMAT:
+        raise RunRefused(
+            f"{output} holds a run.json of another kind (format {prior.get('format')!r}, "
+            f"not {RUN_FORMAT!r}); choose another --output"
+        )
+    problems = []
+    old_manifest, new_manifest = prior["manifest"], record["manifest"]
+    if old_manifest["fingerprint"] != new_manifest["fingerprint"]:
+        problems.append(
+            f"the manifest changed: fingerprint {old_manifest['fingerprint'][:16]} -> "
+            f"{new_manifest['fingerprint'][:16]} (rows {old_manifest['rows']} -> {new_manifest['rows']}; "
+            f"was {old_manifest['uri']}, now {new_manifest['uri']})"
+        )
+    if config_fingerprint(prior["config"]) != record["config_fingerprint"]:
+        changes = changed_keys(prior["config"], record["config"])
+        problems.append("the config changed: " + "; ".join(changes))
+    if not problems and prior["plan"]["fingerprint"] != record["plan"]["fingerprint"]:
+        problems.append(
+            f"the plan changed: fingerprint {prior['plan']['fingerprint'][:16]} -> "
+            f"{record['plan']['fingerprint'][:16]} (planner version?)"
+        )
+    if problems:
+        raise RunRefused(
+            f"{output} already holds a different run: "
+            + " and ".join(problems)
+            + ". Rerun with --restart to delete it and start over, or choose another --output."
+        )
+
+
+def finalize(store, unfinished: list[tuple[int, str]], since_s: float) -> None:
+    """Complete any shard whose commit was interrupted after its marker, then delete what attempts
+    left behind: this run's attempts that ended without a result, and orphans older than this run
+    (from crashed earlier runs). Attempts that might still be writing for another driver are younger
+    than this run and not ours, so they are left alone: one driver per output at a time."""
+    from pipeline.storage.layout import attempt_prefix
+
+    completed = store.finalize()
+    if completed:
+        log.info("finalize: completed the interrupted publish of shards %s", completed)
+    markers = store.committed_shards()
+    doomed = []
+    for shard_id, attempt_id in unfinished:
+        marker = markers.get(shard_id)
+        if marker is None or marker.attempt_id != attempt_id:
+            doomed += [info.key for info in store.list(attempt_prefix(shard_id, attempt_id))]
+    store.delete(doomed)
+    removed = store.remove_orphans(older_than=timedelta(seconds=since_s))
+    if doomed or removed:
+        log.info("finalize: removed %d objects of unfinished attempts", len(doomed) + len(removed))
+
+
+def write_plan(store, plan) -> None:
+    with tempfile.TemporaryDirectory(prefix="stylegen-plan-") as folder:
+        store.put_file(PLAN_KEY, plan.write(folder))
+
+
+def clear_output(store) -> None:
+    """--restart: delete every object of the old run, refusing anything that is not a stylegen output."""
+    objects = store.list("")
+    if not objects:
+        return
+    if not store.exists(RUN_KEY):
+        raise RunRefused(
+            f"--restart would delete {len(objects)} objects under {store.uri}, but it has no {RUN_KEY}: "
+            "it does not look like a stylegen output, so nothing was deleted"
+        )
+    store.delete([info.key for info in objects])
+    store.abort_stale_multipart_uploads(older_than=timedelta(0))
+
+
+# --- execution -------------------------------------------------------------------------------------
+
+
+def execute(
+    store,
+    config: RunConfig,
+    pending: dict[int, int],
+    progress: RunProgress,
+    failed_errors: dict[int, list[str]],
+    unfinished: list[tuple[int, str]],
+    actors: int | None,
+    gpus_per_actor: float,
+    address: str | None,
+) -> int:
+    """Run the pending shards on a pool of generator actors; returns the pool size."""
+    import ray
+
+    from actors.pool import (
+        DeadlinePolicy,
+        GeneratorPool,
+        PoolError,
+        SchedulerHooks,
+        ShardScheduler,
+        detect_gpus,
+        start_ray,
+    )
+
+    local_gpus = None
+    if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        # Logical GPUs on a CPU machine, so the same scheduling code runs everywhere.
+        local_gpus = detect_gpus() or math.ceil((actors or 1) * gpus_per_actor)
+    started_ray = start_ray(address, local_gpus)
+    pool = None
+    try:
+        cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+        capacity = int(cluster_gpus / gpus_per_actor + 1e-9)
+        size = actors or capacity
+        if size < 1 or size * gpus_per_actor > cluster_gpus + 1e-9:
+            raise PoolError(
+                f"{size or 1} actor(s) x {gpus_per_actor} GPU need more than the {cluster_gpus:g} GPUs "
+                "this Ray cluster has; lower --actors or --gpus-per-actor"
+            )
+        size = min(size, len(pending))  # an actor without a shard would only load models
+        execution = config.execution
+        pool = GeneratorPool(
+            config.model_dump_json(), store.uri, size, gpus_per_actor, execution.torch_threads
+        )
+        log.info("pool: %d actors x %g GPU (cluster GPUs: %g)", size, gpus_per_actor, cluster_gpus)
+
+        def committed(shard_id: int, result: dict) -> None:
+            progress.shard_done(result["rows"], result["kept"], result["rejected"], result["failed"])
+            log.info(
+                "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s",
+                shard_id,
+                result["attempt_id"],
+                "ours" if result["committed"] else "an earlier attempt's",
+                result["kept"],
+                result["rejected"],
+                result["failed"],
+                result["seconds"],
+            )
+
+        def failed(shard_id: int, errors: list[str]) -> None:
+            failed_errors[shard_id] = errors
+            commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
+            rows = pending[shard_id]
+            progress.shard_done(rows, 0, 0, rows)
+            log.error("shard %d recorded as failed (all %d rows): %s", shard_id, rows, " | ".join(errors))
+
+        def event(message: str) -> None:
+            log.warning(message)
+            progress.console.print(f"[dim]{message}[/dim]")
+
+        hooks = SchedulerHooks(
+            on_committed=committed, on_failed=failed, on_progress=progress.images_in_flight, on_event=event
+        )
+        policy = DeadlinePolicy(
+            execution.deadline_factor, execution.first_deadline_s, execution.min_deadline_s
+        )
+        scheduler = ShardScheduler(
+            pool, policy, execution.max_attempts, execution.actor_start_timeout_s, hooks
+        )
+        try:
+            scheduler.run(pending)
+        finally:
+            unfinished += scheduler.unfinished_attempts
+        progress.stop()  # the bar is done; shutting the pool down takes a moment
+        return size
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if started_ray:
+            ray.shutdown()
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _counts(markers) -> tuple[int, int, int]:
+    kept = rejected = failed = 0
+    for marker in markers:
+        summary = marker.summary
+        kept += int(summary.get("kept", 0))
+        rejected += int(summary.get("rejected", 0))
+        failed += int(summary.get("failed", 0))
+    return kept, rejected, failed
+
+
+def _is_local(store) -> bool:
+    return "://" not in store.uri
+
+
+def _local_log_path(store, key: str) -> Path:
+    if _is_local(store):
+        return Path(store.url(key))
+    return Path(tempfile.gettempdir()) / f"stylegen-{os.getpid()}-{Path(key).name}"

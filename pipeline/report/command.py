@@ -1,0 +1,58 @@
+"""`stylegen report OUTPUT [-o FILE]` and `write_report`, which the end of `stylegen run` can call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+REPORT_KEY = "report.html"
+
+
+def build_report(
+    store, *, per_style: int = 8, max_styles: int = 30, max_failed: int = 50, size: int = 128
+) -> str:
+    """The report of the output in `store` as one HTML string (see pipeline.report)."""
+    from pipeline.report.data import gather
+    from pipeline.report.gallery import build_galleries
+    from pipeline.report.page import render
+
+    data = gather(store, max_failed=max_failed)
+    galleries, hidden = build_galleries(store, data, per_style=per_style, max_styles=max_styles, size=size)
+    return render(data, galleries, hidden)
+
+
+def write_report(output_uri: str, destination: str | Path | None = None, **options) -> str:
+    """Build the report of `output_uri` (a folder or s3://bucket/prefix) and write it to `destination`
+    (a local file) or, by default, to `report.html` in the output through its store. Returns where it
+    went (the file path, or the store's URL of report.html). `options`: see build_report."""
+    from pipeline.storage import open_store
+
+    store = open_store(output_uri)
+    html = build_report(store, **options).encode("utf-8")
+    if destination is not None:
+        path = Path(destination)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(html)
+        return str(path)
+    store.put_bytes(REPORT_KEY, html)
+    return store.url(REPORT_KEY)
+
+
+def report(
+    output: str = typer.Argument(..., help="The output: a folder or s3://bucket/prefix."),
+    destination: Path | None = typer.Option(
+        None, "-o", "--output", help="Write the report to this file instead of OUTPUT/report.html."
+    ),
+    per_style: int = typer.Option(8, "--per-style", min=1, help="Sample thumbnails per style."),
+    max_styles: int = typer.Option(30, "--max-styles", min=1, help="Styles shown."),
+) -> None:
+    """Write a self-contained report.html (images inline, no external assets) into OUTPUT or to FILE."""
+    from pipeline.storage import StorageError
+
+    try:
+        where = write_report(output, destination, per_style=per_style, max_styles=max_styles)
+    except (StorageError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(where)

@@ -1,0 +1,86 @@
+"""`stylegen run MANIFEST --output URI [...]`: the distributed run (pipeline.driver.run_job).
+
+Only typer is imported here; torch, Ray and the models load inside the command, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def run(
+    manifest: str = typer.Argument(
+        ..., help="Manifest: Parquet file or folder, CSV or JSONL; a path or s3://."
+    ),
+    output: str = typer.Option(..., "--output", "-o", help="Output folder or s3://bucket/prefix."),
+    config: Path | None = typer.Option(None, "--config", help="YAML run config (flags below override it)."),
+    preset: str | None = typer.Option(None, "--preset", help="Model preset: tiny | stable-cascade."),
+    actors: int | None = typer.Option(
+        None, "--actors", min=1, help="Generator actors (default: one per GPU)."
+    ),
+    gpus_per_actor: float = typer.Option(1.0, "--gpus-per-actor", min=0.01, help="GPUs each actor holds."),
+    shard_size: int | None = typer.Option(None, "--shard-size", min=1, help="Rows per shard."),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster address (else RAY_ADDRESS/local)."
+    ),
+    keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also write rejected samples' tars."),
+    restart: bool = typer.Option(False, "--restart", help="Delete this output's old run and start over."),
+    dedupe: bool = typer.Option(False, "--dedupe", help="Keep the first of rows with the same uid."),
+) -> None:
+    """Generate, score, filter and commit every shard of MANIFEST into OUTPUT; rerun to resume."""
+    from rich.console import Console
+
+    from pipeline.driver import RunRefused, run_job
+    from pipeline.run_config import ConfigError, RunConfig
+
+    console = Console(stderr=True)
+    overrides = {}
+    if preset is not None:
+        overrides["preset"] = preset
+    if shard_size is not None:
+        overrides["shard_size"] = shard_size
+    if keep_rejected:
+        overrides["keep_rejected"] = True
+    if dedupe:
+        overrides["dedupe"] = True
+    try:
+        run_config = RunConfig.load(config, overrides)
+        summary = run_job(
+            manifest,
+            output,
+            run_config,
+            actors=actors,
+            gpus_per_actor=gpus_per_actor,
+            address=address,
+            restart=restart,
+            console=console,
+        )
+    except (ConfigError, RunRefused) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    except Exception as error:
+        if type(error).__name__ not in _USER_ERRORS:
+            raise
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    if summary.shards_failed:
+        console.print(
+            f"[yellow]{summary.shards_failed} shard(s) failed every attempt; their rows are recorded as "
+            f"failed in their shard parquet (see {summary.log_uri})[/yellow]",
+            highlight=False,
+        )
+
+
+# Errors that describe a problem with the user's input or setup: shown as one line, no traceback.
+_USER_ERRORS = {
+    "ManifestError",
+    "PlanError",
+    "PoolError",
+    "PresetError",
+    "RuleError",
+    "StorageError",
+    "ObjectNotFound",
+    "ValidationError",
+}

@@ -1,0 +1,226 @@
+"""RunConfig: everything a `stylegen run` needs besides the manifest and the output URI.
+
+Loaded from an optional YAML file, then CLI flags on top. Two views matter for resume:
+- the canonical JSON (sorted keys, fixed separators) stored in run.json, and
+- the *identity* part, the keys that change what lands in the output (models, sampler settings,
+  scoring, filters, image encoding, shard size). Its sha256 is the config fingerprint. Operational
+  keys (batch size, deadlines, retries, storage endpoint, fake latency) may change between a run and
+  its resume without refusing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Keys (dotted paths) that never change the output: left out of the fingerprint.
+OPERATIONAL_KEYS = frozenset(
+    {
+        "execution",
+        "storage",
+        "generator.fake.latency_s",
+        "generator.fake.batch_latency_s",
+        "generator.fake.hang_uids",
+        "generator.fake.hang_flag_dir",
+        "generator.fake.hang_s",
+    }
+)
+
+# Storage options must never carry secrets: credentials come from the standard AWS chain.
+_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential", "session")
+
+
+class ConfigError(ValueError):
+    """A bad config file or flag; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FakeGeneratorConfig(_Section):
+    """Settings of pipeline.fake_generator.FakeGenerator (tests and benchmarks)."""
+
+    size: int = Field(64, ge=8, le=2048)
+    latency_s: float = Field(0.0, ge=0.0)  # per image
+    batch_latency_s: float = Field(0.0, ge=0.0)  # per generate() call
+    fail_uids: tuple[str, ...] = ()
+    fail_prompts: tuple[str, ...] = ()  # prompt substrings that make generation raise
+    hang_uids: tuple[str, ...] = ()  # hang on these uids the first time (a flag file marks "done once")
+    hang_flag_dir: str | None = None
+    hang_s: float = Field(3600.0, ge=0.0)
+    crash_uids: tuple[str, ...] = ()  # exit the process on these uids, every time
+
+
+class GeneratorConfig(_Section):
+    kind: Literal["rbmod", "fake"] = "rbmod"
+    fake: FakeGeneratorConfig = FakeGeneratorConfig()
+
+
+class ScoringSection(_Section):
+    enabled: bool = True
+    preset: str | None = None  # scoring models: "tiny" | "real"; default follows the run's preset
+    options: dict[str, Any] = {}  # overrides of pipeline.scoring's ScoringConfig fields
+    filters: tuple[str, ...] = ()  # e.g. "clip_t >= 0.25"; all must pass
+
+    @model_validator(mode="after")
+    def _filters_need_scores(self) -> ScoringSection:
+        if self.filters and not self.enabled:
+            raise ValueError("filters need scores: set scoring.enabled to true or remove scoring.filters")
+        return self
+
+
+class ImageSection(_Section):
+    format: Literal["png", "jpg", "webp"] = "png"
+    quality: int = Field(95, ge=1, le=100)
+
+
+class ExecutionSection(_Section):
+    """How the run executes; none of it changes the output."""
+
+    batch_size: int = Field(4, ge=1)
+    max_attempts: int = Field(3, ge=1)  # per shard, then its rows are recorded as failed
+    deadline_factor: float = Field(4.0, ge=1.0)  # deadline = factor x observed s/image x rows
+    first_deadline_s: float = Field(1800.0, gt=0)  # before any shard finished (includes warm-up)
+    min_deadline_s: float = Field(120.0, gt=0)  # floor once per-image times are known
+    actor_start_timeout_s: float = Field(900.0, gt=0)  # an actor with work that never starts it
+    upload_queue_shards: int = Field(1, ge=1, le=4)  # finished shards waiting for upload, per actor
+    torch_threads: int | None = Field(None, ge=1)
+
+
+class RunConfig(_Section):
+    preset: str = "tiny"
+    model_paths: dict[str, str] = {}  # stable-cascade component folders/ids (see pipeline.models)
+    model_cache_dir: str | None = None
+    rbmod: dict[str, Any] = {}  # overrides of RBModSettings fields
+    scoring: ScoringSection = ScoringSection()
+    image: ImageSection = ImageSection()
+    keep_rejected: bool = False
+    shard_size: int = Field(64, ge=1)
+    plan_order: Literal["style", "uid"] = "style"
+    dedupe: bool = False  # keep the first of rows with the same uid instead of refusing the manifest
+    generator: GeneratorConfig = GeneratorConfig()
+    execution: ExecutionSection = ExecutionSection()
+    storage: dict[str, Any] = {}  # options for pipeline.storage.open_store (endpoint, addressing, ...)
+
+    @field_validator("storage")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if any(word in key.lower() for word in _SECRET_WORDS):
+                raise ValueError(
+                    f"storage.{key} looks like a credential; credentials come only from the AWS "
+                    "environment/credential chain and are never stored in the config or run.json"
+                )
+        return value
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+        """YAML file (optional) with `overrides` (dotted keys -> values, e.g. CLI flags) on top."""
+        data: dict[str, Any] = {}
+        where = "defaults"
+        if path is not None:
+            where = f"config file {path}"
+            data = _read_yaml(Path(path))
+        for dotted, value in (overrides or {}).items():
+            _set_dotted(data, dotted, value)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors()
+            )
+            raise ConfigError(f"{where}: {problems}") from None
+
+    # --- canonical forms -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def canonical_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    def identity(self) -> dict[str, Any]:
+        """The output-defining part of the config (what the fingerprint covers)."""
+        return _drop_keys(self.to_dict(), OPERATIONAL_KEYS)
+
+    def fingerprint(self) -> str:
+        return config_fingerprint(self.to_dict())
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def config_fingerprint(config_dict: dict[str, Any]) -> str:
+    """sha256 hex of the canonical JSON of a config dict's identity part (works on run.json's copy)."""
+    identity = _drop_keys(config_dict, OPERATIONAL_KEYS)
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two configs' identity parts: 'key: old -> new'."""
+    before = _flatten(_drop_keys(old, OPERATIONAL_KEYS))
+    after = _flatten(_drop_keys(new, OPERATIONAL_KEYS))
+    missing = object()
+    changes = []
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key, missing), after.get(key, missing)
+        if a != b:
+            show = lambda v: "<unset>" if v is missing else json.dumps(v)  # noqa: E731
+            changes.append(f"{key}: {show(a)} -> {show(b)}")
+    return changes
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a mapping")
+    node[leaf] = value
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
+
+
+def _drop_keys(data: dict[str, Any], dotted_keys: frozenset[str], prefix: str = "") -> dict[str, Any]:
+    kept = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if path in dotted_keys:
+            continue
+        kept[key] = _drop_keys(value, dotted_keys, f"{path}.") if isinstance(value, dict) else value
+    return kept

@@ -1,0 +1,547 @@
+"""`stylegen select OUTPUT --by SCORE (--top F | --min V) [--per style|prompt] -o NEW_OUTPUT`.
+
+Offline selection: a new dataset of fresh shards made of a finished run's best KEPT samples.
+
+1. Read every committed shard parquet of OUTPUT (the markers say which) and keep the `kept` rows.
+2. Choose uids with pipeline.scoring.select_plan.select_uids (ranking, ties and rounding live there).
+3. Lay the selected samples out in source order (source shard, then uid), `shard_size` per new shard,
+   so each new shard reads one or two source tars.
+4. Write NEW_OUTPUT's run.json (source output and fingerprint, the selection, counts) and plan.parquet
+   (the source plan rows of the selected uids, with their new shard ids).
+5. For every new shard not yet committed: stream the selected members out of the source tars (image
+   bytes untouched; the json gets its new shard_id and `source_shard_id`), write the tar and the shard
+   parquet with the real shard writers, and commit through the store's commit protocol.
+
+Running the same selection again resumes it (only missing shards are written); anything else into a
+non-empty NEW_OUTPUT is refused, naming what differs. The source fingerprint covers the sha256 of every
+committed file, so a source that changed since is refused too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+SELECT_FORMAT = "stylegen-select/1"
+RUN_KEY = "run.json"
+PLAN_KEY = "plan.parquet"
+PLAN_METADATA_KEY = b"stylegen.plan"
+DEFAULT_SHARD_SIZE = 64
+SCORE_PREFIX, TIME_PREFIX = "score_", "time_"
+_CORE_COLUMNS = ("uid", "shard_id", "status", "reason")
+
+
+class SelectError(ValueError):
+    """The selection cannot run; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to keep: the best `top` fraction by score `by` (optionally per style/prompt), or every
+    sample whose score is >= `minimum`."""
+
+    by: str
+    top: float | None = None
+    minimum: float | None = None
+    per: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.top is None) == (self.minimum is None):
+            raise SelectError("give exactly one of --top FRACTION or --min VALUE")
+        if self.top is not None and not 0 < self.top <= 1:
+            raise SelectError(f"--top must be a fraction in (0, 1], got {self.top}")
+        if self.per is not None and self.per not in ("style", "prompt"):
+            raise SelectError(f"--per must be style or prompt, got {self.per!r}")
+        if self.per is not None and self.minimum is not None:
+            raise SelectError("--per only applies to --top: --min is the same threshold for every group")
+
+    @property
+    def score(self) -> str:
+        """The score's name without the parquet column prefix (`score_clip_t` and `clip_t` both work)."""
+        return self.by.removeprefix(SCORE_PREFIX)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"by": self.score, "top": self.top, "min": self.minimum, "per": self.per}
+
+
+@dataclass
+class SelectSummary:
+    source: str
+    output: str
+    source_kept: int  # kept samples in the committed source shards
+    selected: int
+    shards: int
+    shards_resumed: int  # committed by an earlier run of the same selection
+    shards_written: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the whole selection -----------------------------------------------------------------------------
+
+
+def select_output(
+    source: str,
+    output: str,
+    selection: Selection,
+    *,
+    shard_size: int | None = None,
+    allow_partial: bool = False,
+    workers: int = 4,
+) -> SelectSummary:
+    """Write the selection of `source`'s kept samples to `output` (folders or s3://); see the module doc."""
+    import pyarrow as pa
+
+    from pipeline.scoring.select_plan import select_uids
+    from pipeline.storage import open_store
+
+    source_store, output_store = open_store(source), open_store(output)
+    _refuse_overlap(source_store.uri, output_store.uri)
+    source_run = _read_json(source_store, RUN_KEY, "the source has no run.json: is it a stylegen output?")
+    markers = source_store.committed_shards()
+    _refuse_unfinished(source_store, markers, allow_partial)
+
+    # Only the columns the choice needs; each new shard re-reads its few source parquets in full.
+    rows, schema = read_shard_tables(source_store, markers, keep=_selection_column)
+    rows = _with_status(rows, "kept")
+    column = _score_column(rows, selection, source_store.uri)
+    if selection.per and selection.per not in rows.column_names:
+        raise SelectError(f"{source_store.uri}: the shard parquets have no {selection.per!r} column")
+    candidates = {"uid": rows.column("uid"), selection.score: rows.column(column)}
+    if selection.per:
+        candidates[selection.per] = rows.column(selection.per)
+    chosen = select_uids(
+        pa.table(candidates), selection.score, top=selection.top, minimum=selection.minimum, per=selection.per
+    )
+    shard_size = shard_size or _source_shard_size(source_run)
+    if shard_size < 1:
+        raise SelectError(f"--shard-size must be at least 1, got {shard_size}")
+    selected = in_source_order(rows, chosen)
+    shards = -(-selected.num_rows // shard_size)
+
+    record = selection_record(
+        source_store, source_run, markers, selection, shard_size, rows.num_rows, selected
+    )
+    _start_or_resume(output_store, record)
+    if not output_store.exists(PLAN_KEY):
+        write_selection_plan(source_store, output_store, selected, record)
+
+    done = output_store.committed_shards()
+    todo = [shard_id for shard_id in range(shards) if shard_id not in done]
+
+    def write_one(shard_id: int) -> None:
+        members = selected.slice(shard_id * shard_size, shard_size)
+        write_selected_shard(source_store, output_store, shard_id, members, schema)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(write_one, todo))  # re-raises the first shard's error
+    output_store.finalize()
+    output_store.remove_orphans()
+    return SelectSummary(
+        source=source_store.uri,
+        output=output_store.uri,
+        source_kept=rows.num_rows,
+        selected=selected.num_rows,
+        shards=shards,
+        shards_resumed=len(done),
+        shards_written=len(todo),
+    )
+
+
+# --- checks ------------------------------------------------------------------------------------------
+
+
+def _refuse_overlap(source: str, output: str) -> None:
+    a, b = source.rstrip("/") + "/", output.rstrip("/") + "/"
+    if a == b:
+        raise SelectError(f"the new output must differ from the source output ({source})")
+    if a.startswith(b) or b.startswith(a):
+        raise SelectError(f"the new output {output} and the source {source} must not contain one another")
+
+
+def _read_json(store, key: str, missing: str) -> dict[str, Any]:
+    from pipeline.storage import ObjectNotFound
+
+    try:
+        data = store.get_bytes(key)
+    except ObjectNotFound:
+        raise SelectError(f"{store.url(key)}: not found; {missing}") from None
+    try:
+        value = json.loads(data)
+    except ValueError as error:
+        raise SelectError(f"{store.url(key)} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise SelectError(f"{store.url(key)} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _refuse_unfinished(store, markers: dict, allow_partial: bool) -> None:
+    from pipeline.status import planned_counts
+
+    planned, _ = planned_counts(store)
+    if planned is None:
+        raise SelectError(f"{store.uri}: cannot tell how many shards were planned (run.json has no plan)")
+    missing = sorted(set(range(planned)) - set(markers))
+    if missing and not allow_partial:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise SelectError(
+            f"{store.uri} is unfinished: {planned - len(missing)} of {planned} shards committed "
+            f"(missing: {shown}); finish the run (rerun `stylegen run`) or pass --allow-partial"
+        )
+
+
+def _score_column(rows, selection: Selection, where: str) -> str:
+    available = sorted(  # a score column that is null everywhere was never computed in this run
+        c.removeprefix(SCORE_PREFIX)
+        for c in rows.column_names
+        if c.startswith(SCORE_PREFIX) and rows.column(c).null_count < rows.num_rows
+    )
+    if selection.score not in available:
+        raise SelectError(
+            f"unknown score {selection.score!r} for --by; the shard parquets of {where} have: "
+            + (", ".join(available) or "no scores at all (was scoring disabled?)")
+        )
+    return SCORE_PREFIX + selection.score
+
+
+def _source_shard_size(run: dict[str, Any]) -> int:
+    size = (run.get("plan") or {}).get("shard_size") or (run.get("config") or {}).get("shard_size")
+    return int(size or DEFAULT_SHARD_SIZE)
+
+
+# --- reading the source ------------------------------------------------------------------------------
+
+
+def read_shard_tables(store, shard_ids: Iterable[int], *, keep=None, threads: int = 16):
+    """The committed shard parquets as one table (columns missing from some shards are null there),
+    and the unified schema of all their columns. `keep(name)` limits the columns read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.storage.layout import table_key
+
+    def read(shard_id: int) -> tuple[pa.Table, pa.Schema]:
+        key = table_key(shard_id)
+        try:
+            parquet = pq.ParquetFile(io.BytesIO(store.get_bytes(key)))
+            names = [name for name in parquet.schema_arrow.names if keep is None or keep(name)]
+            return parquet.read(columns=names), parquet.schema_arrow
+        except pa.ArrowException as error:
+            raise SelectError(f"{store.url(key)} is not a readable parquet file: {error}") from None
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        parts = list(pool.map(read, sorted(shard_ids)))
+    if not parts:
+        empty = pa.schema([("uid", pa.string()), ("shard_id", pa.int64()), ("status", pa.string())])
+        return empty.empty_table(), empty
+    table = pa.concat_tables([table for table, _ in parts], promote_options="permissive")
+    return table, pa.unify_schemas([schema for _, schema in parts], promote_options="permissive")
+
+
+def _selection_column(name: str) -> bool:
+    return name in ("uid", "shard_id", "status", "style", "prompt") or name.startswith(SCORE_PREFIX)
+
+
+def _with_status(table, status: str):
+    import pyarrow.compute as pc
+
+    if "status" not in table.column_names:
+        return table.slice(0, 0)
+    return table.filter(pc.equal(table.column("status"), status))
+
+
+def read_tar_samples(store, key: str, uids: Iterable[str]) -> dict[str, dict[str, bytes]]:
+    """{uid: {extension: bytes}} for the wanted uids of a shard tar, streamed through the store.
+    Members are sorted by uid, so reading stops after the last wanted sample."""
+    from webdataset.tariterators import tar_file_iterator
+
+    wanted = set(uids)
+    last = max(wanted, default="")
+    found: dict[str, dict[str, bytes]] = defaultdict(dict)
+    with store.open(key) as handle:
+        for member in tar_file_iterator(handle, select_files=lambda name: name.split(".", 1)[0] in wanted):
+            uid, ext = member["fname"].split(".", 1)
+            found[uid][ext] = member["data"]
+            if uid == last and "json" in found[uid] and len(found[uid]) > 1:
+                break
+    return dict(found)
+
+
+# --- the new output's layout and records -------------------------------------------------------------
+
+
+def in_source_order(rows, chosen: list[str]):
+    """The chosen rows sorted by (source shard, uid): new shard k is rows [k * size, (k + 1) * size)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    picked = rows.filter(pc.is_in(rows.column("uid"), value_set=pa.array(chosen, pa.string())))
+    return picked.select(["shard_id", "uid"]).sort_by([("shard_id", "ascending"), ("uid", "ascending")])
+
+
+def source_fingerprint(run: dict[str, Any], markers: dict) -> str:
+    """sha256 over the source's plan and config fingerprints and every committed file's sha256."""
+    content = {
+        "plan": (run.get("plan") or {}).get("fingerprint"),
+        "config": run.get("config_fingerprint"),
+        "shards": {
+            str(shard_id): {key: entry.sha256 for key, entry in sorted(marker.files.items())}
+            for shard_id, marker in sorted(markers.items())
+        },
+    }
+    return hashlib.sha256(_canonical(content).encode()).hexdigest()
+
+
+def selection_record(source_store, source_run, markers, selection, shard_size, source_kept, selected):
+    """The new output's run.json. `plan.shards` and `manifest.rows` let `stylegen status` read it; the
+    manifest fingerprint is the selection's own, so `stylegen run` never mistakes it for its run."""
+    from pipeline.status import planned_counts
+    from pipeline.worker import package_versions
+
+    source = {
+        "output": source_store.uri,
+        "fingerprint": source_fingerprint(source_run, markers),
+        "config_fingerprint": source_run.get("config_fingerprint"),
+        "plan_fingerprint": (source_run.get("plan") or {}).get("fingerprint"),
+        "shards_committed": len(markers),
+        "shards_planned": planned_counts(source_store)[0],
+    }
+    identity = {"source": source, "selection": selection.to_dict(), "shard_size": shard_size}
+    fingerprint = hashlib.sha256(_canonical(identity).encode()).hexdigest()
+    count, shards = selected.num_rows, -(-selected.num_rows // shard_size)
+    return {
+        "format": SELECT_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **identity,
+        "counts": {"source_kept": source_kept, "selected": count, "shards": shards},
+        "fingerprint": fingerprint,
+        "manifest": {"uri": source_store.url(PLAN_KEY), "rows": count, "fingerprint": fingerprint},
+        "plan": {"fingerprint": fingerprint, "shards": shards, "shard_size": shard_size},
+        # The samples were generated under the source's config: the report reads its filters here.
+        "config": source_run.get("config"),
+        "config_fingerprint": source_run.get("config_fingerprint"),
+        "versions": package_versions(),
+    }
+
+
+def _start_or_resume(store, record: dict[str, Any]) -> None:
+    """Write run.json into an empty output; accept an output holding this very selection; refuse the rest."""
+    from pipeline.storage import ObjectNotFound
+
+    objects = store.list("")
+    if not objects:
+        store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        return
+    try:
+        prior = json.loads(store.get_bytes(RUN_KEY))
+    except (ObjectNotFound, ValueError):
+        prior = None
+    if not isinstance(prior, dict) or prior.get("format") != SELECT_FORMAT:
+        raise SelectError(
+            f"{store.uri} already holds {len(objects)} objects and is not a selection output; "
+            "choose an empty or new location for -o"
+        )
+    identity = ("source", "selection", "shard_size")
+    before = _flatten({name: prior.get(name) for name in identity})
+    after = _flatten({name: record[name] for name in identity})
+    differences = [
+        f"{key}: {_canonical(before.get(key))} -> {_canonical(after.get(key))}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    ]
+    if differences:
+        raise SelectError(
+            f"{store.uri} holds a different selection ({'; '.join(differences)}); "
+            "choose another -o, or delete it to start over"
+        )
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def write_selection_plan(source_store, output_store, selected, record: dict[str, Any]) -> None:
+    """plan.parquet of the new output: the source plan rows of the selected uids, new shard ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with source_store.open(PLAN_KEY) as handle:
+        plan = pq.read_table(handle)
+    position = {uid: index for index, uid in enumerate(plan.column("uid").to_pylist())}
+    order = []
+    for uid in selected.column("uid").to_pylist():
+        if uid not in position:
+            raise SelectError(f"{source_store.url(PLAN_KEY)} has no row for selected uid {uid}")
+        order.append(position[uid])
+    rows = plan.take(pa.array(order, pa.int64()))
+    field = (
+        plan.schema.field("shard_id") if "shard_id" in plan.column_names else pa.field("shard_id", pa.int32())
+    )
+    ids = pa.array([index // record["shard_size"] for index in range(len(order))], field.type)
+    if "shard_id" in rows.column_names:
+        rows = rows.set_column(rows.column_names.index("shard_id"), field, ids)
+    else:
+        rows = rows.add_column(0, field, ids)
+    info = {
+        "num_shards": record["plan"]["shards"],
+        "num_rows": record["counts"]["selected"],
+        "shard_size": record["shard_size"],
+        "fingerprint": record["fingerprint"],
+        "selected_from": record["source"]["output"],
+    }
+    rows = rows.replace_schema_metadata({PLAN_METADATA_KEY: json.dumps(info, sort_keys=True)})
+    with tempfile.TemporaryDirectory(prefix="stylegen-select-") as folder:
+        path = Path(folder) / PLAN_KEY
+        pq.write_table(rows, path, compression="zstd")
+        output_store.put_file(PLAN_KEY, path)
+
+
+# --- one new shard ----------------------------------------------------------------------------------
+
+
+def write_selected_shard(source_store, output_store, shard_id: int, members, schema) -> None:
+    """Copy one new shard's samples (`members`: shard_id, uid of the source) out of the source tars,
+    write its tar + parquet (rows from the source parquets, all columns) and commit it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipeline.shards.table import ShardRow, write_shard_table
+    from pipeline.shards.tar import ShardSample, write_tar
+    from pipeline.storage.layout import tar_key
+
+    attempt_id = f"select-{uuid.uuid4().hex[:16]}"
+    wanted: dict[int, list[str]] = defaultdict(list)
+    for source_shard, uid in zip(
+        members.column("shard_id").to_pylist(), members.column("uid").to_pylist(), strict=True
+    ):
+        wanted[int(source_shard)].append(uid)
+    samples, rows = [], []
+    for source_shard, uids in sorted(wanted.items()):
+        key = tar_key(source_shard)
+        found = read_tar_samples(source_store, key, uids)
+        table, _ = read_shard_tables(source_store, [source_shard], threads=1)
+        table = table.filter(pc.is_in(table.column("uid"), value_set=pa.array(uids, pa.string())))
+        by_uid = {row["uid"]: row for row in table.to_pylist()}
+        for uid in uids:
+            samples.append(_sample(found.get(uid, {}), uid, shard_id, source_store.url(key)))
+            rows.append(_row(by_uid[uid], source_shard, attempt_id, ShardRow))
+    with tempfile.TemporaryDirectory(prefix="stylegen-select-") as folder:
+        tar_path, table_path = Path(folder) / "kept.tar", Path(folder) / "rows.parquet"
+        write_tar([ShardSample(*sample) for sample in samples], tar_path)
+        stats = write_shard_table(rows, table_path, shard_id, _meta_schema(schema))
+        summary = {**stats.counts(), "source_shards": sorted(wanted)}
+        output_store.commit_shard(
+            shard_id, tar=tar_path, table=table_path, summary=summary, attempt_id=attempt_id
+        )
+
+
+def _sample(members: dict[str, bytes], uid: str, shard_id: int, tar_url: str):
+    from pipeline.shards.images import IMAGE_EXTENSIONS
+
+    images = [ext for ext in members if ext in IMAGE_EXTENSIONS]
+    if len(images) != 1 or "json" not in members:
+        raise SelectError(
+            f"{tar_url}: kept sample {uid} is missing from the tar or incomplete "
+            f"(members: {sorted(members) or 'none'}); the source output is damaged"
+        )
+    meta = json.loads(members["json"])
+    meta["source_shard_id"] = meta.get("shard_id")
+    meta["shard_id"] = shard_id
+    return uid, members[images[0]], images[0], meta
+
+
+def _row(row: dict[str, Any], source_shard: int, attempt_id: str, row_type):
+    scores, timings, meta = {}, {}, {}
+    for name, value in row.items():
+        if name in _CORE_COLUMNS:
+            continue
+        if name.startswith(SCORE_PREFIX):
+            scores[name.removeprefix(SCORE_PREFIX)] = value
+        elif name.startswith(TIME_PREFIX):
+            timings[name.removeprefix(TIME_PREFIX)] = value
+        else:
+            meta[name] = value
+    meta.update(source_shard_id=source_shard, attempt_id=attempt_id)
+    return row_type(uid=row["uid"], status="kept", scores=scores, timings=timings, meta=meta)
+
+
+def _meta_schema(schema):
+    """The source's metadata column types, so every new shard has the same schema."""
+    import pyarrow as pa
+
+    fields = [
+        field
+        for field in schema
+        if field.name not in _CORE_COLUMNS and not field.name.startswith((SCORE_PREFIX, TIME_PREFIX))
+    ]
+    return pa.schema(fields)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+class Group(str, Enum):
+    style = "style"
+    prompt = "prompt"
+
+
+def select(
+    output: str = typer.Argument(
+        ..., help="The finished run to select from: a folder or s3://bucket/prefix."
+    ),
+    by: str = typer.Option(..., "--by", help="The score to rank by, e.g. clip_t or csd_style."),
+    top: float | None = typer.Option(None, "--top", help="Keep the best FRACTION (0 < F <= 1) of the kept."),
+    minimum: float | None = typer.Option(None, "--min", help="Keep the samples whose score is >= VALUE."),
+    per: Group | None = typer.Option(None, "--per", help="Apply --top within each style or prompt."),
+    new_output: str = typer.Option(
+        ..., "-o", "--output", help="Where the new dataset goes (folder or s3://)."
+    ),
+    shard_size: int | None = typer.Option(
+        None, "--shard-size", min=1, help="Samples per new shard (default: the source's shard size)."
+    ),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Select from an unfinished run's committed shards."
+    ),
+    workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
+) -> None:
+    """Write a new dataset of fresh shards from OUTPUT's kept samples, chosen by a score."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.storage import StorageError
+
+    try:
+        selection = Selection(by, top, minimum, per.value if per else None)
+        summary = select_output(
+            output, new_output, selection, shard_size=shard_size, allow_partial=allow_partial, workers=workers
+        )
+    except (SelectError, StorageError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    table = Table(title=f"stylegen select: {summary.source} -> {summary.output}", show_header=False)
+    for name, value in summary.to_dict().items():
+        table.add_row(name.replace("_", " "), str(value))
+    Console().print(table)

@@ -1,0 +1,520 @@
+"""ShardWorker: one shard end to end, with no Ray in it.
+
+    plan rows -> inputs (prefetched a batch ahead) -> generate in batches -> score -> filter
+              -> tar (kept) + optional rejected tar + shard parquet (every row) -> commit
+
+Generation runs under a lock, one shard at a time; building the files and committing them happens on
+a background thread fed by a bounded queue, so the next shard generates while this one uploads, and a
+slow store makes generation wait instead of piling finished shards up in memory.
+
+Nothing is lost: a row whose input is bad or whose generation or scoring raises is recorded as failed
+with its error (a batch that raises is retried one row at a time to isolate the culprit), and the
+shard still commits with every planned row in its parquet.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from manifests.plan import read_shard
+from manifests.uid import generation_seed
+from pipeline.inputs import InputLoader, RowInputs
+from pipeline.run_config import RunConfig
+from pipeline.shards.images import encode_image
+from pipeline.shards.table import ShardRow, write_shard_table
+from pipeline.shards.tar import ShardSample, write_tar
+from pipeline.storage import open_store
+
+log = logging.getLogger("stylegen.worker")
+
+# Plan columns with a fixed meaning; any other column is a user extra carried into the metadata.
+TIMING_NAMES = ("generate_s", "score_s")
+PLAN_COLUMNS = ("shard_id", "uid", "row", "prompt", "style", "content", "id", "seed")
+PLAN_KEY = "plan.parquet"
+VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "stylegen")
+
+Heartbeat = Callable[[str, int, int], None]  # (attempt_id, shard_id, images done in this shard)
+
+
+@dataclass
+class RowOutcome:
+    """What happened to one planned row."""
+
+    row: dict[str, Any]
+    status: str  # kept | rejected | failed
+    reason: str | None = None  # failed: the error; rejected: "<rule> (value <v>)"
+    rule: str | None = None
+    rule_value: float | None = None
+    seed: int | None = None
+    image: Any = None  # PIL image for kept/rejected rows
+    params: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float | None] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ShardResult:
+    shard_id: int
+    attempt_id: str
+    committed: bool  # False: another attempt had already committed this shard (ours was discarded)
+    rows: int
+    kept: int
+    rejected: int
+    failed: int
+    seconds: float
+    generate_s: float = 0.0
+    commit_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ShardWorker:
+    def __init__(
+        self,
+        generator,
+        scorer,
+        rules,
+        store,
+        config: RunConfig,
+        *,
+        model_info: dict[str, Any] | None = None,
+        heartbeat: Heartbeat | None = None,
+        inputs: InputLoader | None = None,
+        work_dir: Path | None = None,
+    ):
+        self.generator = generator
+        self.scorer = scorer
+        self.rules = rules
+        self.store = store
+        self.config = config
+        self.model_info = model_info or {}
+        self.heartbeat = heartbeat or (lambda attempt_id, shard_id, done: None)
+        self.inputs = inputs or InputLoader()
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="stylegen-worker-"))
+        self.files = ShardFiles(config, self.model_info, package_versions())
+        self._generation_lock = threading.Lock()
+        self._uploads: queue.Queue = queue.Queue(maxsize=config.execution.upload_queue_shards)
+        self._uploader = threading.Thread(target=self._upload_loop, name="shard-uploader", daemon=True)
+        self._uploader.start()
+
+    @classmethod
+    def from_config(
+        cls, config: RunConfig, output: str, *, device: str | None = None, heartbeat: Heartbeat | None = None
+    ) -> ShardWorker:
+        """Load everything named by the config once (models, scorer, rules, store)."""
+        parts = build_parts(config, output, device=device)
+        return cls(
+            parts.generator,
+            parts.scorer,
+            parts.rules,
+            parts.store,
+            config,
+            model_info=parts.model_info,
+            heartbeat=heartbeat,
+        )
+
+    # --- one shard ---------------------------------------------------------------------------------
+
+    def run_shard(self, shard_id: int, attempt_id: str) -> ShardResult:
+        started = time.monotonic()
+        rows = self._read_rows(shard_id)
+        size = self.config.execution.batch_size
+        batches = [rows[i : i + size] for i in range(0, len(rows), size)]
+        pending = self.inputs.prefetch(batches[0]) if batches else None
+        outcomes: list[RowOutcome] = []
+        with self._generation_lock:
+            generate_started = time.monotonic()
+            self.heartbeat(attempt_id, shard_id, 0)
+            for index, batch in enumerate(batches):
+                loaded = pending.result()
+                if index + 1 < len(batches):
+                    pending = self.inputs.prefetch(batches[index + 1])  # decode while this batch runs
+                outcomes.extend(self.run_batch(batch, loaded))
+                self.heartbeat(attempt_id, shard_id, len(outcomes))
+            generate_s = time.monotonic() - generate_started
+            job = _UploadJob(shard_id, attempt_id, outcomes, Future())
+            self._uploads.put(job)  # blocks while the upload queue is full: backpressure
+        result: ShardResult = job.future.result()
+        result.seconds = time.monotonic() - started
+        result.generate_s = generate_s
+        return result
+
+    def _read_rows(self, shard_id: int) -> list[dict[str, Any]]:
+        rows = read_plan_shard(self.store, shard_id)
+        self.files.plan_schema = rows.schema  # the same for every shard of the run
+        return rows.to_pylist()
+
+    # --- one batch ---------------------------------------------------------------------------------
+
+    def run_batch(self, rows: Sequence[dict[str, Any]], loaded: Sequence[RowInputs]) -> list[RowOutcome]:
+        outcomes = [RowOutcome(row=row, status="failed") for row in rows]
+        runnable = []
+        for outcome, inputs in zip(outcomes, loaded, strict=True):
+            try:
+                outcome.seed = generation_seed(outcome.row["uid"], outcome.row.get("seed"))
+            except ValueError as error:
+                outcome.reason = f"seed: {error}"
+                continue
+            if inputs.error:
+                outcome.reason = f"input {inputs.error}"
+            else:
+                runnable.append((outcome, inputs))
+
+        generated = self._generate(runnable)
+        if generated:
+            self._score(generated)
+        for outcome, _ in generated:
+            if outcome.status != "failed":
+                self._filter(outcome)
+        return outcomes
+
+    def _generate(self, runnable: list[tuple[RowOutcome, RowInputs]]) -> list[tuple[RowOutcome, RowInputs]]:
+        """Generate a batch; if the batch raises, retry row by row so only the culprit fails."""
+        if not runnable:
+            return []
+        requests = [self._request(outcome, inputs) for outcome, inputs in runnable]
+        started = time.monotonic()
+        try:
+            results = self._checked_generate(requests)
+        except Exception:
+            results = []
+            for request, (outcome, _) in zip(requests, runnable, strict=True):
+                one_started = time.monotonic()
+                try:
+                    results.append(self._checked_generate([request])[0])
+                except Exception as error:
+                    outcome.reason = f"generation: {_describe(error)}"
+                    results.append(None)
+                outcome.timings["generate_s"] = time.monotonic() - one_started
+        else:
+            per_row = (time.monotonic() - started) / len(requests)
+            for outcome, _ in runnable:
+                outcome.timings["generate_s"] = per_row
+        generated = []
+        for result, (outcome, inputs) in zip(results, runnable, strict=True):
+            if result is not None:
+                outcome.status, outcome.image, outcome.params = "kept", result.image, dict(result.params)
+                generated.append((outcome, inputs))
+        return generated
+
+    def _checked_generate(self, requests: list) -> list:
+        results = self.generator.generate(requests)
+        if len(results) != len(requests):
+            raise RuntimeError(f"generator returned {len(results)} results for {len(requests)} requests")
+        return results
+
+    def _request(self, outcome: RowOutcome, inputs: RowInputs):
+        GenerationRequest, StyleRef = request_types(self.generator)  # noqa: N806 (classes)
+        return GenerationRequest(
+            prompt=outcome.row["prompt"],
+            styles=(StyleRef(inputs.style, 1.0),),
+            seed=outcome.seed,
+            content=inputs.content,
+            uid=outcome.row["uid"],
+        )
+
+    def _score(self, generated: list[tuple[RowOutcome, RowInputs]]) -> None:
+        """Score a batch (row by row if the batch raises); a row whose scoring raises fails."""
+        if self.scorer is None:
+            return
+        try:
+            self._score_rows(generated)
+        except Exception:
+            for item in generated:
+                try:
+                    self._score_rows([item])
+                except Exception as error:
+                    item[0].status, item[0].reason = "failed", f"scoring: {_describe(error)}"
+
+    def _score_rows(self, items: list[tuple[RowOutcome, RowInputs]]) -> None:
+        started = time.monotonic()
+        scores = self.scorer.score(
+            [outcome.image for outcome, _ in items],
+            [outcome.row["prompt"] for outcome, _ in items],
+            [inputs.style for _, inputs in items],
+            [inputs.content for _, inputs in items],
+        )
+        per_row = (time.monotonic() - started) / len(items)
+        for index, (outcome, _) in enumerate(items):
+            outcome.scores = {name: values[index] for name, values in scores.items()}
+            outcome.timings["score_s"] = per_row
+
+    def _filter(self, outcome: RowOutcome) -> None:
+        if self.rules is None:
+            return
+        verdict = self.rules.evaluate(outcome.scores)
+        if verdict.status != "kept":
+            outcome.status = "rejected"
+            outcome.rule, outcome.rule_value = verdict.rule, verdict.value
+            outcome.reason = f"{verdict.rule} (value {verdict.value!r})"
+
+    # --- files and commit (background thread) -------------------------------------------------------
+
+    def _upload_loop(self) -> None:
+        while True:
+            job = self._uploads.get()
+            if job is None:
+                return
+            try:
+                job.future.set_result(self._build_and_commit(job))
+            except BaseException as error:  # handed to the shard's caller
+                job.future.set_exception(error)
+
+    def _build_and_commit(self, job: _UploadJob) -> ShardResult:
+        started = time.monotonic()
+        folder = self.work_dir / f"shard-{job.shard_id:06d}-{job.attempt_id}"
+        try:
+            files = self.files.write(job.shard_id, job.attempt_id, job.outcomes, folder)
+            summary = {"rows": len(job.outcomes), **count_statuses(job.outcomes)}
+            result = self.store.commit_shard(
+                job.shard_id, **files, summary=summary, attempt_id=job.attempt_id
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        counts = count_statuses(job.outcomes)
+        return ShardResult(
+            shard_id=job.shard_id,
+            attempt_id=job.attempt_id,
+            committed=commit_won(result),
+            rows=len(job.outcomes),
+            commit_s=time.monotonic() - started,
+            seconds=0.0,
+            **counts,
+        )
+
+    def close(self) -> None:
+        self._uploads.put(None)
+        self._uploader.join(timeout=60)
+        self.inputs.close()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+class ShardFiles:
+    """Turns a shard's outcomes into its local files; also used by the driver for a shard that failed
+    every attempt (all rows failed, no images)."""
+
+    def __init__(self, config: RunConfig, model_info: dict[str, Any], versions: dict[str, str]):
+        self.config = config
+        self.model_info = model_info
+        self.versions = versions
+        self.plan_schema: pa.Schema | None = None  # set from the plan: types of the manifest's extras
+
+    def write(
+        self, shard_id: int, attempt_id: str, outcomes: Sequence[RowOutcome], folder: Path
+    ) -> dict[str, Path | None]:
+        """The shard's local files: kept tar, shard parquet (every row), rejected tar if configured."""
+        fmt, quality = self.config.image.format, self.config.image.quality
+        samples: dict[str, list] = {"kept": [], "rejected": []}
+        rows = []
+        for outcome in outcomes:
+            meta = self.sample_metadata(outcome, shard_id)
+            if outcome.image is not None and outcome.status in samples:
+                image = encode_image(outcome.image, fmt, quality)
+                samples[outcome.status].append(ShardSample(outcome.row["uid"], image, fmt, meta))
+            rows.append(
+                ShardRow(
+                    uid=outcome.row["uid"],
+                    status=outcome.status,
+                    reason=outcome.reason,
+                    scores=outcome.scores,
+                    timings=outcome.timings,
+                    meta={**_table_meta(meta), "attempt_id": attempt_id},
+                )
+            )
+        files: dict[str, Path | None] = {"tar": folder / "kept.tar", "table": folder / "rows.parquet"}
+        write_tar(samples["kept"], files["tar"])
+        write_shard_table(rows, files["table"], shard_id, shard_table_schema(self.plan_schema))
+        files["rejected"] = None
+        if self.config.keep_rejected:
+            files["rejected"] = folder / "rejected.tar"
+            write_tar(samples["rejected"], files["rejected"])
+        return files
+
+    def sample_metadata(self, outcome: RowOutcome, shard_id: int) -> dict[str, Any]:
+        """The sample's `.json` member. Only reproducible fields: timings and the attempt go to the
+        shard parquet, so a rerun writes byte-identical tars."""
+        row = outcome.row
+        return {
+            "shard_id": shard_id,
+            "row": row.get("row"),
+            "id": row.get("id"),
+            "prompt": row["prompt"],
+            "style": row["style"],
+            "content": row.get("content"),
+            "seed": outcome.seed,
+            "manifest_seed": row.get("seed"),
+            "extra": {k: v for k, v in row.items() if k not in PLAN_COLUMNS},
+            "preset": self.config.preset,
+            "models": self.model_info,
+            "params": outcome.params,
+            "scores": outcome.scores,
+            "status": outcome.status,
+            "filter": {"rule": outcome.rule, "value": outcome.rule_value} if outcome.rule else None,
+            "versions": self.versions,
+        }
+
+
+def commit_failed_shard(
+    store, config: RunConfig, shard_id: int, errors: Sequence[str], attempt_id: str
+) -> Any:
+    """Record every row of a shard that failed all its attempts as failed (with the errors) and commit
+    that, so the shard's rows are accounted for and a resume does not retry it forever."""
+    reason = "shard failed every attempt: " + " | ".join(errors)
+    rows = read_plan_shard(store, shard_id)
+    outcomes = [RowOutcome(row=row, status="failed", reason=reason) for row in rows.to_pylist()]
+    shard_files = ShardFiles(config, {}, package_versions())
+    shard_files.plan_schema = rows.schema
+    with tempfile.TemporaryDirectory(prefix="stylegen-failed-") as folder:
+        files = shard_files.write(shard_id, attempt_id, outcomes, Path(folder))
+        summary = {"rows": len(outcomes), **count_statuses(outcomes), "shard_failed": True}
+        return store.commit_shard(shard_id, **files, summary=summary, attempt_id=attempt_id)
+
+
+@dataclass
+class _UploadJob:
+    shard_id: int
+    attempt_id: str
+    outcomes: list[RowOutcome]
+    future: Future
+
+
+def request_types(generator) -> tuple[type, type]:
+    """(GenerationRequest, StyleRef) for this generator: RBModGenerator's own types unless the generator
+    names lighter ones (the FakeGenerator does, to keep torch/diffusers out of fake runs)."""
+    types = getattr(generator, "request_types", None)
+    if types is not None:
+        return types
+    from pipeline.rbmod.generate import GenerationRequest, StyleRef
+
+    return GenerationRequest, StyleRef
+
+
+def read_plan_shard(store, shard_id: int):
+    """One shard's rows of the output's plan.parquet, opened through the store (so S3 options apply)."""
+    with store.open(PLAN_KEY) as handle:
+        return read_shard(handle, shard_id)
+
+
+def shard_table_schema(plan_schema: pa.Schema | None) -> pa.Schema:
+    """The columns every shard parquet of a run has, whatever its rows hold (see pipeline.shards.table):
+    every score, every timing, the sample metadata, and the manifest's extras with their plan types."""
+    from pipeline.scoring.scorer import SCORE_NAMES
+
+    string, integer, number = pa.string(), pa.int64(), pa.float64()
+    fields = [pa.field(f"score_{name}", number) for name in SCORE_NAMES]
+    fields += [pa.field(f"time_{name}", number) for name in TIMING_NAMES]
+    fields += [
+        pa.field(name, kind)
+        for name, kind in [
+            ("row", integer), ("id", string), ("prompt", string), ("style", string), ("content", string),
+            ("seed", integer), ("manifest_seed", integer), ("preset", string), ("models", string),
+            ("params", string), ("versions", string), ("filter_rule", string), ("filter_value", number),
+            ("attempt_id", string),
+        ]
+    ]  # fmt: skip
+    for extra in plan_schema or []:
+        if extra.name not in PLAN_COLUMNS:  # nested values are stored as canonical JSON strings
+            kind = string if pa.types.is_nested(extra.type) else extra.type
+            fields.append(pa.field(f"extra_{extra.name}", kind))
+    return pa.schema(fields)
+
+
+def _table_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The parquet's metadata columns: the json's fields, extras as `extra_<name>` columns."""
+    flat = {k: v for k, v in meta.items() if k not in ("extra", "scores", "status", "filter", "shard_id")}
+    flat.update({f"extra_{k}": v for k, v in meta["extra"].items()})
+    flat["filter_rule"] = (meta["filter"] or {}).get("rule")
+    flat["filter_value"] = (meta["filter"] or {}).get("value")
+    return flat
+
+
+def commit_won(result: Any) -> bool:
+    """Whether our attempt is the committed one (the store's result type is duck-typed here)."""
+    return bool(getattr(result, "won", result))
+
+
+def count_statuses(outcomes: Sequence[RowOutcome]) -> dict[str, int]:
+    counts = {"kept": 0, "rejected": 0, "failed": 0}
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+    return counts
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = _source_version() if name == "stylegen" else "not installed"
+    return versions
+
+
+def _source_version() -> str:
+    import pipeline
+
+    return pipeline.__version__
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+# --- building a worker from a RunConfig ------------------------------------------------------------
+
+
+@dataclass
+class WorkerParts:
+    generator: Any
+    scorer: Any  # None when scoring is disabled
+    rules: Any  # None when scoring is disabled
+    store: Any
+    model_info: dict[str, Any]
+
+
+def build_parts(config: RunConfig, output: str, *, device: str | None = None) -> WorkerParts:
+    """Open the store and load the generator, scorer and filter rules the config names (once per process)."""
+    store = open_store(output, **config.storage)
+    cache_dir = Path(config.model_cache_dir) if config.model_cache_dir else None
+    csd = None
+    if config.generator.kind == "fake":
+        from pipeline.fake_generator import FakeGenerator
+
+        generator = FakeGenerator(config.generator.fake)
+        model_info: dict[str, Any] = {"generator": "fake", "size": config.generator.fake.size}
+    else:
+        from pipeline.models import load_preset
+        from pipeline.rbmod.generate import RBModGenerator, RBModSettings
+        from pipeline.scoring.scorer import csd_from_preset
+
+        models = load_preset(
+            config.preset, device=device, paths=config.model_paths or None, cache_dir=cache_dir
+        )
+        generator = RBModGenerator(models, RBModSettings(**config.rbmod))
+        model_info = {"generator": "rbmod", **models.config.model_dump(mode="json")}
+        csd = csd_from_preset(models)  # the loaded CSD is shared with the scorer (None: CLIP fallback)
+    scorer = rules = None
+    if config.scoring.enabled:
+        from pipeline.scoring.models import scoring_preset
+        from pipeline.scoring.rules import FilterRules
+        from pipeline.scoring.scorer import Scorer
+
+        scoring = scoring_preset(config.scoring.preset or config.preset, cache_dir, **config.scoring.options)
+        scorer = Scorer(scoring, device=device, csd=csd)
+        rules = FilterRules.parse(list(config.scoring.filters), set(scorer.names))
+        model_info["scoring"] = scoring.model_dump(mode="json")
+    return WorkerParts(generator, scorer, rules, store, model_info)

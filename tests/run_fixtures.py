@@ -1,0 +1,124 @@
+"""Fixtures for the distributed-run tests: small manifests with real image files, fake-generator run
+configs, a local Ray with logical GPUs, and readers of an output's shard files."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline.run_config import RunConfig
+
+PROMPTS = ["a horse", "a city at night", "a red boat", "a portrait", "a forest", "a cat on a chair"]
+
+
+def make_image(path: Path, colour: tuple[int, int, int], size: int = 32, stripes: int = 4) -> Path:
+    """A small striped PNG: distinct per colour, so the fake generator's output depends on the style."""
+    pixels = np.zeros((size, size, 3), np.uint8)
+    pixels[:] = colour
+    pixels[:, :: max(1, size // stripes)] = 255 - np.array(colour, np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def build_manifest(
+    folder: Path,
+    rows: int = 24,
+    *,
+    styles: int = 3,
+    composition_every: int = 5,
+    extra_column: bool = True,
+    name: str = "manifest.parquet",
+) -> Path:
+    """A manifest of `rows` distinct rows over `styles` style images; every `composition_every`-th row
+    has a content image; an extra `batch_tag` column to check it reaches the metadata."""
+    style_paths = [
+        make_image(
+            folder / "styles" / f"style {i}.png", ((60 * i) % 256, (90 * i + 40) % 256, (30 * i + 200) % 256)
+        )
+        for i in range(styles)
+    ]
+    content = make_image(folder / "contents" / "content.png", (10, 200, 10), stripes=2)
+    table = {
+        "prompt": [f"{PROMPTS[i % len(PROMPTS)]} #{i}" for i in range(rows)],
+        "style": [str(style_paths[i % styles]) for i in range(rows)],
+        "content": [
+            str(content) if composition_every and i % composition_every == 0 else None for i in range(rows)
+        ],
+        "id": [f"user-{i}" for i in range(rows)],
+    }
+    if extra_column:
+        table["batch_tag"] = [f"tag{i % 4}" for i in range(rows)]
+    path = folder / name
+    pq.write_table(pa.table(table), path)
+    return path
+
+
+def fake_config(**overrides: Any) -> RunConfig:
+    """A run with the FakeGenerator, scoring off, small shards and short deadlines (tests only)."""
+    data: dict[str, Any] = {
+        "preset": "tiny",
+        "shard_size": 6,
+        "generator": {"kind": "fake", "fake": {"size": 16}},
+        "scoring": {"enabled": False},
+        "execution": {
+            "batch_size": 3,
+            "first_deadline_s": 120,
+            "min_deadline_s": 30,
+            "actor_start_timeout_s": 120,
+        },
+    }
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return RunConfig.model_validate(data)
+
+
+def shard_rows(output: Path) -> list[dict]:
+    """Every row of every shard parquet under a local output."""
+    rows = []
+    for path in sorted((output / "shards").glob("shard-*.parquet")):
+        rows.extend(pq.read_table(path).to_pylist())
+    return rows
+
+
+def tar_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {member.name: tar.extractfile(member).read() for member in tar.getmembers()}
+
+
+def tar_samples(path: Path) -> dict[str, dict]:
+    """uid -> {"json": parsed metadata, "image": PIL image} of a shard tar."""
+    samples: dict[str, dict] = {}
+    for name, data in tar_members(path).items():
+        uid, ext = name.split(".", 1)
+        if ext == "json":
+            samples.setdefault(uid, {})["json"] = json.loads(data)
+        else:
+            samples.setdefault(uid, {})["image"] = Image.open(io.BytesIO(data)).convert("RGB")
+            samples[uid]["ext"] = ext
+    return samples
+
+
+def local_ray():
+    """A local Ray with 4 logical GPUs, for a module-scoped fixture (`yield from local_ray()`): each
+    test module shuts its own down, so other areas' tests can start theirs."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -1,0 +1,56 @@
+"""The Ray layer: placement on (logical) GPUs, the deadline policy, and dead actors stopping a run."""
+
+from __future__ import annotations
+
+import pytest
+from run_fixtures import build_manifest, fake_config, local_ray
+
+from actors.pool import DeadlinePolicy, GeneratorPool, PoolError
+from pipeline.driver import run_job
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    yield from local_ray()
+
+
+def test_deadline_is_the_floor_until_shards_finish_then_scales_with_observed_time():
+    policy = DeadlinePolicy(factor=4.0, first_deadline_s=600.0, min_deadline_s=10.0)
+    assert policy.deadline(64) == 600.0
+    for rows, seconds in ((10, 5.0), (20, 30.0), (10, 2.0)):  # 0.5, 1.5 and 0.2 s per image
+        policy.observe(rows, seconds)
+    assert policy.deadline(64) == pytest.approx(4.0 * 0.5 * 64)  # the median per-image time
+    assert policy.deadline(2) == 10.0  # never below the floor
+
+
+@pytest.mark.slow
+def test_each_actor_holds_its_own_logical_gpu(ray_cluster, tmp_path):
+    pool = GeneratorPool(fake_config().model_dump_json(), str(tmp_path / "out"), size=4)
+    try:
+        infos = pool.wait_ready(timeout_s=120)
+    finally:
+        pool.shutdown()
+    gpu_ids = [info["gpu_ids"] for info in infos]
+    assert sorted(gpu_ids) == [["0"], ["1"], ["2"], ["3"]]
+    assert all(info["cuda_visible_devices"] == info["gpu_ids"][0] for info in infos)
+    assert len({info["pid"] for info in infos}) == 4
+    assert all(info["device"] == "cpu" and not info["restarted"] for info in infos)
+
+
+@pytest.mark.slow
+def test_actors_that_cannot_start_stop_the_run_with_the_reason(ray_cluster, tmp_path):
+    manifest = build_manifest(tmp_path, rows=12)  # two shards: a pool of two
+    config = fake_config(**{"scoring.enabled": True, "scoring.preset": "no-such-preset"})
+    with pytest.raises(PoolError) as raised:
+        run_job(str(manifest), str(tmp_path / "out"), config, actors=2, live=False)
+    message = str(raised.value)
+    assert "no generator actor is alive" in message
+    assert (
+        message.count("its constructor raised") == 2 and "unknown scoring preset 'no-such-preset'" in message
+    )
+
+
+def test_asking_for_more_gpus_than_the_cluster_has_is_a_clear_error(ray_cluster, tmp_path):
+    manifest = build_manifest(tmp_path, rows=6)
+    with pytest.raises(PoolError, match=r"5 actor\(s\) x 1.0 GPU need more than the 4 GPUs"):
+        run_job(str(manifest), str(tmp_path / "out"), fake_config(), actors=5, live=False)
