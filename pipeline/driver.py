@@ -30,12 +30,11 @@ from rich.console import Console
 
 from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
 from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint
+from pipeline.storage.layout import RUN_KEY, SUMMARY_KEY
 from pipeline.worker import PLAN_KEY, commit_failed_shard, package_versions
 
 log = logging.getLogger("stylegen.driver")
 
-RUN_KEY = "run.json"
-SUMMARY_KEY = "summary.json"
 RUN_FORMAT = "stylegen-run/1"
 
 

@@ -35,9 +35,9 @@ from typing import Any
 
 import typer
 
+from pipeline.storage.layout import PLAN_KEY, RUN_KEY
+
 SELECT_FORMAT = "stylegen-select/1"
-RUN_KEY = "run.json"
-PLAN_KEY = "plan.parquet"
 PLAN_METADATA_KEY = b"stylegen.plan"
 DEFAULT_SHARD_SIZE = 64
 SCORE_PREFIX, TIME_PREFIX = "score_", "time_"

@@ -11,8 +11,8 @@ from typing import Any
 
 import typer
 
-RUN_KEY = "run.json"
-PLAN_KEY = "plan.parquet"
+from pipeline.storage.layout import PLAN_KEY, RUN_KEY
+
 PLAN_METADATA_KEY = b"stylegen.plan"  # JSON with num_shards, written by manifests.plan
 SAMPLE_STATUSES = ("kept", "rejected", "failed")
 

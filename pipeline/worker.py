@@ -37,13 +37,13 @@ from pipeline.shards.images import encode_image
 from pipeline.shards.table import ShardRow, write_shard_table
 from pipeline.shards.tar import ShardSample, write_tar
 from pipeline.storage import open_store
+from pipeline.storage.layout import PLAN_KEY
 
 log = logging.getLogger("stylegen.worker")
 
 # Plan columns with a fixed meaning; any other column is a user extra carried into the metadata.
 TIMING_NAMES = ("generate_s", "score_s")
 PLAN_COLUMNS = ("shard_id", "uid", "row", "prompt", "style", "content", "id", "seed")
-PLAN_KEY = "plan.parquet"
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "stylegen")
 
 Heartbeat = Callable[[str, int, int], None]  # (attempt_id, shard_id, images done in this shard)

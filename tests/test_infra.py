@@ -138,3 +138,13 @@ def test_dockerfile_installs_from_the_pinned_lock_like_the_makefile():
     lock = (INFRA.parent / "requirements.lock").read_text().splitlines()
     assert "torch==2.13.0" in lock, "the one source of truth pins torch"
     assert not any(line.startswith("torchvision") for line in lock)
+
+
+def test_production_run_config_loads_and_passes_the_drivers_checks():
+    from pipeline.driver import check_config
+    from pipeline.run_config import RunConfig
+
+    config = RunConfig.load(INFRA / "run-config.yaml")
+    check_config(config)  # filter rules parse against the score names, sampler settings validate
+    assert config.preset == "stable-cascade" and config.scoring.preset == "real"
+    assert "/config/run.yaml" in (INFRA / "kuberay-rayjob.yaml").read_text()

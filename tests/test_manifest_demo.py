@@ -48,7 +48,9 @@ def test_demo_is_reproducible_and_runs_from_the_cli(tmp_path, cache_home):
     digests = {
         p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "out").rglob("*") if p.is_file()
     }
-    result = CliRunner().invoke(app, ["demo", "--plan-only", "--output", str(tmp_path / "out")], catch_exceptions=False)
+    result = CliRunner().invoke(
+        app, ["demo", "--plan-only", "--output", str(tmp_path / "out")], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     assert (
         "manifest rows" in result.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-REPORT_KEY = "report.html"
+from pipeline.storage.layout import REPORT_KEY
 
 
 def build_report(

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.select import SCORE_PREFIX, read_shard_tables
+from pipeline.storage.layout import RUN_KEY
 
-RUN_KEY = "run.json"
 STATUSES = ("kept", "rejected", "failed")
 REPORT_COLUMNS = ("uid", "shard_id", "status", "reason", "filter_rule", "style", "content", "prompt")
 

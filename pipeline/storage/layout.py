@@ -1,6 +1,6 @@
 """Object keys of an output, relative to its root (a folder or s3://bucket/prefix).
 
-run.json, plan.parquet, report.html         written by the driver through a Store
+run.json, plan.parquet, summary.json, report.html   written by the driver through a Store
 shards/shard-NNNNNN.tar                       kept samples
 shards/shard-NNNNNN.parquet                   every planned row of the shard
 rejected/shard-NNNNNN.tar                     optional: rejected samples, same layout
@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import re
 
+RUN_KEY = "run.json"
+PLAN_KEY = "plan.parquet"
+SUMMARY_KEY = "summary.json"
+REPORT_KEY = "report.html"
 MARKER_PREFIX = "_SUCCESS/"
 ATTEMPTS_PREFIX = "_attempts/"
 SHARDS_PREFIX = "shards/"
