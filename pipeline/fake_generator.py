@@ -14,39 +14,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from pipeline.requests import GenerationRequest, GenerationResult
 from pipeline.run_config import FakeGeneratorConfig
-
-
-# Field-for-field mirrors of pipeline.rbmod.generate's request/result types, so that a fake run never
-# imports torch and diffusers (seconds per actor). FakeGenerator accepts either kind of request.
-@dataclass(frozen=True)
-class StyleRef:
-    image: Image.Image
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt: str
-    styles: tuple[StyleRef, ...]
-    seed: int
-    content: Image.Image | None = None
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    uid: str = ""
-
-
-@dataclass
-class GenerationResult:
-    image: Image.Image
-    params: dict
 
 
 class InjectedFailure(RuntimeError):
@@ -54,8 +29,6 @@ class InjectedFailure(RuntimeError):
 
 
 class FakeGenerator:
-    request_types = (GenerationRequest, StyleRef)  # what the worker builds requests with
-
     def __init__(self, config: FakeGeneratorConfig | None = None):
         self.config = config or FakeGeneratorConfig()
         self.calls = 0  # generate() calls, for tests that check batching

@@ -32,6 +32,7 @@ import pyarrow as pa
 from manifests.plan import read_shard
 from manifests.uid import generation_seed
 from pipeline.inputs import InputLoader, RowInputs
+from pipeline.requests import GenerationRequest, StyleRef
 from pipeline.run_config import RunConfig
 from pipeline.shards.images import encode_image
 from pipeline.shards.table import ShardRow, write_shard_table
@@ -218,7 +219,6 @@ class ShardWorker:
         return results
 
     def _request(self, outcome: RowOutcome, inputs: RowInputs):
-        GenerationRequest, StyleRef = request_types(self.generator)  # noqa: N806 (classes)
         return GenerationRequest(
             prompt=outcome.row["prompt"],
             styles=(StyleRef(inputs.style, 1.0),),
@@ -390,17 +390,6 @@ class _UploadJob:
     attempt_id: str
     outcomes: list[RowOutcome]
     future: Future
-
-
-def request_types(generator) -> tuple[type, type]:
-    """(GenerationRequest, StyleRef) for this generator: RBModGenerator's own types unless the generator
-    names lighter ones (the FakeGenerator does, to keep torch/diffusers out of fake runs)."""
-    types = getattr(generator, "request_types", None)
-    if types is not None:
-        return types
-    from pipeline.rbmod.generate import GenerationRequest, StyleRef
-
-    return GenerationRequest, StyleRef
 
 
 def read_plan_shard(store, shard_id: int):

@@ -21,8 +21,9 @@ from run_fixtures import (
 from manifests.read import read_manifest
 from manifests.uid import generation_seed
 from pipeline.driver import plan_run, write_plan
-from pipeline.fake_generator import FakeGenerator, GenerationRequest, StyleRef
+from pipeline.fake_generator import FakeGenerator
 from pipeline.inputs import InputLoader
+from pipeline.requests import GenerationRequest, StyleRef
 from pipeline.run_config import RunConfig
 from pipeline.shards.images import encode_image
 from pipeline.storage import open_store

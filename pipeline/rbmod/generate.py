@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,32 +29,11 @@ from pipeline.rbmod.decode import decode
 from pipeline.rbmod.settings import RBModSettings
 from pipeline.rbmod.soc import DescriptorTargets
 from pipeline.rbmod.stage_c import StageCConditions, sample_stage_c
+from pipeline.requests import GenerationRequest, GenerationResult, StyleRef
 
 PROMPT_CACHE_SIZE = 128  # (77 x 1280) bf16 each on the real preset: ~25 MB in all
 
 __all__ = ["GenerationRequest", "GenerationResult", "RBModGenerator", "RBModSettings", "StyleRef"]
-
-
-@dataclass(frozen=True)
-class StyleRef:
-    image: Image.Image
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt: str
-    styles: tuple[StyleRef, ...]
-    seed: int
-    content: Image.Image | None = None
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    uid: str = ""
-
-
-@dataclass
-class GenerationResult:
-    image: Image.Image
-    params: dict
 
 
 @dataclass
