@@ -143,9 +143,10 @@ def print_where(summary) -> None:
     console.print(f"shards:  {summary.output}/shards/shard-*.tar  (kept samples: {{uid}}.png + {{uid}}.json)")
     console.print(f"report:  {summary.report_uri}")
     console.print(f"status:  stylegen status {summary.output}")
+    tars = f"{summary.output}/shards/*.tar"
     console.print(
-        'read:    python -c "import webdataset as wds, glob; '
-        f"print(sum(1 for _ in wds.WebDataset(sorted(glob.glob('{summary.output}/shards/*.tar')))))\""
+        'read:    python -c "import glob, webdataset as wds; '
+        f"print(sum(1 for _ in wds.WebDataset(sorted(glob.glob('{tars}')), shardshuffle=False)))\""
     )
 
 
