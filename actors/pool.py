@@ -27,6 +27,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.generator_actor import GeneratorActor, ProgressActor
 
@@ -151,7 +152,9 @@ class GeneratorPool:
             raise PoolError("the pool needs at least one actor")
         threads = torch_threads or max(1, (os.cpu_count() or 1) // size)
         progress_name = f"stylegen-progress-{uuid.uuid4().hex}"
-        self.progress = ProgressActor.options(name=progress_name).remote()
+        # Heartbeats and deadlines live here: pin it to the driver's node, which outlives any GPU node.
+        driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.progress = ProgressActor.options(name=progress_name, scheduling_strategy=driver_node).remote()
         self.slots: list[ActorSlot] = []
         now = time.monotonic()
         for index in range(size):
@@ -280,12 +283,15 @@ class ShardScheduler:
             return
         except RayActorError as error:
             self.unfinished_attempts.append((attempt.shard_id, attempt.attempt_id))
-            self._assign_blame(attempt)
+            node_lost = not _node_alive(slot.info.get("node_id"))  # preemption: no shard is to blame
+            if not node_lost:
+                self._assign_blame(attempt)
             self._actor_failed(slot, error)
-            if attempt.collateral:
+            if attempt.collateral or node_lost:
+                cause = "its node was lost" if node_lost else "because of another shard"
                 self.hooks.on_event(
-                    f"shard {attempt.shard_id}: resubmitted, not charged (actor {slot.index} was lost "
-                    "because of another shard)"
+                    f"shard {attempt.shard_id}: resubmitted, not charged "
+                    f"(actor {slot.index} was lost: {cause})"
                 )
                 self._tries[attempt.shard_id] -= 1
                 self._pending.appendleft(attempt.shard_id)
@@ -455,3 +461,10 @@ def _death_reason(error: ActorDiedError) -> str:
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else type(error).__name__
+
+
+def _node_alive(node_id: str | None) -> bool:
+    """Whether the Ray node is still in the cluster (True when unknown: then the usual blame applies)."""
+    if not node_id:
+        return True
+    return any(node["NodeID"] == node_id and node["Alive"] for node in ray.nodes())

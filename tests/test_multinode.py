@@ -142,6 +142,8 @@ def test_a_run_spreads_over_two_gpu_nodes_and_survives_losing_one(cluster, tmp_p
     deaths += re.finditer(r"shard (\d+): resubmitted, not charged \(actor (\d+) was lost", log)
     assert deaths, log
     assert {int(death[2]) for death in deaths} <= victim_actors, log  # only the victim's actors died
+    # losing a node is preemption, not a fault of its shards: they are resubmitted without being charged
+    assert not re.search(r"attempt \d+: actor \d+ died", log) and "its node was lost" in log, log
     wins = {int(m[1]): m for m in re.finditer(r"shard (\d+) committed \(attempt ([\w-]+), ours\)", log)}
     markers = {path.name: path for path in (output / "_SUCCESS").iterdir()}
     rerun = set()
