@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
 
-from manifests.read import FORMATS, filesystem_and_path, list_manifest_files, read_raw
+from manifests.read import FORMATS, filesystem_and_path, list_manifest_files, read_raw, write_whole_file
 from manifests.schema import ManifestError, format_rows
 from manifests.uid import SEED_MASK, derived_seeds
 from manifests.uris import uri_scheme
@@ -240,32 +240,26 @@ def _with_repeats(columns: dict[str, pa.Array], repeats: int, seed: int) -> pa.R
 
 
 def write_manifest(batches: Iterator[pa.RecordBatch], out: str) -> int:
-    """Stream batches into one Parquet file; returns the row count. A local file appears only when
-    complete (written beside it, then renamed); an s3:// object appears when its upload completes."""
-    filesystem, path = filesystem_and_path(str(out))
-    local = isinstance(filesystem, pa_fs.LocalFileSystem)
-    target = path
-    if local:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        target = str(Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp"))
-    rows, writer = 0, None
-    try:
-        for batch in batches:
-            if writer is None:
-                writer = pq.ParquetWriter(target, batch.schema, filesystem=filesystem, compression="zstd")
-            writer.write_batch(batch)
-            rows += batch.num_rows
+    """Stream batches into one Parquet file; returns the row count. The file appears at `out` (local or
+    s3://) only when complete, so a failing build leaves nothing, not a truncated manifest."""
+    rows = 0
+
+    def write(target: str) -> None:
+        nonlocal rows
+        writer = None
+        try:
+            for batch in batches:
+                if writer is None:
+                    writer = pq.ParquetWriter(target, batch.schema, compression="zstd")
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
         if writer is None:
             raise ManifestError(f"{out}: nothing to write (no rows)")
-        writer.close()
-        if local:
-            os.replace(target, path)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        if local:
-            Path(target).unlink(missing_ok=True)
-        raise
+
+    write_whole_file(str(out), write)
     return rows
 
 

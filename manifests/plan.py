@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,7 +34,7 @@ import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
 
 from manifests.fingerprint import table_fingerprint
-from manifests.read import filesystem_and_path, read_manifest
+from manifests.read import filesystem_and_path, read_manifest, write_whole_file
 from manifests.schema import CONTENT, ROW, STYLE, UID, ManifestError, format_rows
 from manifests.validate import duplicate_uid_groups
 
@@ -121,18 +120,7 @@ class Plan:
     def write(self, directory: str | Path) -> str:
         """Write `<directory>/plan.parquet` (local folder or s3:// prefix); returns its path/URI."""
         target = str(directory).rstrip("/") + "/" + PLAN_FILE
-        filesystem, path = filesystem_and_path(target)
-        if isinstance(filesystem, pa_fs.LocalFileSystem):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            staging = str(Path(path).with_name(f".{PLAN_FILE}.{os.getpid()}.tmp"))
-            try:
-                self.write_parquet(staging)
-                os.replace(staging, path)  # readers never see a half-written plan
-            finally:
-                Path(staging).unlink(missing_ok=True)
-        else:
-            with filesystem.open_output_stream(path) as stream:
-                self.write_parquet(stream)
+        write_whole_file(target, self.write_parquet)  # readers never see a half-written plan
         return target
 
     def write_parquet(self, where) -> None:

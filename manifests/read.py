@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -68,6 +73,27 @@ def filesystem_and_path(uri: str) -> tuple[pa_fs.FileSystem, str]:
     if uri_scheme(uri) not in ("", "file"):
         raise ManifestError(f"{uri}: unsupported URI scheme (use a local path, file:// or s3://)")
     return pa_fs.LocalFileSystem(), str(local_path(uri).absolute())
+
+
+def write_whole_file(uri: str, write: Callable[[str], None]) -> None:
+    """Have `write(path)` fill a local file, then make it appear at `uri` (local or s3://) only once
+    complete: renamed into place beside the target, or uploaded after it is finished. pyarrow's S3
+    output streams publish what was written so far when closed after an error (arrow#40502), so
+    nothing is ever streamed to the final name."""
+    filesystem, path = filesystem_and_path(uri)
+    if isinstance(filesystem, pa_fs.LocalFileSystem):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        staging = str(Path(path).with_name(f".{Path(path).name}.{uuid.uuid4().hex}.tmp"))
+        try:
+            write(staging)
+            os.replace(staging, path)
+        finally:
+            Path(staging).unlink(missing_ok=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="stylegen-") as folder:
+        staging = str(Path(folder) / "file")
+        write(staging)
+        pa_fs.copy_files(staging, path, destination_filesystem=filesystem)
 
 
 def list_manifest_files(uri: str) -> list[ManifestFile]:

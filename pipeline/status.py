@@ -25,6 +25,8 @@ def planned_counts(store) -> tuple[int | None, int | None]:
         record = json.loads(store.get_bytes(RUN_KEY))
     except ObjectNotFound:
         record = None
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise ValueError(f"{store.url(RUN_KEY)} is not valid JSON: {error}") from None
     if isinstance(record, dict) and isinstance(record.get("plan"), dict) and "shards" in record["plan"]:
         rows = record.get("manifest", {}).get("rows") if isinstance(record.get("manifest"), dict) else None
         return int(record["plan"]["shards"]), rows

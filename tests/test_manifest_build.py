@@ -195,3 +195,13 @@ def test_build_lists_s3_prefixes_and_writes_to_s3(s3_bucket, tmp_path):
         [s3_bucket.uri("styles")], str(tmp_path / "p.txt"), s3_bucket.uri("m/man ifest.parquet")
     )
     assert result.rows == 2 and "m/man ifest.parquet" in s3_bucket.object_keys("m/")
+
+
+def test_a_failing_build_leaves_no_s3_object(s3_bucket):
+    def batches():
+        yield next(iter_manifest_batches(STYLES, PROMPTS))
+        raise RuntimeError("input gone")
+
+    with pytest.raises(RuntimeError, match="input gone"):
+        write_manifest(batches(), s3_bucket.uri("m/out.parquet"))
+    assert s3_bucket.object_keys() == []  # no truncated (footer-closed) manifest under the name

@@ -7,7 +7,7 @@ from manifest_fixtures import write_parquet
 
 import manifests.plan as plan_module
 from manifests.fingerprint import table_fingerprint
-from manifests.plan import make_plan, plan_manifest, read_plan_info, read_shard
+from manifests.plan import Plan, make_plan, plan_manifest, read_plan_info, read_shard
 from manifests.read import read_manifest
 from manifests.schema import ManifestError
 
@@ -182,3 +182,18 @@ def test_read_shard_refuses_a_file_that_is_not_a_plan(tmp_path):
     path = write_parquet(tmp_path / "m.parquet", {"shard_id": pa.array([0], pa.int32())})
     with pytest.raises(ManifestError, match="not a stylegen plan"):
         read_shard(path, 0)
+
+
+def test_a_failing_plan_write_leaves_no_s3_object(s3_bucket, manifest, monkeypatch):
+    plan = make_plan(manifest, 6)
+    rows = Plan._rows
+
+    def fail_after_the_schema(self, start, stop):
+        if stop > start:
+            raise RuntimeError("killed mid-write")
+        return rows(self, start, stop)
+
+    monkeypatch.setattr(Plan, "_rows", fail_after_the_schema)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        plan.write(s3_bucket.uri("runs/r"))
+    assert s3_bucket.object_keys() == []  # not a valid-looking plan with the rows missing

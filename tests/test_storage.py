@@ -419,6 +419,26 @@ def test_remove_orphans_deletes_final_names_no_marker_accounts_for(store, tmp_pa
     assert keys(store) == [marker_key(1), "shards/README.txt", table_key(1), tar_key(1)]
 
 
+def test_remove_orphans_spares_a_shard_committed_while_it_lists(tmp_path):
+    """A commit that lands while remove_orphans lists: its final names must not be taken for orphans.
+    LocalStore.publish keeps the upload's mtime, so a slow commit's files are older than the cutoff."""
+    files = build_shard(tmp_path, 3, "slow")
+    root = tmp_path / "output"
+
+    class CommitDuringListing(LocalStore):
+        def list(self, prefix=""):
+            listed = super().list(prefix)
+            if prefix == "_attempts/" and not self.exists(marker_key(3)):
+                LocalStore(root).commit_shard(3, tar=files["tar"], table=files["table"], summary={})
+                hours_ago = time.time() - 7200
+                for key in (tar_key(3), table_key(3)):
+                    os.utime(root / key, (hours_ago, hours_ago))
+            return listed
+
+    assert CommitDuringListing(root).remove_orphans(older_than=timedelta(hours=1)) == []
+    assert keys(LocalStore(root)) == [marker_key(3), table_key(3), tar_key(3)]
+
+
 def test_a_local_file_that_changed_after_hashing_is_refused(tmp_path, request):
     path = tmp_path / "shard.tar"
     path.write_bytes(b"original bytes")
@@ -493,6 +513,24 @@ def test_abort_stale_multipart_uploads(s3_bucket):
     # timestamps are checked in test_storage_seaweedfs.
     assert store.abort_stale_multipart_uploads(older_than=timedelta(hours=1)) == 1
     assert [upload["Key"] for upload in s3_bucket.multipart_uploads()] == ["elsewhere/x.tar"]
+
+
+def test_an_upload_that_vanishes_during_the_sweep_does_not_stop_it(s3_bucket, monkeypatch):
+    store = S3Store(s3_bucket.name, "out")
+    for name in ("a", "b"):
+        s3_bucket.client.create_multipart_upload(Bucket=s3_bucket.name, Key=f"out/_attempts/x/{name}.tar")
+    abort = store._client.abort_multipart_upload
+    swept = []
+
+    def concurrent_sweep_got_the_first(**request):
+        if not swept:  # another sweeper aborts it between our listing and our abort: NoSuchUpload
+            abort(**request)
+        swept.append(request["Key"])
+        return abort(**request)
+
+    monkeypatch.setattr(store._client, "abort_multipart_upload", concurrent_sweep_got_the_first)
+    assert store.abort_stale_multipart_uploads(older_than=timedelta(hours=1)) == 1
+    assert len(swept) == 2 and s3_bucket.multipart_uploads() == []
 
 
 def test_local_stale_temp_files_are_removed(tmp_path):

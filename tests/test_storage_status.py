@@ -103,6 +103,14 @@ def test_status_of_something_that_is_not_an_output(tmp_path):
     assert result.exit_code == 2 and "unsupported output URI scheme 'gs'" in result.output
 
 
+def test_a_corrupt_run_json_is_named(tmp_path):
+    store = LocalStore(tmp_path / "output")
+    store.put_bytes("run.json", b'{"plan": {"shards": 3')  # cut short by a crash or a copy
+    result = CliRunner().invoke(cli(), ["status", store.uri])
+    assert result.exit_code == 2
+    assert f"error: {store.url('run.json')} is not valid JSON" in result.output
+
+
 def test_status_is_registered_on_the_stylegen_cli():
     from pipeline.cli import app
 

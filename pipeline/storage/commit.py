@@ -272,16 +272,21 @@ def remove_orphans(store: Store, older_than: timedelta = timedelta(hours=1)) -> 
     marker yet, so while writers run keep `older_than` above the longest commit; older_than=0 is for
     when no writer is active. Returns the deleted keys."""
     cutoff = datetime.now(timezone.utc) - older_than
+    attempts = store.list(ATTEMPTS_PREFIX)
+    finals = store.list(SHARDS_PREFIX) + store.list(REJECTED_PREFIX)
+    # Markers are read after the listings: a shard publishes only after its marker exists, so every
+    # final name listed has its marker read here, even if it was committed during the listing (a local
+    # publish keeps the upload's mtime, so the age cutoff alone would not protect it).
     markers = committed_shards(store)
     doomed = []
-    for info in store.list(ATTEMPTS_PREFIX):
+    for info in attempts:
         parsed = attempt_of(info.key)
         if parsed is None or info.modified > cutoff:
             continue
         marker = markers.get(parsed[0])
         if marker is None or marker.attempt_id != parsed[1]:
             doomed.append(info.key)
-    for info in store.list(SHARDS_PREFIX) + store.list(REJECTED_PREFIX):
+    for info in finals:
         shard_id = shard_id_of(info.key)
         if shard_id is None or info.modified > cutoff:
             continue

@@ -412,8 +412,18 @@ class S3Store(Store):
             ):
                 for upload in page.get("Uploads", []):
                     if upload["Initiated"] <= cutoff:
-                        self._client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                        )
-                        aborted += 1
+                        aborted += self._abort_upload(upload["Key"], upload["UploadId"])
         return aborted
+
+    def _abort_upload(self, full_key: str, upload_id: str) -> int:
+        """1 if this call aborted the upload, 0 if it was already gone (completed, or aborted by a
+        concurrent sweep): one vanished upload must not stop the sweep."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return 0
+            raise
+        return 1
