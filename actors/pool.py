@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.generator_actor import GeneratorActor, ProgressActor
@@ -303,6 +303,11 @@ class ShardScheduler:
                 self._charge(
                     attempt, f"attempt {attempt.number}: actor {slot.index} died ({type(error).__name__})"
                 )
+            return
+        except RayError as error:  # anything else Ray reports (out of memory, cancelled, object lost)
+            self.unfinished_attempts.append((attempt.shard_id, attempt.attempt_id))
+            self._actor_failed(slot, error)  # probe it: no new work until it answers
+            self._charge(attempt, f"attempt {attempt.number}: {type(error).__name__}: {_first_line(error)}")
             return
         started = attempt.started_at or attempt.submitted_at
         self.policy.observe(self._rows[attempt.shard_id], time.monotonic() - started)

@@ -250,7 +250,19 @@ def _more_versions() -> dict[str, str]:
 def read_run_record(store) -> dict[str, Any] | None:
     if not store.exists(RUN_KEY):
         return None
-    return json.loads(store.get_bytes(RUN_KEY))
+    where = store.url(RUN_KEY)
+    try:
+        record = json.loads(store.get_bytes(RUN_KEY))
+    except ValueError as error:  # also bad UTF-8
+        raise RunRefused(f"{where} is not valid JSON ({error}); {_NOT_RESUMABLE}") from None
+    if not isinstance(record, dict):
+        raise RunRefused(f"{where} holds a JSON {type(record).__name__}, not a run record; {_NOT_RESUMABLE}")
+    return record
+
+
+_NOT_RESUMABLE = (
+    "this output cannot be resumed: rerun with --restart to start over, or choose another --output"
+)
 
 
 def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) -> None:

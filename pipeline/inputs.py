@@ -92,7 +92,12 @@ class InputLoader:
     def _load(self, uri: str) -> Image.Image:
         with self._lock:
             self.reads += 1
-        return decode_image(read_bytes(uri), uri)
+        try:
+            return decode_image(read_bytes(uri), uri)
+        except InputError:
+            raise
+        except Exception as error:  # e.g. a NUL byte in a path, a bucket name boto3 refuses: this row only
+            raise InputError(f"{uri}: cannot read ({type(error).__name__}: {error})") from None
 
     def prefetch(self, rows: Iterable[Mapping]) -> PendingInputs:
         """Start loading the `style` and `content` of each row; `.result()` gathers them."""

@@ -54,3 +54,42 @@ def test_asking_for_more_gpus_than_the_cluster_has_is_a_clear_error(ray_cluster,
     manifest = build_manifest(tmp_path, rows=6)
     with pytest.raises(PoolError, match=r"5 actor\(s\) x 1.0 GPU need more than the 4 GPUs"):
         run_job(str(manifest), str(tmp_path / "out"), fake_config(), actors=5, live=False)
+
+
+@pytest.mark.slow
+def test_an_attempt_that_ray_fails_with_another_error_is_retried_not_fatal_to_the_run(ray_cluster, tmp_path):
+    # ray.get of a cancelled call raises TaskCancelledError, a RayError that is neither a task's own
+    # error nor an actor death (like OutOfMemoryError): the shard is retried, the run goes on.
+    import ray
+
+    from actors.pool import SchedulerHooks, ShardScheduler
+    from pipeline.driver import plan_run, write_plan
+    from pipeline.storage import open_store
+
+    manifest = build_manifest(tmp_path, rows=6)
+    config = fake_config(**{"generator.fake.latency_s": 0.3})  # one shard of 6 rows, about 2 s
+    store = open_store(tmp_path / "out")
+    write_plan(store, plan_run(str(manifest), config)[0])
+    pool = GeneratorPool(config.model_dump_json(), store.uri, size=1)
+    cancelled, committed, events = [], [], []
+
+    def cancel_the_first_attempt_once_it_runs(images_in_flight: int) -> None:
+        attempts = pool.slots[0].attempts
+        if not cancelled and attempts and attempts[0].started_at is not None:
+            cancelled.append(attempts[0].attempt_id)
+            ray.cancel(attempts[0].ref)
+
+    hooks = SchedulerHooks(
+        on_committed=lambda shard_id, result: committed.append((shard_id, result["attempt_id"])),
+        on_progress=cancel_the_first_attempt_once_it_runs,
+        on_event=events.append,
+    )
+    scheduler = ShardScheduler(pool, DeadlinePolicy(4.0, 120.0, 30.0), 3, 120.0, hooks)
+    try:
+        scheduler.run({0: 6})
+    finally:
+        pool.shutdown()
+    assert len(cancelled) == 1 and (0, cancelled[0]) in scheduler.unfinished_attempts
+    assert [shard for shard, _ in committed] == [0] and committed[0][1].startswith("2-")
+    assert any("shard 0: attempt 1: TaskCancelledError" in event and "retrying" in event for event in events)
+    assert store.read_marker(0) is not None

@@ -211,3 +211,21 @@ def test_an_output_holding_another_kind_of_run_is_refused(tmp_path):
     (tmp_path / "out" / "run.json").write_text(json.dumps({"format": "stylegen-select/1"}))
     with pytest.raises(RunRefused, match=r"holds a run.json of another kind \(format 'stylegen-select/1'"):
         run_job(str(manifest), str(tmp_path / "out"), fake_config(), live=False)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"format": "stylegen-run/1", "manif', r"run.json is not valid JSON \(Unterminated string"),
+        (b"{\x80 not text}", r"run.json is not valid JSON \('utf-8' codec can't decode"),
+        (b"[1, 2]", r"run.json holds a JSON list, not a run record"),
+    ],
+)
+def test_a_damaged_run_json_is_refused_naming_the_file(tmp_path, content, message):
+    manifest = build_manifest(tmp_path, rows=4)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.json").write_bytes(content)
+    with pytest.raises(RunRefused, match=message) as refused:
+        run_job(str(manifest), str(tmp_path / "out"), fake_config(), live=False)
+    assert str(tmp_path / "out" / "run.json") in str(refused.value)
+    assert "rerun with --restart" in str(refused.value)

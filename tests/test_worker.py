@@ -141,6 +141,32 @@ def test_bad_inputs_and_bad_seeds_fail_only_their_rows(tmp_path):
     assert store.read_marker(0).summary == {"rows": 8, "kept": 2, "rejected": 0, "failed": 6}
 
 
+def test_inputs_that_make_the_reader_raise_other_errors_fail_only_their_rows(tmp_path):
+    # A NUL byte in a path (ValueError) and a bucket name boto3 refuses (ParamValidationError, raised
+    # before any request) are not read errors the loader knows: they must still fail only their row.
+    good = make_image(tmp_path / "good.png", (200, 10, 10))
+    styles = [str(good), str(tmp_path / "nul\x00byte.png"), "s3://bad bucket!/style.png"]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"prompt": ["fine", "nul path", "bad bucket"], "style": styles}), manifest)
+    config = fake_config(shard_size=10)
+    store, _ = prepare(tmp_path, manifest, config)
+    worker = ShardWorker.from_config(config, store.uri)
+    try:
+        result = worker.run_shard(0, "a1")
+    finally:
+        worker.close()
+
+    assert (result.kept, result.failed, result.committed) == (1, 2, True)
+    by_prompt = {row["prompt"]: row for row in shard_rows(tmp_path / "out")}
+    assert by_prompt["fine"]["status"] == "kept"
+    assert by_prompt["nul path"]["reason"] == (
+        f"input style: {styles[1]}: cannot read (ValueError: embedded null byte)"
+    )
+    assert by_prompt["bad bucket"]["reason"].startswith(
+        f"input style: {styles[2]}: cannot read (ParamValidationError: "
+    )
+
+
 def test_a_raising_batch_is_retried_row_by_row_so_only_the_culprits_fail(tmp_path):
     manifest = build_manifest(tmp_path, rows=9)
     table = read_manifest(str(manifest)).to_pylist()
