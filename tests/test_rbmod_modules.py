@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.rbmod.csd import CSD, infer_config, load_csd_checkpoint, official_to_ours, vision_config_for
@@ -274,6 +275,27 @@ def test_previewer_checkpoint_loads_strictly_with_widths_from_shapes(tmp_path):
     save_file(state, str(path))
     with pytest.raises(ValueError, match=r"blocks\.23\.running_var"):
         load_previewer(path)
+
+
+def test_checkpoints_without_batchnorm_counters_load_as_torch_strict_loads_them(tmp_path):
+    """Files saved without `num_batches_tracked` (torch's strict load accepts them) load, same outputs."""
+    previewer = randomize(Previewer(c_hidden=32))
+    effnet = randomize(
+        EfficientNetEncoder(EffNetConfig(stem_channels=8, stages=TINY_STAGES, last_channels=32))
+    )
+    for model, save, load, x in (
+        (previewer, save_previewer, load_previewer, torch.randn(2, 16, 3, 3)),
+        (effnet, save_effnet, load_effnet, torch.randn(2, 3, 64, 64)),
+    ):
+        path = tmp_path / "model.safetensors"
+        save(model, path)
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+        state = {k: v for k, v in load_file(str(path)).items() if not k.endswith("num_batches_tracked")}
+        save_file(state, str(path), metadata=metadata)
+        loaded = load(path)
+        with torch.no_grad():
+            assert torch.equal(model(x), loaded(x))
 
 
 # ---------------------------------------------------------------- CSD

@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from pipeline.rbmod.image_ops import tensor_to_pil
+from pipeline.rbmod.stage_c import low_precision_autocast
 
 
 @torch.no_grad()
@@ -99,16 +100,17 @@ def _decode_batch(
     scheduler = DDPMWuerstchenScheduler()
     scheduler.set_timesteps(steps, device=device)
     for t in scheduler.timesteps[:-1]:
-        ratio = t.expand(batch).to(dtype)
+        ratio = t.expand(batch).float()  # fp32, unlike the diffusers pipeline: see low_precision_autocast
         model_in = torch.cat([latents, latents]) if use_cfg else latents
         ratio_in = torch.cat([ratio, ratio]) if use_cfg else ratio
-        predicted = models.decoder(
-            sample=model_in,
-            timestep_ratio=ratio_in,
-            clip_text_pooled=pooled,
-            effnet=effnet,
-            return_dict=False,
-        )[0]
+        with low_precision_autocast(models):
+            predicted = models.decoder(
+                sample=model_in,
+                timestep_ratio=ratio_in,
+                clip_text_pooled=pooled,
+                effnet=effnet,
+                return_dict=False,
+            )[0].to(dtype)
         if use_cfg:
             cond, uncond = predicted.chunk(2)
             predicted = torch.lerp(uncond, cond, guidance_scale)

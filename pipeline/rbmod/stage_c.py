@@ -57,9 +57,10 @@ def predict_eps(
     batch = x.shape[0]
     dtype = models.dtype
     sample = torch.cat([x, x]).to(dtype)
-    ratio = torch.full((2 * batch,), t_cond, device=x.device, dtype=dtype)
+    # fp32 ratio: the prior embeds ratio * 10000, which bf16 would scramble (see `low_precision_autocast`)
+    ratio = torch.full((2 * batch,), t_cond, device=x.device, dtype=torch.float32)
     clip_img = cond.clip_img.to(dtype)
-    with afa_mode(afa_state, cond.afa_mode):
+    with afa_mode(afa_state, cond.afa_mode), low_precision_autocast(models):
         out = models.prior(
             sample=sample,
             timestep_ratio=ratio,
@@ -70,6 +71,14 @@ def predict_eps(
         )[0]
     eps_cond, eps_uncond = out.float().chunk(2)
     return guided_epsilon(eps_cond, eps_uncond, settings.guidance_scale, settings.cfg_rescale)
+
+
+def low_precision_autocast(models):
+    """Autocast to the models' dtype when it is not fp32, so a UNet takes an fp32 timestep ratio as the
+    official code runs it (fp32 r under bf16 autocast): its sinusoidal embedding of r * 10000 stays
+    fp32 (8-bit bf16 r is off by up to ~20 there), and the layers still run in bf16."""
+    enabled = models.dtype != torch.float32
+    return torch.autocast(models.device.type, dtype=models.dtype, enabled=enabled)
 
 
 @torch.no_grad()
