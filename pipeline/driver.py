@@ -112,15 +112,25 @@ def run_job(
     finally:
         close_run_log(handler)
         if not _is_local(store):
-            store.put_file(log_key, log_path)
-            log_path.unlink(missing_ok=True)
+            try:
+                store.put_file(log_key, log_path)
+                log_path.unlink(missing_ok=True)
+            except Exception as error:  # never let the log upload hide why the run stopped
+                console.print(f"warning: the run log stays at {log_path}: upload failed ({error})")
 
 
-def write_run_report(store) -> str:
-    """report.html for the output (galleries, score histograms with the filter thresholds, throughput)."""
+def write_run_report(store) -> str | None:
+    """report.html for the output (galleries, score histograms with the filter thresholds, throughput).
+    The data is complete before this runs, so a failure here is a warning, not a failed run."""
     from pipeline.report.command import REPORT_KEY, build_report
 
-    store.put_bytes(REPORT_KEY, build_report(store).encode("utf-8"))
+    try:
+        store.put_bytes(REPORT_KEY, build_report(store).encode("utf-8"))
+    except Exception as error:
+        log.warning(
+            "report.html not written (%s: %s); `stylegen report` can retry", type(error).__name__, error
+        )
+        return None
     return store.url(REPORT_KEY)
 
 

@@ -229,3 +229,21 @@ def test_a_damaged_run_json_is_refused_naming_the_file(tmp_path, content, messag
         run_job(str(manifest), str(tmp_path / "out"), fake_config(), live=False)
     assert str(tmp_path / "out" / "run.json") in str(refused.value)
     assert "rerun with --restart" in str(refused.value)
+
+
+@pytest.mark.slow
+def test_a_report_that_cannot_be_built_does_not_fail_a_finished_run(ray_cluster, tmp_path, monkeypatch):
+    import pipeline.report.command
+
+    def broken(store, **options):
+        raise RuntimeError("no fonts today")
+
+    monkeypatch.setattr(pipeline.report.command, "build_report", broken)
+    manifest = build_manifest(tmp_path, rows=6)
+    output = tmp_path / "out"
+    summary = run_job(str(manifest), str(output), fake_config(), actors=1, live=False)
+    assert (summary.shards_committed, summary.kept, summary.report_uri) == (summary.shards_planned, 6, None)
+    assert not (output / "report.html").exists()
+    assert json.loads((output / "summary.json").read_text())["kept"] == 6
+    log_text = next((output / "logs").glob("run-*.log")).read_text()
+    assert "report.html not written (RuntimeError: no fonts today)" in log_text
