@@ -198,6 +198,11 @@ def load_models(config: PresetConfig, *, device: str | None = None) -> Models:
     dtype = torch.float32
     if config.name == "stable-cascade":
         if device.type == "cuda":
+            if not torch.cuda.is_bf16_supported():  # the prior is known to overflow in fp16
+                raise PresetError(
+                    f"stable-cascade needs bf16, which {torch.cuda.get_device_name(device)} does not support "
+                    "(Ampere or newer: A100, L4, L40S, H100)"
+                )
             dtype = torch.bfloat16
         else:
             log.warning("stable-cascade on %s runs in fp32: possible, but impractically slow", device)

@@ -206,6 +206,10 @@ def truncated_png() -> Image.Image:
         ),
         (request(seed="7", uid="u9"), r"request 'u9': field 'seed' must be an int, got str"),
         (request(overrides=[("steps", 2)], uid="u10"), r"request 'u10': field 'overrides' must be a mapping"),
+        (
+            request(styles=(StyleRef(Image.new("RGB", (4000, 1))),), uid="u11"),
+            r"request 'u11': field 'styles\[0\].image' has an aspect ratio over 8:1 \(4000x1\)",
+        ),
     ],
     ids=[
         "empty-prompt",
@@ -219,6 +223,7 @@ def truncated_png() -> Image.Image:
         "nan-weight",
         "seed",
         "override-type",
+        "sliver",
     ],
 )
 def test_bad_requests_name_the_request_and_field(generator, bad, message):

@@ -208,6 +208,11 @@ class RBModGenerator:
         }
 
 
+# References are resized so their short side is 768 px (spec 2.3): a sliver of an image would blow up to
+# gigabytes (1x4000 -> 768x3,072,000), so such a row fails instead of the process running out of memory.
+MAX_ASPECT_RATIO = 8.0
+
+
 def _check_image(image: Any, fail) -> None:
     if not isinstance(image, Image.Image):
         raise fail(f"must be a PIL image, got {type(image).__name__}")
@@ -217,3 +222,5 @@ def _check_image(image: Any, fail) -> None:
             raise ValueError(f"empty image of size {image.size}")
     except Exception as err:  # truncated or corrupt files surface here, at load time
         raise fail(f"cannot be read: {type(err).__name__}: {err}") from None
+    if max(image.size) / min(image.size) > MAX_ASPECT_RATIO:
+        raise fail(f"has an aspect ratio over {MAX_ASPECT_RATIO:g}:1 ({image.width}x{image.height})")
