@@ -90,20 +90,27 @@ def mix_styles(features: Sequence[ReferenceFeatures], weights: Sequence[float]) 
     return StyleMix(clip_embedding, F.normalize(style, dim=0))
 
 
-@torch.no_grad()
-def encode_prompts(models, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clip_text (B,L,D), clip_text_pooled (B,1,D)) in the prior's dtype: the text encoder's
-    `hidden_states[-1]` and projected `text_embeds` (spec 3.2; as StableCascadePriorPipeline)."""
-    tokens = models.tokenizer(
+def run_text_encoder(tokenizer, text_encoder, prompts: list[str], device, *, hidden_states: bool = False):
+    """Prompts padded/truncated to the tokenizer's 77 tokens, through a CLIP text encoder (no grad)."""
+    tokens = tokenizer(
         prompts,
         padding="max_length",
-        max_length=models.tokenizer.model_max_length,
+        max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     )
-    output = models.text_encoder(
-        tokens.input_ids.to(models.device),
-        attention_mask=tokens.attention_mask.to(models.device),
-        output_hidden_states=True,
+    with torch.no_grad():
+        return text_encoder(
+            tokens.input_ids.to(device),
+            attention_mask=tokens.attention_mask.to(device),
+            output_hidden_states=hidden_states,
+        )
+
+
+def encode_prompts(models, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clip_text (B,L,D), clip_text_pooled (B,1,D)) in the prior's dtype: the text encoder's
+    `hidden_states[-1]` and projected `text_embeds` (spec 3.2; as StableCascadePriorPipeline)."""
+    output = run_text_encoder(
+        models.tokenizer, models.text_encoder, prompts, models.device, hidden_states=True
     )
     return output.hidden_states[-1].to(models.dtype), output.text_embeds[:, None].to(models.dtype)

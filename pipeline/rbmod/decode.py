@@ -19,23 +19,14 @@ from diffusers import DDPMWuerstchenScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from pipeline.rbmod.conditioning import run_text_encoder
 from pipeline.rbmod.image_ops import tensor_to_pil
 from pipeline.rbmod.stage_c import low_precision_autocast
 
 
-@torch.no_grad()
 def encode_pooled_prompts(models, prompts: list[str]) -> torch.Tensor:
     """(B,1,D) pooled, projected text embeddings from the decoder's text encoder."""
-    tokens = models.decoder_tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=models.decoder_tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    output = models.decoder_text_encoder(
-        tokens.input_ids.to(models.device), attention_mask=tokens.attention_mask.to(models.device)
-    )
+    output = run_text_encoder(models.decoder_tokenizer, models.decoder_text_encoder, prompts, models.device)
     return output.text_embeds[:, None].to(models.dtype)
 
 
