@@ -22,7 +22,7 @@ import ray
 ACTOR_CONCURRENCY = 3
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)  # its calls are idempotent
 class ProgressActor:
     """Latest heartbeat per shard attempt: images done and whether generation started."""
 
