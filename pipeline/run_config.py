@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.storage.s3 import looks_like_credential
+
 # Keys (dotted paths) that never change the output: left out of the fingerprint.
 OPERATIONAL_KEYS = frozenset(
     {
@@ -29,9 +31,6 @@ OPERATIONAL_KEYS = frozenset(
         "generator.fake.hang_s",
     }
 )
-
-# Storage options must never carry secrets: credentials come from the standard AWS chain.
-_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential", "session")
 
 
 class ConfigError(ValueError):
@@ -111,7 +110,7 @@ class RunConfig(_Section):
     @classmethod
     def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in value:
-            if any(word in key.lower() for word in _SECRET_WORDS):
+            if looks_like_credential(key):  # refused here too, so none ever reaches run.json
                 raise ValueError(
                     f"storage.{key} looks like a credential; credentials come only from the AWS "
                     "environment/credential chain and are never stored in the config or run.json"

@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 ENV_PREFIX = "STYLEGEN_S3_"
 _SECRET_WORDS = ("secret", "password", "token", "access_key", "credential", "session")
+
+
+def looks_like_credential(option: Any) -> bool:
+    """Whether an option name reads like a credential (those come only from the standard AWS chain)."""
+    return any(word in str(option).lower() for word in _SECRET_WORDS)
+
+
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _AUTH_CODES = {
@@ -89,7 +96,7 @@ class S3Config(BaseModel):
     @classmethod
     def _refuse_credentials(cls, data: Any) -> Any:
         for key in data if isinstance(data, dict) else ():
-            if any(word in str(key).lower() for word in _SECRET_WORDS):
+            if looks_like_credential(key):
                 raise ValueError(
                     f"S3 option {key!r} looks like a credential; credentials come only from the standard "
                     "AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance role)"
