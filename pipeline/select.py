@@ -38,7 +38,6 @@ import typer
 from pipeline.storage.layout import PLAN_KEY, RUN_KEY
 
 SELECT_FORMAT = "stylegen-select/1"
-PLAN_METADATA_KEY = b"stylegen.plan"
 DEFAULT_SHARD_SIZE = 64
 SCORE_PREFIX, TIME_PREFIX = "score_", "time_"
 _CORE_COLUMNS = ("uid", "shard_id", "status", "reason")
@@ -408,7 +407,9 @@ def write_selection_plan(source_store, output_store, selected, record: dict[str,
         "fingerprint": record["fingerprint"],
         "selected_from": record["source"]["output"],
     }
-    rows = rows.replace_schema_metadata({PLAN_METADATA_KEY: json.dumps(info, sort_keys=True)})
+    from manifests.plan import METADATA_KEY  # the plan's own metadata key, so read_plan_info works
+
+    rows = rows.replace_schema_metadata({METADATA_KEY: json.dumps(info, sort_keys=True)})
     with tempfile.TemporaryDirectory(prefix="stylegen-select-") as folder:
         path = Path(folder) / PLAN_KEY
         pq.write_table(rows, path, compression="zstd")

@@ -13,7 +13,6 @@ import typer
 
 from pipeline.storage.layout import PLAN_KEY, RUN_KEY
 
-PLAN_METADATA_KEY = b"stylegen.plan"  # JSON with num_shards, written by manifests.plan
 SAMPLE_STATUSES = ("kept", "rejected", "failed")
 
 
@@ -35,10 +34,12 @@ def planned_counts(store) -> tuple[int | None, int | None]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from manifests.plan import METADATA_KEY
+
     with store.open(PLAN_KEY) as file:
         plan = pq.ParquetFile(file)
         rows = plan.metadata.num_rows
-        info = json.loads((plan.schema_arrow.metadata or {}).get(PLAN_METADATA_KEY, b"{}"))
+        info = json.loads((plan.schema_arrow.metadata or {}).get(METADATA_KEY, b"{}"))
         if "num_shards" in info:
             return int(info["num_shards"]), rows
         if "shard_id" not in plan.schema_arrow.names:
