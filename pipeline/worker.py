@@ -46,6 +46,7 @@ log = logging.getLogger("stylegen.worker")
 TIMING_NAMES = ("generate_s", "score_s")
 PLAN_COLUMNS = ("shard_id", "uid", "row", "prompt", "style", "content", "id", "seed")
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "stylegen")
+PLACEMENT_COLUMNS = ("node_id", "actor_id")  # the Ray node and actor that wrote a shard (null without Ray)
 
 Heartbeat = Callable[[str, int, int], None]  # (attempt_id, shard_id, images done in this shard)
 
@@ -78,6 +79,8 @@ class ShardResult:
     seconds: float
     generate_s: float = 0.0
     commit_s: float = 0.0
+    node_id: str | None = None  # where it ran (see ShardWorker.placement)
+    actor_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +99,7 @@ class ShardWorker:
         heartbeat: Heartbeat | None = None,
         inputs: InputLoader | None = None,
         work_dir: Path | None = None,
+        placement: dict[str, str] | None = None,
     ):
         self.generator = generator
         self.scorer = scorer
@@ -107,6 +111,8 @@ class ShardWorker:
         self.inputs = inputs or InputLoader()
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="stylegen-worker-"))
         self.files = ShardFiles(config, self.model_info, package_versions())
+        # Where this worker runs ({"node_id", "actor_id"} under Ray): recorded in each shard's parquet.
+        self.files.placement = dict(placement or {})
         self._generation_lock = threading.Lock()
         self._uploads: queue.Queue = queue.Queue(maxsize=config.execution.upload_queue_shards)
         self._uploader = threading.Thread(target=self._upload_loop, name="shard-uploader", daemon=True)
@@ -114,7 +120,13 @@ class ShardWorker:
 
     @classmethod
     def from_config(
-        cls, config: RunConfig, output: str, *, device: str | None = None, heartbeat: Heartbeat | None = None
+        cls,
+        config: RunConfig,
+        output: str,
+        *,
+        device: str | None = None,
+        heartbeat: Heartbeat | None = None,
+        placement: dict[str, str] | None = None,
     ) -> ShardWorker:
         """Load everything named by the config once (models, scorer, rules, store)."""
         parts = build_parts(config, output, device=device)
@@ -126,6 +138,7 @@ class ShardWorker:
             config,
             model_info=parts.model_info,
             heartbeat=heartbeat,
+            placement=placement,
         )
 
     # --- one shard ---------------------------------------------------------------------------------
@@ -293,6 +306,8 @@ class ShardWorker:
             rows=len(job.outcomes),
             commit_s=time.monotonic() - started,
             seconds=0.0,
+            node_id=self.files.placement.get("node_id"),
+            actor_id=self.files.placement.get("actor_id"),
             **counts,
         )
 
@@ -312,6 +327,7 @@ class ShardFiles:
         self.model_info = model_info
         self.versions = versions
         self.plan_schema: pa.Schema | None = None  # set from the plan: types of the manifest's extras
+        self.placement: dict[str, str] = {}  # node_id / actor_id of the process writing the shard
 
     def write(
         self, shard_id: int, attempt_id: str, outcomes: Sequence[RowOutcome], folder: Path
@@ -332,7 +348,7 @@ class ShardFiles:
                     reason=outcome.reason,
                     scores=outcome.scores,
                     timings=outcome.timings,
-                    meta={**_table_meta(meta), "attempt_id": attempt_id},
+                    meta={**_table_meta(meta), "attempt_id": attempt_id, **self._placement_columns()},
                 )
             )
         files: dict[str, Path | None] = {"tar": folder / "kept.tar", "table": folder / "rows.parquet"}
@@ -343,6 +359,10 @@ class ShardFiles:
             files["rejected"] = folder / "rejected.tar"
             write_tar(samples["rejected"], files["rejected"])
         return files
+
+    def _placement_columns(self) -> dict[str, str | None]:
+        """Where the shard ran, like the attempt id only in the parquet (the tar stays reproducible)."""
+        return {name: self.placement.get(name) for name in PLACEMENT_COLUMNS}
 
     def sample_metadata(self, outcome: RowOutcome, shard_id: int) -> dict[str, Any]:
         """The sample's `.json` member. Only reproducible fields: timings and the attempt go to the
@@ -412,7 +432,7 @@ def shard_table_schema(plan_schema: pa.Schema | None) -> pa.Schema:
             ("row", integer), ("id", string), ("prompt", string), ("style", string), ("content", string),
             ("seed", integer), ("manifest_seed", integer), ("preset", string), ("models", string),
             ("params", string), ("versions", string), ("filter_rule", string), ("filter_value", number),
-            ("attempt_id", string),
+            ("attempt_id", string), ("node_id", string), ("actor_id", string),
         ]
     ]  # fmt: skip
     for extra in plan_schema or []:
