@@ -202,12 +202,17 @@ def check_config(config: RunConfig) -> None:
     """Catch bad filter rules and sampler settings here, before any actor loads a model."""
     from pydantic import ValidationError
 
+    from pipeline.scoring.registry import ScorerError, resolve_scorers
+
+    try:  # every scorer named must be installed, whether or not scoring is enabled (the schema lists them)
+        scorers = resolve_scorers(config.scoring.scorers)
+    except ScorerError as error:
+        raise ConfigError(f"scoring.scorers: {error}") from None
     if config.scoring.filters:
         from pipeline.scoring.rules import FilterRules, RuleError
-        from pipeline.scoring.scorer import SCORE_NAMES
 
         try:
-            FilterRules.parse(list(config.scoring.filters), set(SCORE_NAMES))
+            FilterRules.parse(list(config.scoring.filters), set(scorers.scores))
         except RuleError as error:
             raise ConfigError(f"scoring.filters: {error}") from None
     if config.generator.kind == "rbmod" and config.rbmod:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.scoring.registry import DEFAULT_SCORERS
 from pipeline.storage.s3 import looks_like_credential
 
 # Keys (dotted paths) that never change the output: left out of the fingerprint.
@@ -63,6 +64,8 @@ class GeneratorConfig(_Section):
 class ScoringSection(_Section):
     enabled: bool = True
     preset: str | None = None  # scoring models: "tiny" | "real"; default follows the run's preset
+    # built-in or third-party (entry-point group stylegen.scorers) scorers; see pipeline.scoring.registry
+    scorers: tuple[str, ...] = DEFAULT_SCORERS
     options: dict[str, Any] = {}  # overrides of pipeline.scoring's ScoringConfig fields
     filters: tuple[str, ...] = ()  # e.g. "clip_t >= 0.25"; all must pass
 
@@ -70,6 +73,8 @@ class ScoringSection(_Section):
     def _filters_need_scores(self) -> ScoringSection:
         if self.filters and not self.enabled:
             raise ValueError("filters need scores: set scoring.enabled to true or remove scoring.filters")
+        if "scorers" in self.options:
+            raise ValueError("name the scorers in scoring.scorers, not scoring.options.scorers")
         return self
 
 
