@@ -34,6 +34,7 @@ PRIOR_REPO = "stabilityai/stable-cascade-prior"
 DECODER_REPO = "stabilityai/stable-cascade"
 TINY_SEED = 20240527
 TINY_FORMAT = 3  # bump when the tiny builder changes what it writes
+PRESET_NAMES = ("tiny", "stable-cascade")
 PATH_KEYS = {
     "prior",
     "prior_revision",
@@ -120,20 +121,21 @@ def load_preset(
     elif name == "stable-cascade":
         base = PresetConfig(name="stable-cascade", csd=os.environ.get("STYLEGEN_CSD") or None)
     else:
-        raise PresetError(f"unknown preset {name!r}; expected 'tiny' or 'stable-cascade'")
+        raise PresetError(f"unknown preset {name!r}; expected one of {', '.join(map(repr, PRESET_NAMES))}")
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in paths.items()}
     fields = {**base.model_dump(), **overrides}
     fields["descriptor"] = "csd" if fields["csd"] else "clip"
     return load_models(PresetConfig.model_validate(fields), device=device)
 
 
-def _is_local(source: str) -> bool:
+def is_local_source(source: str) -> bool:
+    """A local folder or file rather than a hub id ('org/name')."""
     return source.startswith(("/", ".", "~")) or os.path.exists(source) or source.count("/") != 1
 
 
 def _locate(source: str, relpath: str, revision: str | None, component: str) -> tuple[str, str | None]:
     """Check that `relpath` exists under `source` (folder or hub repo) -> (local file path, commit)."""
-    if _is_local(source):
+    if is_local_source(source):
         path = Path(source).expanduser() / relpath
         if not path.exists():
             raise PresetError(f"{component}: {path} not found (source folder {source!r})")
@@ -157,7 +159,7 @@ def _locate(source: str, relpath: str, revision: str | None, component: str) -> 
 
 def _pick_variant(source: str, subfolder: str, variant: str | None) -> str | None:
     """Local folders may hold only plain weight files (e.g. tiny, or an fp32 copy): use those."""
-    if variant is None or not _is_local(source):
+    if variant is None or not is_local_source(source):
         return variant
     folder = Path(source).expanduser() / subfolder
     return variant if any(f".{variant}." in p.name for p in folder.iterdir()) else None
