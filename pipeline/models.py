@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 PRIOR_REPO = "stabilityai/stable-cascade-prior"
 DECODER_REPO = "stabilityai/stable-cascade"
 TINY_SEED = 20240527
+# The official `StageA.decode` multiplies by 0.43; diffusers' PaellaVQModel defaults to 0.3764 and a
+# loaded vqgan config may carry either, so the preset sets it explicitly (warned about when they differ).
+OFFICIAL_STAGE_A_SCALE = 0.43
 TINY_FORMAT = 3  # bump when the tiny builder changes what it writes
 PRESET_NAMES = ("tiny", "stable-cascade")
 PATH_KEYS = {
@@ -76,6 +79,7 @@ class PresetConfig(BaseModel):
     stage_b_latent_scale: float = 10.67
     stage_b_steps: int = 10
     stage_b_guidance_scale: float = 1.1
+    stage_a_scale_factor: float = OFFICIAL_STAGE_A_SCALE  # latent x this before Stage A decodes it
     components: dict[str, dict[str, Any]] = {}  # filled by the loader: source, revision, resolved commit
 
 
@@ -296,12 +300,30 @@ def _load_components(config: PresetConfig, files: dict, device, dtype) -> Models
         decoder_tokenizer=tokenizer(dec_src, dr, "decoder_tokenizer"),
         decoder_text_encoder=frozen(hf_model(CLIPTextModelWithProjection, dec_src, "text_encoder", dr)),
         vqgan=frozen(
-            PaellaVQModel.from_pretrained(
-                dec_src, subfolder="vqgan", revision=dr, torch_dtype=dtype, use_safetensors=True
+            _check_stage_a_scale(
+                PaellaVQModel.from_pretrained(
+                    dec_src, subfolder="vqgan", revision=dr, torch_dtype=dtype, use_safetensors=True
+                ),
+                config,
             )
         ),
         config=config,
     )
+
+
+def _check_stage_a_scale(vqgan, config: PresetConfig):
+    """The decode uses `config.stage_a_scale_factor`, never the vqgan config's: say so when they differ."""
+    loaded = float(vqgan.config.scale_factor)
+    if abs(loaded - config.stage_a_scale_factor) > 1e-6:
+        log.warning(
+            "vqgan config of %r has scale_factor %g; decoding uses the preset's stage_a_scale_factor %g "
+            "(the official StageA's value is %g)",
+            config.decoder,
+            loaded,
+            config.stage_a_scale_factor,
+            OFFICIAL_STAGE_A_SCALE,
+        )
+    return vqgan
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -369,7 +391,14 @@ def tiny_specs() -> dict:
             switch_level=None,
             dropout=[0.0, 0.0],
         ),
-        "vqgan": dict(levels=2, bottleneck_blocks=1, embed_dim=16, latent_channels=4, num_vq_embeddings=16),
+        "vqgan": dict(
+            levels=2,
+            bottleneck_blocks=1,
+            embed_dim=16,
+            latent_channels=4,
+            num_vq_embeddings=16,
+            scale_factor=OFFICIAL_STAGE_A_SCALE,
+        ),
         "effnet": effnet.to_dict(),
         "previewer": dict(c_in=16, c_hidden=32, c_out=3),
         "csd": dict(width=64, layers=2, patch=8, image_size=32, mlp_width=256, embed_dim=32),
