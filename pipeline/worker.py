@@ -406,8 +406,9 @@ def shard_table_schema(plan_schema: pa.Schema | None, scorers: Sequence[str] = (
     """The columns every shard parquet of a run has, whatever its rows hold (see pipeline.shards.table):
     every score and embedding of the configured `scorers`, every timing, the sample metadata, and the
     manifest's extras with their plan types."""
+    from pipeline.columns import EMBEDDING_PREFIX
     from pipeline.scoring.registry import resolve_scorers
-    from pipeline.shards.table import EMBEDDING_PREFIX, EMBEDDING_TYPE
+    from pipeline.shards.table import EMBEDDING_TYPE
 
     string, integer, number = pa.string(), pa.int64(), pa.float64()
     configured = resolve_scorers(scorers)
