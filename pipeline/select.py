@@ -35,11 +35,11 @@ from typing import Any
 
 import typer
 
+from pipeline.shards.table import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
 from pipeline.storage.layout import PLAN_KEY, RUN_KEY
 
 SELECT_FORMAT = "stylegen-select/2"  # /1: the same, shard parquets under shards/
 DEFAULT_SHARD_SIZE = 64
-SCORE_PREFIX, TIME_PREFIX = "score_", "time_"
 _CORE_COLUMNS = ("uid", "shard_id", "status", "reason")
 
 
@@ -483,7 +483,7 @@ def _sample(members: dict[str, bytes], uid: str, shard_id: int, tar_url: str):
 
 
 def _row(row: dict[str, Any], source_shard: int, attempt_id: str, row_type):
-    scores, timings, meta = {}, {}, {}
+    scores, timings, embeddings, meta = {}, {}, {}, {}
     for name, value in row.items():
         if name in _CORE_COLUMNS:
             continue
@@ -491,10 +491,14 @@ def _row(row: dict[str, Any], source_shard: int, attempt_id: str, row_type):
             scores[name.removeprefix(SCORE_PREFIX)] = value
         elif name.startswith(TIME_PREFIX):
             timings[name.removeprefix(TIME_PREFIX)] = value
+        elif name.startswith(EMBEDDING_PREFIX):
+            embeddings[name.removeprefix(EMBEDDING_PREFIX)] = value
         else:
             meta[name] = value
     meta.update(source_shard_id=source_shard, attempt_id=attempt_id)
-    return row_type(uid=row["uid"], status="kept", scores=scores, timings=timings, meta=meta)
+    return row_type(
+        uid=row["uid"], status="kept", scores=scores, timings=timings, meta=meta, embeddings=embeddings
+    )
 
 
 def _meta_schema(schema):
@@ -504,7 +508,8 @@ def _meta_schema(schema):
     fields = [
         field
         for field in schema
-        if field.name not in _CORE_COLUMNS and not field.name.startswith((SCORE_PREFIX, TIME_PREFIX))
+        if field.name not in _CORE_COLUMNS
+        and not field.name.startswith((SCORE_PREFIX, TIME_PREFIX, EMBEDDING_PREFIX))
     ]
     return pa.schema(fields)
 

@@ -65,6 +65,7 @@ class RowOutcome:
     image: Any = None  # PIL image for kept/rejected rows
     params: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float | None] = field(default_factory=dict)
+    embeddings: dict[str, Any] = field(default_factory=dict)  # name -> float16 vector (parquet only)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -252,7 +253,7 @@ class ShardWorker:
 
     def _score_rows(self, items: list[tuple[RowOutcome, RowInputs]]) -> None:
         started = time.monotonic()
-        scores = self.scorer.score(
+        scores, embeddings = self.scorer.score_with_embeddings(
             [outcome.image for outcome, _ in items],
             [outcome.row["prompt"] for outcome, _ in items],
             [inputs.style for _, inputs in items],
@@ -261,6 +262,7 @@ class ShardWorker:
         per_row = (time.monotonic() - started) / len(items)
         for index, (outcome, _) in enumerate(items):
             outcome.scores = {name: values[index] for name, values in scores.items()}
+            outcome.embeddings = {name: vectors[index] for name, vectors in embeddings.items()}
             outcome.timings["score_s"] = per_row
 
     def _filter(self, outcome: RowOutcome) -> None:
@@ -354,11 +356,13 @@ class ShardFiles:
                     scores=outcome.scores,
                     timings=outcome.timings,
                     meta={**_table_meta(meta), "caption": outcome.caption, "attempt_id": attempt_id},
+                    embeddings=outcome.embeddings,
                 )
             )
         files: dict[str, Path | None] = {"tar": folder / "kept.tar", "table": folder / "rows.parquet"}
         write_tar(samples["kept"], files["tar"])
-        write_shard_table(rows, files["table"], shard_id, shard_table_schema(self.plan_schema))
+        schema = shard_table_schema(self.plan_schema, self.config.scoring.scorers)
+        write_shard_table(rows, files["table"], shard_id, schema)
         files["rejected"] = None
         if self.config.keep_rejected:
             files["rejected"] = folder / "rejected.tar"
@@ -432,14 +436,18 @@ def output_uses_legacy_layout(store) -> bool:
         return False
 
 
-def shard_table_schema(plan_schema: pa.Schema | None) -> pa.Schema:
+def shard_table_schema(plan_schema: pa.Schema | None, scorers: Sequence[str] = ()) -> pa.Schema:
     """The columns every shard parquet of a run has, whatever its rows hold (see pipeline.shards.table):
-    every score, every timing, the sample metadata, and the manifest's extras with their plan types."""
-    from pipeline.scoring.scorer import SCORE_NAMES
+    every score and embedding of the configured `scorers`, every timing, the sample metadata, and the
+    manifest's extras with their plan types."""
+    from pipeline.scoring.registry import resolve_scorers
+    from pipeline.shards.table import EMBEDDING_PREFIX, EMBEDDING_TYPE
 
     string, integer, number = pa.string(), pa.int64(), pa.float64()
-    fields = [pa.field(f"score_{name}", number) for name in SCORE_NAMES]
+    configured = resolve_scorers(scorers)
+    fields = [pa.field(f"score_{name}", number) for name in configured.scores]
     fields += [pa.field(f"time_{name}", number) for name in TIMING_NAMES]
+    fields += [pa.field(f"{EMBEDDING_PREFIX}{name}", EMBEDDING_TYPE) for name in configured.embeddings]
     fields += [
         pa.field(name, kind)
         for name, kind in [
@@ -536,7 +544,12 @@ def build_parts(config: RunConfig, output: str, *, device: str | None = None) ->
         from pipeline.scoring.rules import FilterRules
         from pipeline.scoring.scorer import Scorer
 
-        scoring = scoring_preset(config.scoring.preset or config.preset, cache_dir, **config.scoring.options)
+        scoring = scoring_preset(
+            config.scoring.preset or config.preset,
+            cache_dir,
+            scorers=config.scoring.scorers,
+            **config.scoring.options,
+        )
         scorer = Scorer(scoring, device=device, csd=csd)
         rules = FilterRules.parse(list(config.scoring.filters), set(scorer.names))
         model_info["scoring"] = scoring.model_dump(mode="json")

@@ -106,7 +106,7 @@ def test_restart_refuses_to_delete_a_folder_that_is_not_a_stylegen_output(tmp_pa
     precious = tmp_path / "out" / "thesis.tex"
     precious.parent.mkdir()
     precious.write_text("years of work")
-    with pytest.raises(RunRefused, match=r"it has no run.json: it does not look like a stylegen output"):
+    with pytest.raises(RunRefused, match=r"run.json is not a stylegen run record \(or is missing\)"):
         run_job(str(manifest), str(tmp_path / "out"), fake_config(), restart=True, live=False)
     assert precious.read_text() == "years of work"
 
@@ -228,7 +228,7 @@ def test_a_damaged_run_json_is_refused_naming_the_file(tmp_path, content, messag
     with pytest.raises(RunRefused, match=message) as refused:
         run_job(str(manifest), str(tmp_path / "out"), fake_config(), live=False)
     assert str(tmp_path / "out" / "run.json") in str(refused.value)
-    assert "rerun with --restart" in str(refused.value)
+    assert "can be neither resumed nor deleted by --restart" in str(refused.value)
 
 
 @pytest.mark.slow

@@ -30,6 +30,8 @@ REJECTED_PREFIX = "rejected/"
 FINAL_PREFIXES = (SHARDS_PREFIX, METADATA_PREFIX, REJECTED_PREFIX)  # committed shard files live here
 LEGACY_FORMATS = frozenset({"stylegen-run/1", "stylegen-select/1"})  # shard parquets under shards/
 
+RUN_FILES = (RUN_KEY, PLAN_KEY, SUMMARY_KEY, REPORT_KEY, CARD_KEY)
+_LOG_KEY = re.compile(r"logs/run-\d{8}T\d{12}Z\.log")
 _ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SHARD_FILE = re.compile(r"(?:shards|metadata|rejected|_SUCCESS)/shard-(\d{6,})\.(?:tar|parquet|json)")
 _ATTEMPT_KEY = re.compile(r"_attempts/shard-(\d{6,})/([A-Za-z0-9_-]{1,64})/.+")
@@ -69,6 +71,21 @@ def rejected_key(shard_id: int) -> str:
 
 def marker_key(shard_id: int) -> str:
     return f"{MARKER_PREFIX}{shard_name(shard_id)}.json"
+
+
+def log_key(when) -> str:
+    """The log of a run started at `when` (a UTC datetime)."""
+    return f"logs/run-{when.strftime('%Y%m%dT%H%M%S%fZ')}.log"
+
+
+def is_run_output_key(key: str) -> bool:
+    """Whether `key` is one that `stylegen run` writes (what --restart may delete; nothing else)."""
+    return (
+        key in RUN_FILES
+        or shard_id_of(key) is not None
+        or attempt_of(key) is not None
+        or _LOG_KEY.fullmatch(key) is not None
+    )
 
 
 def validate_attempt_id(attempt_id: str) -> str:
