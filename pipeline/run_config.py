@@ -85,6 +85,19 @@ class ImageSection(_Section):
     quality: int = Field(95, ge=1, le=100)
 
 
+class CaptionSection(_Section):
+    """Each sample's `{uid}.txt` (pipeline.captions): the prompt, or a template over the row's fields."""
+
+    template: str = "{prompt}"  # e.g. "{prompt}, in the style of {extra.artist}"
+
+    @field_validator("template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        from pipeline.captions import check_template
+
+        return check_template(value)  # extras are checked against the manifest when it is read
+
+
 class ExecutionSection(_Section):
     """How the run executes; none of it changes the output."""
 
@@ -105,6 +118,7 @@ class RunConfig(_Section):
     rbmod: dict[str, Any] = {}  # overrides of RBModSettings fields
     scoring: ScoringSection = ScoringSection()
     image: ImageSection = ImageSection()
+    caption: CaptionSection = CaptionSection()
     keep_rejected: bool = False
     shard_size: int = Field(64, ge=1)
     plan_order: Literal["style", "uid"] = "style"

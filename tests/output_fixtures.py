@@ -145,7 +145,7 @@ def read_shard_tables(store: Store) -> pa.Table:
     import io
 
     tables = []
-    for info in store.list("shards/"):
+    for info in store.list("metadata/"):
         if info.key.endswith(".parquet"):
             tables.append(pq.read_table(io.BytesIO(store.get_bytes(info.key))))
     return pa.concat_tables(tables, promote_options="permissive")
