@@ -158,7 +158,7 @@ def test_pending_actors_make_the_autoscaler_add_gpu_workers(autoscaling_head, tm
     planned = read_manifest(str(manifest)).column("uid").to_pylist()
     rows = [
         row
-        for path in sorted((output / "shards").glob("*.parquet"))
+        for path in sorted((output / "metadata").glob("*.parquet"))
         for row in pq.read_table(path).to_pylist()
     ]
     assert Counter(row["uid"] for row in rows) == Counter(planned)

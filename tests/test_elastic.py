@@ -29,8 +29,8 @@ from pipeline.driver import run_job
 
 pytestmark = pytest.mark.slow
 
-ROWS, SHARD_SIZE = 240, 6  # 40 shards
-LATENCY_S = 0.15  # per image: ~0.9 s a shard, ~18 s of work for the first node's two GPUs
+ROWS, SHARD_SIZE = 480, 6  # 80 shards
+LATENCY_S = 0.1  # per image: ~0.6 s a shard, ~24 s of work for the first node's two GPUs alone
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def gpu_less_cluster(monkeypatch):
 def committed_nodes(output: Path) -> Counter:
     """node_id -> shards committed there, from the published shard parquets."""
     nodes: Counter = Counter()
-    for path in (output / "shards").glob("shard-*.parquet"):
+    for path in (output / "metadata").glob("shard-*.parquet"):
         try:
             nodes[pq.read_table(path, columns=["node_id"]).column("node_id")[0].as_py()] += 1
         except (OSError, ValueError):  # being published right now
@@ -114,14 +114,14 @@ def test_gpu_nodes_join_and_leave_a_running_job(gpu_less_cluster, tmp_path):
         wait_for(lambda: committed_nodes(output)[a.node_id] >= 1, "a shard on node a")
         b = cluster.add_node(num_cpus=1, num_gpus=1)
         c = cluster.add_node(num_cpus=1, num_gpus=1)
-        wait_for(lambda: committed_nodes(output)[b.node_id] and committed_nodes(output)[c.node_id], "b and c")
+        wait_for(lambda: committed_nodes(output)[b.node_id] >= 1, "a shard on node b")
         committed_before_removal = sum(committed_nodes(output).values())
         cluster.remove_node(b)  # preemption: its raylet and workers are killed
     finally:
         runner.join(240)
     assert "error" not in result, result.get("error")
     summary = result["summary"]
-    assert committed_before_removal < 40, "the node left after the run had nothing left to do"
+    assert committed_before_removal < ROWS // SHARD_SIZE, "node b left after the run had nothing left to do"
 
     # every planned row exactly once; the tars are the ones a run without Ray makes
     shards = ROWS // SHARD_SIZE
@@ -134,7 +134,7 @@ def test_gpu_nodes_join_and_leave_a_running_job(gpu_less_cluster, tmp_path):
     planned = read_manifest(str(manifest)).column("uid").to_pylist()
     rows = [
         row
-        for path in sorted((output / "shards").glob("*.parquet"))
+        for path in sorted((output / "metadata").glob("*.parquet"))
         for row in pq.read_table(path).to_pylist()
     ]
     assert Counter(row["uid"] for row in rows) == Counter(planned)
