@@ -16,7 +16,13 @@ Scores (all cosine similarities in [-1, 1], computed in float32 from L2-normalis
   mixes style and content. The two have different scales, so leakage thresholds are per preset.
 
 Reference embeddings (style and content images) are cached by pixel hash, so a style repeated across
-a shard is embedded once. Every image is made RGB first (transparency composited onto white). CLIP and
+a shard is embedded once. Scores are batch-invariant: a reference is always embedded alone, so its
+embedding does not depend on which references an earlier call embedded with it (or left in the
+cache); on CPU every sample is also scored alone (MKL/oneDNN round differently by batch shape, as in
+generation), so a sample's scores are bit-identical whatever else is in its batch. On GPU the
+generated images and prompts are batched (`batch_size`) for speed.
+
+Every image is made RGB first (transparency composited onto white). CLIP and
 DINO images then go through each checkpoint's own image processor (PIL backend: bicubic shortest-edge
 resize, centre crop, rescale, normalise: the recipe the checkpoint was trained with). CSD images go
 through the shared torch `image_ops.clip_preprocess` at the module's input size, the transform
@@ -55,6 +61,7 @@ class Scorer:
         self.csd = csd
         self.names: tuple[str, ...] = tuple(n for n in SCORE_NAMES if n != "csd_style" or csd is not None)
         self._cache = _ReferenceCache(config.reference_cache_size)
+        self.batch_invariant = self.device.type == "cpu"  # one sample per forward pass (see above)
         self._embedders: dict[str, Callable[[list[Image.Image]], torch.Tensor]] = {
             "clip": self._clip_images,
             "dino": self._dino_images,
@@ -77,7 +84,7 @@ class Scorer:
         _check_inputs(images, prompts, styles, contents)
         scores: Scores = {name: [] for name in self.names}
         digests: dict[int, bytes] = {}  # id(image) -> pixel hash, valid while the inputs are alive
-        step = self.config.batch_size
+        step = 1 if self.batch_invariant else self.config.batch_size
         for start in range(0, len(images), step):
             part = slice(start, start + step)
             chunk = self._score_chunk(images[part], prompts[part], styles[part], contents[part], digests)
@@ -166,11 +173,9 @@ class Scorer:
                     missing[key] = image
                 else:
                     found[key] = cached
-        if missing:
-            embedded = self._embedders[kind]([_as_rgb(image) for image in missing.values()])
-            for key, embedding in zip(missing, embedded, strict=True):
-                found[key] = embedding
-                self._cache.put(key, embedding)
+        for key, image in missing.items():  # one at a time: the value never depends on the others
+            found[key] = self._embedders[kind]([_as_rgb(image)])[0]
+            self._cache.put(key, found[key])
         return torch.stack([found[key] for key in keys])
 
     @property
