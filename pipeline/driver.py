@@ -36,7 +36,8 @@ from pipeline.worker import commit_failed_shard, package_versions
 
 log = logging.getLogger("stylegen.driver")
 
-RUN_FORMAT = "stylegen-run/1"
+RUN_FORMAT = "stylegen-run/2"  # 2: shard parquets under metadata/, models in run.json, captions
+READABLE_FORMATS = (RUN_FORMAT, "stylegen-run/1")  # a format-1 output resumes in its own layout
 
 
 class RunRefused(RuntimeError):
@@ -245,12 +246,17 @@ def check_config(config: RunConfig, *, local_models: bool = False) -> None:
     local model folders and CSD file exist). Preset names and model_paths keys are RunConfig's checks."""
     from pydantic import ValidationError
 
+    from pipeline.scoring.registry import ScorerError, resolve_scorers
+
+    try:  # every scorer named must be installed, whether or not scoring is enabled (the schema lists them)
+        scorers = resolve_scorers(config.scoring.scorers)
+    except ScorerError as error:
+        raise ConfigError(f"scoring.scorers: {error}") from None
     if config.scoring.filters:
         from pipeline.scoring.rules import FilterRules, RuleError
-        from pipeline.scoring.scorer import SCORE_NAMES
 
         try:
-            FilterRules.parse(list(config.scoring.filters), set(SCORE_NAMES))
+            FilterRules.parse(list(config.scoring.filters), set(scorers.scores))
         except RuleError as error:
             raise ConfigError(f"scoring.filters: {error}") from None
     if config.generator.kind == "rbmod" and config.rbmod:
@@ -306,6 +312,28 @@ def _problems(section: str, error) -> str:
     )
 
 
+def check_caption(config: RunConfig, columns: list[str]) -> None:
+    """The caption template's {extra.NAME} fields must be columns of this manifest."""
+    from pipeline.captions import CaptionError, check_template, extra_columns
+
+    try:
+        check_template(config.caption.template, extra_columns(columns))
+    except CaptionError as error:
+        raise ConfigError(str(error)) from None
+
+
+def record_models(store, models: dict[str, Any], known: set[str]) -> None:
+    """Add the models a worker reports ({fingerprint: description}) to run.json's `models`, once each:
+    the samples carry only the fingerprint."""
+    new = {fingerprint: info for fingerprint, info in models.items() if fingerprint not in known}
+    if not new:
+        return
+    record = read_run_record(store) or {}
+    record["models"] = {**(record.get("models") or {}), **new}
+    store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    known.update(new)
+
+
 def plan_run(manifest: str, config: RunConfig):
     """Read and plan the manifest; the run record (run.json) that identifies this run."""
     import platform
@@ -314,6 +342,7 @@ def plan_run(manifest: str, config: RunConfig):
     from manifests.read import read_manifest
 
     table = read_manifest(manifest)
+    check_caption(config, table.column_names)
     plan = make_plan(table, config.shard_size, order=config.plan_order, dedupe=config.dedupe)
     if plan.dropped_rows:
         log.warning(
@@ -364,7 +393,7 @@ _NOT_RESUMABLE = (
 
 def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) -> None:
     """Refuse to resume a different run, naming exactly what changed."""
-    if prior.get("format") != RUN_FORMAT:
+    if prior.get("format") not in READABLE_FORMATS:
         raise RunRefused(
             f"{output} holds a run.json of another kind (format {prior.get('format')!r}, "
             f"not {RUN_FORMAT!r}); choose another --output"
@@ -377,8 +406,9 @@ def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) 
             f"{new_manifest['fingerprint'][:16]} (rows {old_manifest['rows']} -> {new_manifest['rows']}; "
             f"was {old_manifest['uri']}, now {new_manifest['uri']})"
         )
-    if config_fingerprint(prior["config"]) != record["config_fingerprint"]:
-        changes = changed_keys(prior["config"], record["config"])
+    prior_config = with_defaults(prior["config"])
+    if config_fingerprint(prior_config) != record["config_fingerprint"]:
+        changes = changed_keys(prior_config, record["config"])
         problems.append("the config changed: " + "; ".join(changes))
     if not problems and prior["plan"]["fingerprint"] != record["plan"]["fingerprint"]:
         problems.append(
@@ -391,6 +421,15 @@ def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) 
             + " and ".join(problems)
             + ". Rerun with --restart to delete it and start over, or choose another --output."
         )
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the defaults of keys added since it was written (a key this version added, at
+    its default, changes nothing); the stored dict itself when it no longer validates."""
+    try:
+        return RunConfig.model_validate(config).to_dict()
+    except Exception:  # noqa: BLE001 - compared as stored; the differences get named
+        return config
 
 
 def finalize(store, unfinished: list[tuple[int, str]], since_s: float) -> None:
@@ -422,7 +461,7 @@ def write_plan(store, plan) -> None:
 
 def is_run_record(record: Any) -> bool:
     """Whether `record` is a run.json that `stylegen run` wrote (its format and its fields)."""
-    if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in READABLE_FORMATS:
         return False
     manifest, plan = record.get("manifest"), record.get("plan")
     return (
@@ -485,6 +524,7 @@ def execute(
         start_ray,
     )
 
+    known_models = set((read_run_record(store) or {}).get("models") or {})
     local_gpus = None
     if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         # Logical GPUs on a CPU machine, so the same scheduling code runs everywhere.
@@ -508,6 +548,7 @@ def execute(
         log.info("pool: %d actors x %g GPU (cluster GPUs: %g)", size, gpus_per_actor, cluster_gpus)
 
         def committed(shard_id: int, result: dict) -> None:
+            record_models(store, result.get("models") or {}, known_models)
             progress.shard_done(result["rows"], result["kept"], result["rejected"], result["failed"])
             log.info(
                 "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.scoring.registry import DEFAULT_SCORERS
 from pipeline.storage.s3 import looks_like_credential
 
 # Keys (dotted paths) that never change the output: left out of the fingerprint.
@@ -65,6 +66,8 @@ class GeneratorConfig(_Section):
 class ScoringSection(_Section):
     enabled: bool = True
     preset: str | None = None  # scoring models: "tiny" | "real"; default follows the run's preset
+    # built-in or third-party (entry-point group stylegen.scorers) scorers; see pipeline.scoring.registry
+    scorers: tuple[str, ...] = DEFAULT_SCORERS
     options: dict[str, Any] = {}  # overrides of pipeline.scoring's ScoringConfig fields
     filters: tuple[str, ...] = ()  # e.g. "clip_t >= 0.25"; all must pass
 
@@ -72,12 +75,27 @@ class ScoringSection(_Section):
     def _filters_need_scores(self) -> ScoringSection:
         if self.filters and not self.enabled:
             raise ValueError("filters need scores: set scoring.enabled to true or remove scoring.filters")
+        if "scorers" in self.options:
+            raise ValueError("name the scorers in scoring.scorers, not scoring.options.scorers")
         return self
 
 
 class ImageSection(_Section):
     format: Literal["png", "jpg", "webp"] = "png"
     quality: int = Field(95, ge=1, le=100)
+
+
+class CaptionSection(_Section):
+    """Each sample's `{uid}.txt` (pipeline.captions): the prompt, or a template over the row's fields."""
+
+    template: str = "{prompt}"  # e.g. "{prompt}, in the style of {extra.artist}"
+
+    @field_validator("template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        from pipeline.captions import check_template
+
+        return check_template(value)  # extras are checked against the manifest when it is read
 
 
 class ExecutionSection(_Section):
@@ -103,6 +121,7 @@ class RunConfig(_Section):
     rbmod: dict[str, Any] = {}  # overrides of RBModSettings fields
     scoring: ScoringSection = ScoringSection()
     image: ImageSection = ImageSection()
+    caption: CaptionSection = CaptionSection()
     keep_rejected: bool = False
     shard_size: int = Field(64, ge=1)
     plan_order: Literal["style", "uid"] = "style"
