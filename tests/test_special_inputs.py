@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from run_fixtures import fake_config, make_image
+from run_fixtures import fake_config, make_image, shard_rows
 
 from pipeline.driver import plan_run, write_plan
 from pipeline.fake_generator import FakeGenerator
@@ -99,10 +99,7 @@ def test_a_shard_with_special_inputs_fails_only_those_rows(tmp_path, specials):
     finally:
         worker.close()
     assert (result.kept, result.failed) == (2, len(specials))
-    rows = {
-        row["style"]: row
-        for row in pq.read_table(tmp_path / "out" / "shards" / "shard-000000.parquet").to_pylist()
-    }
+    rows = {row["style"]: row for row in shard_rows(tmp_path / "out")}
     for path, reason in specials.values():
         assert rows[path]["status"] == "failed"
         assert rows[path]["reason"] == f"input style: {path}: {reason}"
