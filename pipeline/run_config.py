@@ -115,7 +115,10 @@ class ExecutionSection(_Section):
     progress_interval_s: float = Field(30.0, gt=0)  # one key=value progress line when not a terminal
     log_upload_s: float = Field(60.0, gt=0)  # the run log reaches a remote output this often
     upload_queue_shards: int = Field(1, ge=1, le=4)  # finished shards waiting for upload, per actor
-    torch_threads: int | None = Field(None, ge=1)
+    # Fixed, not derived from the pool size: on CPU, torch rounds differently with another thread count,
+    # so a run with 1 actor and one with 2 would otherwise make different images.
+    torch_threads: int = Field(2, ge=1)
+    max_input_mib: int = Field(256, ge=1)  # a style/content file or object over this fails its row unread
 
 
 class RunConfig(_Section):
