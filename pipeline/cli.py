@@ -8,6 +8,7 @@ import typer
 
 from manifests.cli import manifest_app
 from pipeline.demo import demo_command
+from pipeline.model_stage import models_app
 from pipeline.report.command import report
 from pipeline.run_cli import run
 from pipeline.select import select
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(manifest_app, name="manifest")
+app.add_typer(models_app, name="models")
 app.command("run")(run)
 app.command("demo")(demo_command)
 app.command("status")(status)
