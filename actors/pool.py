@@ -65,7 +65,9 @@ def start_ray(address: str | None, num_gpus: float | None, num_cpus: int | None 
         modules = [str(p) for p in project_packages()]
         ray.init(address=address, runtime_env={"py_modules": modules}, **common)
     else:
-        ray.init(num_gpus=num_gpus, num_cpus=num_cpus, **common)
+        # "local": a fresh instance of our own. A bare ray.init() would attach to the latest cluster
+        # anyone started on this machine with `ray start` (Ray reads its address from the temp folder).
+        ray.init(address="local", num_gpus=num_gpus, num_cpus=num_cpus, **common)
     return True
 
 

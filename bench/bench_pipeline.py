@@ -92,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.actors.split(",")]
 
-    ray.init(num_gpus=max(counts), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_gpus=max(counts), include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
             rows = [

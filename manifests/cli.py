@@ -6,8 +6,12 @@ from pathlib import Path
 
 import typer
 
+from manifests.cli_format import StylegenCommand, StylegenGroup
+
 manifest_app = typer.Typer(
-    help="Build, validate and plan manifests of (style, content, prompt) rows.", no_args_is_help=True
+    cls=StylegenGroup,
+    help="Build, validate and plan manifests of (style, content, prompt) rows.",
+    no_args_is_help=True,
 )
 
 
@@ -18,16 +22,18 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(1)
 
 
-@manifest_app.command()
+@manifest_app.command(cls=StylegenCommand)
 def build(
     styles: list[str] = typer.Option(
-        ..., "--styles", help="Style images: files, folders (recursive), globs, s3://"
+        ..., "--styles", metavar="PATH...", help="Style images: files, folders (recursive), globs, s3://"
     ),
     prompts: str = typer.Option(
         ..., "--prompts", help="Text file (one prompt per line) or CSV/JSONL with 'prompt'"
     ),
     out: str = typer.Option(..., "-o", "--output", help="The manifest to write (.parquet, local or s3://)"),
-    contents: list[str] = typer.Option(None, "--contents", help="Content images (composition rows)"),
+    contents: list[str] = typer.Option(
+        None, "--contents", metavar="PATH...", help="Content images (composition rows)"
+    ),
     pairing: str = typer.Option("cross", help="cross | zip | sample"),
     samples: int = typer.Option(None, help="Rows to draw with --pairing sample"),
     repeats: int = typer.Option(1, help="Rows per (style, content, prompt), each with its own seed"),
@@ -50,7 +56,7 @@ def build(
         typer.echo(f"ignored {len(result.ignored)} non-image file(s): {shown}")
 
 
-@manifest_app.command()
+@manifest_app.command(cls=StylegenCommand)
 def validate(
     manifest: str = typer.Argument(..., help="Manifest file, folder or s3:// URI"),
     check_files: bool = typer.Option(False, "--check-files", help="Open and decode every referenced image"),
@@ -97,7 +103,7 @@ def _rows_text(problem) -> str:
     return shown + (f" (+{hidden})" if hidden > 0 else "")
 
 
-@manifest_app.command()
+@manifest_app.command(cls=StylegenCommand)
 def plan(
     manifest: str = typer.Argument(..., help="Manifest file, folder or s3:// URI"),
     shard_size: int = typer.Option(..., "--shard-size", min=1, help="Rows per shard"),

@@ -217,14 +217,17 @@ def _prompt_length_problems(table, rows, tokenizer_dir, notes: list[str]) -> lis
     prompts = [p for p in pc.unique(column).to_pylist() if p is not None and p.strip()]
     tokenizer = load_clip_tokenizer(tokenizer_dir)
     limit = token_limit(tokenizer)
-    notes.append(
-        TINY_TOKENIZER_NOTE if tokenizer_dir is None else f"token counts use the tokenizer in {tokenizer_dir}"
-    )
     reasons = {}
     for prompt, count in zip(prompts, token_counts(tokenizer, prompts), strict=True):
         if count > limit:
             why = f"{count} tokens, the text encoder takes {limit}: the prompt will be truncated"
             reasons[prompt] = (WARNING, PROMPT_TOO_LONG, why)
+    if reasons:  # which tokenizer counted matters only for the prompts it flags
+        notes.append(
+            TINY_TOKENIZER_NOTE
+            if tokenizer_dir is None
+            else f"token counts use the tokenizer in {tokenizer_dir}"
+        )
     return _value_problems(column, PROMPT, rows, reasons)
 
 

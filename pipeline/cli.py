@@ -7,6 +7,8 @@ from __future__ import annotations
 import typer
 
 from manifests.cli import manifest_app
+from manifests.cli_format import StylegenCommand, StylegenGroup
+from pipeline.dedup import dedup
 from pipeline.demo import demo_command
 from pipeline.model_stage import models_app
 from pipeline.report.command import report
@@ -15,19 +17,43 @@ from pipeline.select import select
 from pipeline.status import status
 
 app = typer.Typer(
+    cls=StylegenGroup,
     name="stylegen",
     help="Style-personalized synthetic image datasets at cluster scale (RB-Modulation on Ray).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"stylegen {version('stylegen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Style-personalized synthetic image datasets at cluster scale (RB-Modulation on Ray)."""
+
+
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(models_app, name="models")
-app.command("run")(run)
-app.command("demo")(demo_command)
-app.command("status")(status)
-app.command("select")(select)
-app.command("report")(report)
+for name, command in (
+    ("run", run),
+    ("demo", demo_command),
+    ("status", status),
+    ("select", select),
+    ("dedup", dedup),
+    ("report", report),
+):
+    app.command(name, cls=StylegenCommand)(command)
 
 
 if __name__ == "__main__":

@@ -61,10 +61,8 @@ def local_copy(uri: str, cache_dir: Path | str | None = None, s3_options: dict |
 
     bucket, parent, name, folder_only = _split(uri)
     try:
-        store = open_store(f"s3://{bucket}/{parent}", **(s3_options or {}))
-        assert isinstance(store, S3Store)
-        endpoint = store.endpoint_url
-        digest = hashlib.sha256(f"{endpoint}|{bucket}/{parent}/{name}".encode()).hexdigest()[:12]
+        store = _parent_store(bucket, parent, s3_options)
+        digest = hashlib.sha256(f"{store.endpoint_url}|{bucket}/{parent}/{name}".encode()).hexdigest()[:12]
         entry = Path(cache_dir or default_cache_dir()).expanduser() / CACHE_FOLDER / f"{name}-{digest}"
         entry.parent.mkdir(parents=True, exist_ok=True)
         with _node_lock(entry.parent / f"{entry.name}.lock", uri):
@@ -73,6 +71,21 @@ def local_copy(uri: str, cache_dir: Path | str | None = None, s3_options: dict |
     except StorageError as error:
         raise ModelCacheError(str(error)) from None
     return entry / name
+
+
+def staged_objects(uri: str, s3_options: dict | None = None) -> dict[str, ObjectInfo]:
+    """The objects a node would copy for `uri` (one LIST): for the driver's check before a run starts."""
+    bucket, parent, name, folder_only = _split(uri)
+    try:
+        return _listing(_parent_store(bucket, parent, s3_options), name, folder_only, uri)
+    except StorageError as error:
+        raise ModelCacheError(str(error)) from None
+
+
+def _parent_store(bucket: str, parent: str, s3_options: dict | None) -> S3Store:
+    store = open_store(f"s3://{bucket}/{parent}", **(s3_options or {}))
+    assert isinstance(store, S3Store)
+    return store
 
 
 def _split(uri: str) -> tuple[str, str, str, bool]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import typer
 
+from manifests.cli_format import StylegenCommand, StylegenGroup
+
 PRESETS = ("stable-cascade", "tiny")
 # component -> where its staged URI goes in a run config
 CONFIG_KEYS = {
@@ -23,7 +25,11 @@ CONFIG_KEYS = {
     "csd": ("model_paths", "csd"),
     "clip": ("scoring.options", "clip_model"),
     "dino": ("scoring.options", "dino_model"),
+    "aesthetic": ("scoring.options", "aesthetic_model"),
+    "nsfw": ("scoring.options", "nsfw_model"),
 }
+SCORER_MODELS = ("clip", "dino", "aesthetic", "nsfw")
+DEFAULT_SCORER_MODELS = ("clip", "dino")  # what the default scorers (clip, dino, csd, leakage) load
 # weights the loaders never read (safetensors only) and the files the hub keeps for git
 _NOT_LOADED = ["*.bin", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.ckpt", "*.pt", "*.pth", ".*"]
 _TRANSFORMERS_FOLDERS = ("text_encoder", "tokenizer", "image_encoder", "feature_extractor")
@@ -48,7 +54,11 @@ def hub_patterns(component: str, variant: str | None = "bf16") -> tuple[list[str
     elif component == "decoder":
         allow = ["decoder/config.json", f"decoder/*.{variant}*", "vqgan/*"]
         allow += ["effnet_encoder.safetensors", "previewer.safetensors"]
-    else:  # a scorer model (transformers AutoModel folder)
+    elif component == "aesthetic":  # the LAION MLP head: one state-dict file
+        from pipeline.scoring.models import AESTHETIC_FILE
+
+        return [AESTHETIC_FILE], [".*"]
+    else:  # a scorer model (transformers folder)
         return ["*.json", "*.txt", "*.safetensors"], ["*.*16.*", *_NOT_LOADED]
     # the transformers parts and the VQGAN load their plain files; other variants would add gigabytes
     ignore = [f"{folder}/*.*16.*" for folder in (*_TRANSFORMERS_FOLDERS, "vqgan")]
@@ -70,10 +80,10 @@ def _from_hub(component: str, repo: str) -> Path:
         ) from None
 
 
-def _default_sources(preset: str, cache_dir: Path | None, scorers: bool) -> dict[str, str | Path]:
+def _default_sources(preset: str, cache_dir: Path | None, scorers: tuple[str, ...]) -> dict[str, str | Path]:
     """component -> hub id or local path for the preset."""
     from pipeline.models import DECODER_REPO, PRIOR_REPO, ensure_tiny_cache
-    from pipeline.scoring.models import REAL_CLIP, REAL_DINO, scoring_preset
+    from pipeline.scoring import models as scoring
 
     if preset == "tiny":
         root = ensure_tiny_cache(cache_dir)
@@ -82,20 +92,23 @@ def _default_sources(preset: str, cache_dir: Path | None, scorers: bool) -> dict
             "decoder": root / "stable-cascade",
             "csd": root / "csd" / "csd.safetensors",
         }
-        if scorers:
-            tiny_scoring = scoring_preset("tiny", cache_dir)  # built on first use
-            sources |= {"clip": Path(tiny_scoring.clip_model), "dino": Path(tiny_scoring.dino_model)}
+        tiny_scoring = scoring.scoring_preset("tiny", cache_dir) if scorers else None  # built on first use
+        for name in scorers:
+            sources[name] = Path(getattr(tiny_scoring, CONFIG_KEYS[name][1]))
         return sources
     sources = {"prior": PRIOR_REPO, "decoder": DECODER_REPO}
     if os.environ.get("STYLEGEN_CSD"):
         sources["csd"] = Path(os.environ["STYLEGEN_CSD"])
-    if scorers:
-        sources |= {"clip": REAL_CLIP, "dino": REAL_DINO}
-    return sources
+    hub = {"clip": scoring.REAL_CLIP, "dino": scoring.REAL_DINO}
+    hub |= {"aesthetic": scoring.REAL_AESTHETIC, "nsfw": scoring.REAL_NSFW}
+    return sources | {name: hub[name] for name in scorers}
 
 
 def resolve_sources(
-    preset: str, overrides: dict[str, str], cache_dir: Path | None = None, scorers: bool = True
+    preset: str,
+    overrides: dict[str, str],
+    cache_dir: Path | None = None,
+    scorers: tuple[str, ...] = DEFAULT_SCORER_MODELS,
 ) -> list[Source]:
     """Every component to stage as a local folder (hub repos are downloaded into the hub cache first)."""
     if preset not in PRESETS:
@@ -105,6 +118,9 @@ def resolve_sources(
         raise StageError(
             f"--from {unknown[0]}=...: unknown component; expected one of {', '.join(CONFIG_KEYS)}"
         )
+    unknown = sorted(set(scorers) - set(SCORER_MODELS))
+    if unknown:
+        raise StageError(f"--scorers {unknown[0]}: unknown scorer model; expected some of {SCORER_MODELS}")
     wanted = {**_default_sources(preset, cache_dir, scorers), **overrides}
     resolved = []
     for component, origin in wanted.items():
@@ -219,7 +235,9 @@ def config_snippet(preset: str, uris: dict[str, str]) -> str:
 
 # --- the command ------------------------------------------------------------------------------------
 
-models_app = typer.Typer(help="Stage model weights in object storage for cluster runs.", no_args_is_help=True)
+models_app = typer.Typer(
+    cls=StylegenGroup, help="Stage model weights in object storage for cluster runs.", no_args_is_help=True
+)
 
 
 STAGE_HELP = (
@@ -235,17 +253,23 @@ STAGE_HELP = (
 )
 
 
-@models_app.command("stage", help=STAGE_HELP)
+@models_app.command("stage", help=STAGE_HELP, cls=StylegenCommand)
 def stage_command(
     to: str = typer.Option(..., "--to", help="Where to stage: s3://bucket/models/"),
     preset: str = typer.Option("stable-cascade", "--preset", help="stable-cascade | tiny"),
     sources: list[str] = typer.Option(
         None,
         "--from",
+        metavar="COMPONENT=PATH...",
         help="COMPONENT=LOCAL_PATH instead of the hub: prior, decoder (folders with the hub layout), "
         "csd (checkpoint file), clip, dino (scorer model folders). Repeatable.",
     ),
-    scorers: bool = typer.Option(True, "--scorers/--no-scorers", help="Also stage the CLIP and DINO scorers"),
+    scorers: list[str] = typer.Option(
+        list(DEFAULT_SCORER_MODELS),
+        "--scorers",
+        metavar="NAME...",
+        help="Scorer models to stage too: clip, dino (the default scorers), aesthetic, nsfw; 'none' for none",
+    ),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Where the tiny preset is built"),
 ) -> None:
     from rich.console import Console
@@ -260,7 +284,8 @@ def stage_command(
     from pipeline.storage import StorageError
 
     try:
-        resolved = resolve_sources(preset, overrides, cache_dir, scorers)
+        scorer_models = tuple(name for name in scorers if name != "none")
+        resolved = resolve_sources(preset, overrides, cache_dir, scorer_models)
         result = stage(resolved, to, echo=lambda line: typer.echo(line, err=True))
     except (StageError, StorageError) as error:
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {error}")

@@ -125,8 +125,12 @@ def test_default_tokenizer_is_built_once_into_the_cache(tmp_path, monkeypatch):
     assert default_tokenizer_dir() == tmp_path / "cache" / "stylegen" / "tiny-clip-tokenizer"
     table = read_manifest(write_parquet(tmp_path / "m.parquet", {"prompt": ["a cat"], "style": ["s.png"]}))
     report = validate_table(table)
-    assert report.problems == [] and "same byte-level BPE scheme as CLIP-bigG" in report.notes[0]
+    assert report.problems == [] and report.notes == []  # nothing flagged: which tokenizer is moot
     assert (default_tokenizer_dir() / "tokenizer_config.json").exists()
+    long = read_manifest(write_parquet(tmp_path / "l.parquet", {"prompt": ["a " * 80], "style": ["s.png"]}))
+    report = validate_table(long)
+    assert [p.kind for p in report.problems] == ["prompt-too-long"]
+    assert len(report.notes) == 1 and "same byte-level BPE scheme as CLIP-bigG" in report.notes[0]
     assert len(load_clip_tokenizer()) > 2 * 256
 
 

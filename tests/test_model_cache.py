@@ -15,9 +15,11 @@ from cache_actor import copy_like_an_actor, count_gets
 from test_presets import assert_identical_outputs
 from test_rbmod_soc import pattern_image
 
+from pipeline.driver import check_staged_models
 from pipeline.model_cache import ModelCacheError, local_copy
 from pipeline.model_stage import StageError, hub_patterns, resolve_sources, stage
 from pipeline.models import PresetError, load_preset
+from pipeline.run_config import ConfigError, RunConfig
 
 pytest_plugins = ["rbmod_fixtures", "s3_fixtures"]
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -58,10 +60,10 @@ def test_stage_command_prints_a_config_whose_models_load_and_generate_like_the_l
 
     from pipeline.cli import app
     from pipeline.rbmod.generate import GenerationRequest, RBModGenerator, StyleRef
-    from pipeline.run_config import RunConfig
     from pipeline.worker import build_parts
 
     command = ["models", "stage", "--preset", "tiny", "--to", s3_bucket.uri("models/")]
+    command += ["--scorers", "clip", "dino", "aesthetic", "nsfw"]
     result = CliRunner().invoke(app, [*command, "--cache-dir", str(tiny_cache_dir)])
     assert result.exit_code == 0, result.output
     snippet = yaml.safe_load(result.stdout)
@@ -73,7 +75,14 @@ def test_stage_command_prints_a_config_whose_models_load_and_generate_like_the_l
             "decoder": f"{models}/stable-cascade/",
             "csd": f"{models}/csd/csd.safetensors",
         },
-        "scoring": {"options": {"clip_model": f"{models}/clip/", "dino_model": f"{models}/dino/"}},
+        "scoring": {
+            "options": {
+                "clip_model": f"{models}/clip/",
+                "dino_model": f"{models}/dino/",
+                "aesthetic_model": f"{models}/aesthetic/",
+                "nsfw_model": f"{models}/nsfw/",
+            }
+        },
     }
     # the folders mirror the local ones exactly, every object carries its sha256
     prior_keys = s3_bucket.object_keys("models/stable-cascade-prior/")
@@ -86,8 +95,11 @@ def test_stage_command_prints_a_config_whose_models_load_and_generate_like_the_l
 
     # a node: the run config from the printout, its own model cache; load, generate, score
     node_cache = tmp_path / "node-cache"
-    staged_config = RunConfig.model_validate({**snippet, "model_cache_dir": str(node_cache)})
-    local_config = RunConfig(preset="tiny", model_cache_dir=str(tiny_cache_dir))
+    scorers = ["clip", "dino", "csd", "leakage", "aesthetic", "nsfw"]
+    staged_config = RunConfig.model_validate(
+        {**snippet, "model_cache_dir": str(node_cache), "scoring": {**snippet["scoring"], "scorers": scorers}}
+    )
+    local_config = RunConfig(preset="tiny", model_cache_dir=str(tiny_cache_dir), scoring={"scorers": scorers})
     staged_parts = build_parts(staged_config, str(tmp_path / "out-a"), device="cpu")
     local_parts = build_parts(local_config, str(tmp_path / "out-b"), device="cpu")
     assert_identical_outputs(staged_parts.generator.models, tiny_models)
@@ -99,13 +111,19 @@ def test_stage_command_prints_a_config_whose_models_load_and_generate_like_the_l
     assert np.array_equal(np.asarray(image_a), np.asarray(image_b))
     scores_a = staged_parts.scorer.score([image_a], [request.prompt], [style], [None])
     scores_b = local_parts.scorer.score([image_b], [request.prompt], [style], [None])
-    assert scores_a == scores_b and set(scores_a) >= {"clip_t", "dino_style", "csd_style"}
+    assert scores_a == scores_b and set(scores_a) >= {
+        "clip_t",
+        "dino_style",
+        "csd_style",
+        "aesthetic",
+        "nsfw",
+    }
     # metadata names the S3 sources, never this node's cache
     info = staged_parts.model_info
     assert info["prior"] == snippet["model_paths"]["prior"]
     assert info["components"]["csd"]["source"] == snippet["model_paths"]["csd"]
     assert info["scoring"]["clip_model"] == snippet["scoring"]["options"]["clip_model"]
-    assert str(node_cache) not in yaml.safe_dump(info)
+    assert "s3-models" not in yaml.safe_dump(info)  # no path of this node's copies
 
 
 def test_without_hub_access_staging_says_what_to_do(tmp_path):
@@ -115,7 +133,7 @@ def test_without_hub_access_staging_says_what_to_do(tmp_path):
     if isinstance(try_to_load_from_cache("stabilityai/stable-cascade-prior", "prior/config.json"), str):
         pytest.skip("the real prior is in this machine's hub cache")
     with pytest.raises(StageError) as error:
-        resolve_sources("stable-cascade", {}, scorers=False)
+        resolve_sources("stable-cascade", {}, scorers=())
     message = str(error.value)
     assert message.startswith("prior: cannot download stabilityai/stable-cascade-prior from the hub")
     assert "HF_TOKEN" in message and "--from prior=LOCAL_DIR" in message
@@ -123,6 +141,8 @@ def test_without_hub_access_staging_says_what_to_do(tmp_path):
         resolve_sources("tiny", {"decoder": str(tmp_path / "nowhere")}, tmp_path)
     with pytest.raises(StageError, match="--from vae=...: unknown component"):
         resolve_sources("tiny", {"vae": str(tmp_path)}, tmp_path)
+    with pytest.raises(StageError, match="--scorers clipp: unknown scorer model"):
+        resolve_sources("tiny", {}, tmp_path, scorers=("clipp",))
 
 
 def test_a_local_folder_without_the_hub_layout_is_refused_before_any_upload(tiny_cache_dir, tmp_path):
@@ -149,6 +169,7 @@ def test_hub_patterns_pick_the_files_the_loader_reads():
     assert staged("decoder", "effnet_encoder.safetensors") and staged("decoder", "vqgan/config.json")
     assert not staged("decoder", "stage_c.safetensors") and not staged("decoder", "decoder_lite/config.json")
     assert staged("clip", "model.safetensors") and not staged("clip", "pytorch_model.bin")
+    assert staged("aesthetic", "aesthetic-model.pth") and not staged("aesthetic", "README.md")
 
 
 # --- the node's model cache -----------------------------------------------------------------------
@@ -230,6 +251,9 @@ def test_missing_staged_objects_are_one_clear_error_naming_them(bucket, staged, 
     with pytest.raises(PresetError) as error:
         load_preset("stable-cascade", device="cpu", paths=paths, cache_dir=cache)
     assert str(error.value).startswith(f"prior: nothing staged at {nowhere}: no object")
+    with pytest.raises(ConfigError, match=f"^model_paths.prior: nothing staged at {nowhere}"):
+        check_staged_models(RunConfig(preset="tiny", model_paths={"prior": nowhere}))  # before a run starts
+    check_staged_models(RunConfig(preset="tiny", model_paths={"prior": staged["prior"]}))
 
     bucket.client.delete_object(Bucket=bucket.name, Key="models/stable-cascade/effnet_encoder.safetensors")
     paths = {"prior": staged["prior"], "decoder": staged["decoder"], "csd": staged["csd"]}

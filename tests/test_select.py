@@ -38,7 +38,7 @@ def source_frame(output: Path) -> pd.DataFrame:
     """Every row of every committed shard parquet, read with pandas."""
     committed = sorted(path.stem for path in (output / "_SUCCESS").glob("shard-*.json"))
     return pd.concat(
-        [pd.read_parquet(output / "shards" / f"{name}.parquet") for name in committed], ignore_index=True
+        [pd.read_parquet(output / "metadata" / f"{name}.parquet") for name in committed], ignore_index=True
     )
 
 
@@ -93,7 +93,7 @@ def check_selection(new: Path, source_dir: Path, expected: set[str]) -> None:
         assert {k: v for k, v in meta.items() if k not in ("shard_id", "source_shard_id")} == {
             k: v for k, v in original.items() if k != "shard_id"
         }
-    rows = pd.concat(pd.read_parquet(path) for path in sorted((new / "shards").glob("shard-*.parquet")))
+    rows = pd.concat(pd.read_parquet(path) for path in sorted((new / "metadata").glob("shard-*.parquet")))
     assert sorted(rows["uid"]) == sorted(expected)
     assert set(rows["status"]) <= {"kept"}
     source_rows = source_frame(source_dir).set_index("uid")
@@ -132,7 +132,7 @@ def test_new_output_records_the_selection_and_its_plan(source, tmp_path):
     select_output(source.uri, str(new), Selection("clip_t", top=0.5, per="style"), shard_size=4)
     run = json.loads((new / "run.json").read_text())
     expected = expected_uids(source_frame(Path(source.uri)), "clip_t", 0.5, per="style")
-    assert run["format"] == "stylegen-select/1"
+    assert run["format"] == "stylegen-select/2"
     assert run["source"]["output"] == source.uri
     assert len(run["source"]["fingerprint"]) == 64
     assert run["selection"] == {"by": "clip_t", "top": 0.5, "min": None, "per": "style"}
@@ -144,7 +144,7 @@ def test_new_output_records_the_selection_and_its_plan(source, tmp_path):
     assert sorted(plan["uid"]) == sorted(expected)
     shard_rows = {
         int(path.stem.split("-")[1]): set(pd.read_parquet(path)["uid"])
-        for path in (new / "shards").glob("*.parquet")
+        for path in (new / "metadata").glob("*.parquet")
     }
     assert {shard: set(group["uid"]) for shard, group in plan.groupby("shard_id")} == shard_rows
     source_plan = pq.read_table(Path(source.uri) / "plan.parquet").to_pandas().set_index("uid")
@@ -163,7 +163,7 @@ def test_identical_selection_resumes_and_rewrites_only_what_is_missing(source, t
     before = {path.name: path.read_bytes() for path in (new / "shards").glob("*.tar")}
     (new / "_SUCCESS" / "shard-000001.json").unlink()  # as if the first run died before shard 1 committed
     (new / "shards" / "shard-000001.tar").unlink()
-    (new / "shards" / "shard-000001.parquet").unlink()
+    (new / "metadata" / "shard-000001.parquet").unlink()
     again = select_output(source.uri, str(new), selection, shard_size=2)
     assert (again.shards_resumed, again.shards_written) == (first.shards - 1, 1)
     assert {path.name: path.read_bytes() for path in (new / "shards").glob("*.tar")} == before
@@ -250,7 +250,8 @@ def test_select_on_s3(s3_bucket, tmp_path):
     client, bucket = s3_bucket.client, s3_bucket.name
     source_keys = s3_bucket.object_keys("runs/source/shards/")
     frame = pd.concat(
-        pd.read_parquet(io.BytesIO(s3_bucket.read(key))) for key in source_keys if key.endswith(".parquet")
+        pd.read_parquet(io.BytesIO(s3_bucket.read(key)))
+        for key in s3_bucket.object_keys("runs/source/metadata/")
     )
     expected = expected_uids(frame, "clip_t", 0.5, per="style")
     assert summary.selected == len(expected)

@@ -211,7 +211,7 @@ def test_ray_data_reads_every_uid_exactly_once(tmp_path):
     samples = make_samples(10)
     write_tar(samples[:4], tmp_path / "shard-000000.tar")
     write_tar(samples[4:], tmp_path / "shard-000001.tar")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         dataset = ray.data.read_webdataset(
             [str(tmp_path / "shard-000000.tar"), str(tmp_path / "shard-000001.tar")], decoder=None
