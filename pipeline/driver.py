@@ -119,6 +119,7 @@ def run_job(
     # hold folders the driver's machine does not; there the actors report them).
     remote = bool(address) or os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
     check_config(config, local_models=not remote)
+    check_staged_models(config)
     with StopSignals() as stop:  # planning stops at once on a signal, scheduling drains
         return _run_logged(
             manifest, output, config, actors, gpus_per_actor, address, restart, console, live, started, stop
@@ -379,6 +380,24 @@ def _check_model_paths(paths: dict[str, str]) -> None:
             raise ConfigError(
                 f"model_paths.{key}: local {kind} {source} does not exist (a hub id reads 'org/name')"
             )
+
+
+def check_staged_models(config: RunConfig) -> None:
+    """Every s3:// model source (model_paths, scorer models) has staged objects: one LIST each, so a
+    wrong URI is one error here instead of one per actor."""
+    if config.generator.kind != "rbmod":
+        return
+    from pipeline.model_cache import ModelCacheError, is_s3_uri, staged_objects
+
+    sources = {f"model_paths.{key}": value for key, value in config.model_paths.items()}
+    if config.scoring.enabled:
+        sources |= {f"scoring.options.{key}": value for key, value in config.scoring.options.items()}
+    for where, source in sources.items():
+        if is_s3_uri(source):
+            try:
+                staged_objects(source, config.storage)
+            except ModelCacheError as error:
+                raise ConfigError(f"{where}: {error}") from None
 
 
 def _problems(section: str, error) -> str:

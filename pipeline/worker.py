@@ -559,24 +559,31 @@ def build_parts(config: RunConfig, output: str, *, device: str | None = None) ->
         from pipeline.scoring.scorer import csd_from_preset
 
         models = load_preset(
-            config.preset, device=device, paths=config.model_paths or None, cache_dir=cache_dir
+            config.preset,
+            device=device,
+            paths=config.model_paths or None,
+            cache_dir=cache_dir,
+            s3_options=config.storage,
         )
         generator = RBModGenerator(models, RBModSettings(**config.rbmod))
         model_info = {"generator": "rbmod", **models.config.model_dump(mode="json")}
         csd = csd_from_preset(models)  # the loaded CSD is shared with the scorer (None: CLIP fallback)
     scorer = rules = None
     if config.scoring.enabled:
+        from pipeline.model_cache import with_local_copies
         from pipeline.scoring.models import scoring_preset
         from pipeline.scoring.rules import FilterRules
         from pipeline.scoring.scorer import Scorer
 
+        # s3:// scorer models (clip_model, dino_model) load from this node's copy; metadata keeps the URIs
+        options = with_local_copies(config.scoring.options, cache_dir, config.storage)
         scoring = scoring_preset(
             config.scoring.preset or config.preset,
             cache_dir,
             scorers=config.scoring.scorers,
-            **config.scoring.options,
+            **options,
         )
         scorer = Scorer(scoring, device=device, csd=csd)
         rules = FilterRules.parse(list(config.scoring.filters), set(scorer.names))
-        model_info["scoring"] = scoring.model_dump(mode="json")
+        model_info["scoring"] = scoring.model_copy(update=config.scoring.options).model_dump(mode="json")
     return WorkerParts(generator, scorer, rules, store, model_info)
