@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -216,6 +217,10 @@ class GeneratorPool:
     def shutdown(self) -> None:
         for slot in self.slots:
             ray.kill(slot.handle, no_restart=True)
+        # Calls from one caller run in order: this returns once the queued forget() calls ran, so
+        # killing the progress actor leaves none behind for Ray to retry (and warn about).
+        with contextlib.suppress(RayError):
+            ray.get(self.progress.snapshot.remote(), timeout=5)
         ray.kill(self.progress, no_restart=True)
 
 
