@@ -150,6 +150,9 @@ def select_output(
         list(pool.map(write_one, todo))  # re-raises the first shard's error
     output_store.finalize()
     output_store.remove_orphans()
+    from pipeline.dataset_card import write_dataset_card
+
+    write_dataset_card(output_store)  # the new dataset loads like a run's
     return SelectSummary(
         source=source_store.uri,
         output=output_store.uri,
