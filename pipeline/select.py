@@ -35,7 +35,7 @@ from typing import Any
 
 import typer
 
-from pipeline.shards.table import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
+from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
 from pipeline.storage.layout import PLAN_KEY, RUN_KEY
 
 SELECT_FORMAT = "stylegen-select/2"  # /1: the same, shard parquets under shards/
@@ -106,14 +106,8 @@ def select_output(
     import pyarrow as pa
 
     from pipeline.scoring.select_plan import select_uids
-    from pipeline.storage import open_store
 
-    source_store, output_store = open_store(source), open_store(output)
-    _refuse_overlap(source_store.uri, output_store.uri)
-    source_run = _read_json(source_store, RUN_KEY, "the source has no run.json: is it a stylegen output?")
-    markers = source_store.committed_shards()
-    _refuse_unfinished(source_store, markers, allow_partial)
-
+    source_store, output_store, source_run, markers = open_source(source, output, allow_partial)
     # Only the columns the choice needs; each new shard re-reads its few source parquets in full.
     rows, schema = read_shard_tables(source_store, markers, keep=_selection_column)
     rows = _with_status(rows, "kept")
@@ -126,6 +120,48 @@ def select_output(
     chosen = select_uids(
         pa.table(candidates), selection.score, top=selection.top, minimum=selection.minimum, per=selection.per
     )
+    return write_subset(
+        source_store,
+        output_store,
+        source_run,
+        markers,
+        rows.select(["uid", "shard_id"]),
+        schema,
+        chosen,
+        selection.to_dict(),
+        shard_size=shard_size,
+        workers=workers,
+    )
+
+
+def open_source(source: str, output: str, allow_partial: bool):
+    """(source store, output store, source run.json, source markers) for a derived dataset, after the
+    checks every derived dataset needs: distinct locations, a stylegen source, finished unless allowed."""
+    from pipeline.storage import open_store
+
+    source_store, output_store = open_store(source), open_store(output)
+    _refuse_overlap(source_store.uri, output_store.uri)
+    source_run = _read_json(source_store, RUN_KEY, "the source has no run.json: is it a stylegen output?")
+    markers = source_store.committed_shards()
+    _refuse_unfinished(source_store, markers, allow_partial)
+    return source_store, output_store, source_run, markers
+
+
+def write_subset(
+    source_store,
+    output_store,
+    source_run: dict[str, Any],
+    markers: dict,
+    rows,
+    schema,
+    chosen: list[str],
+    selection: dict[str, Any],
+    *,
+    shard_size: int | None = None,
+    workers: int = 4,
+) -> SelectSummary:
+    """Write the `chosen` uids of the source's kept `rows` (uid, shard_id) to fresh shards of the output,
+    recording `selection` (what chose them) in its run.json; resumes an identical earlier write."""
     shard_size = shard_size or _source_shard_size(source_run)
     if shard_size < 1:
         raise SelectError(f"--shard-size must be at least 1, got {shard_size}")
@@ -323,7 +359,7 @@ def selection_record(source_store, source_run, markers, selection, shard_size, s
         "shards_committed": len(markers),
         "shards_planned": planned_counts(source_store)[0],
     }
-    identity = {"source": source, "selection": selection.to_dict(), "shard_size": shard_size}
+    identity = {"source": source, "selection": selection, "shard_size": shard_size}
     fingerprint = hashlib.sha256(_canonical(identity).encode()).hexdigest()
     count, shards = selected.num_rows, -(-selected.num_rows // shard_size)
     return {

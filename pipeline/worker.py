@@ -108,7 +108,7 @@ class ShardWorker:
         self.config = config
         self.model_info = model_info or {}
         self.heartbeat = heartbeat or (lambda attempt_id, shard_id, done: None)
-        self.inputs = inputs or InputLoader()
+        self.inputs = inputs or InputLoader(max_input_bytes=config.execution.max_input_mib * 2**20)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="stylegen-worker-"))
         self.files = ShardFiles(config, self.model_info)
         self._generation_lock = threading.Lock()
@@ -440,8 +440,9 @@ def shard_table_schema(plan_schema: pa.Schema | None, scorers: Sequence[str] = (
     """The columns every shard parquet of a run has, whatever its rows hold (see pipeline.shards.table):
     every score and embedding of the configured `scorers`, every timing, the sample metadata, and the
     manifest's extras with their plan types."""
+    from pipeline.columns import EMBEDDING_PREFIX
     from pipeline.scoring.registry import resolve_scorers
-    from pipeline.shards.table import EMBEDDING_PREFIX, EMBEDDING_TYPE
+    from pipeline.shards.table import EMBEDDING_TYPE
 
     string, integer, number = pa.string(), pa.int64(), pa.float64()
     configured = resolve_scorers(scorers)

@@ -27,11 +27,11 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
 from pipeline.shards.keys import canonical_json, validate_uid
 
 ROW_STATUSES = ("kept", "rejected", "failed")
 _CORE_COLUMNS = ("uid", "shard_id", "status", "reason")
-SCORE_PREFIX, TIME_PREFIX, EMBEDDING_PREFIX = "score_", "time_", "embedding_"
 EMBEDDING_TYPE = pa.list_(pa.float16())
 
 
