@@ -9,7 +9,9 @@
 3. one LIST of the commit markers gives the shards already done; the rest run on the Ray actor pool
    (actors/pool.py), with deadlines, retries and failed-shard records;
 4. finalize: remove orphaned attempt objects, write `summary.json`, print the summary table.
-The log of each run goes to `logs/run-<UTC timestamp>.log` under the output.
+The log of each run goes to `logs/run-<UTC timestamp>.log` under the output (for s3:// every
+`execution.log_upload_s` during the run, and at its end). SIGTERM/SIGINT stop it gracefully
+(pipeline/stop.py): no new shards, commits in progress drain, the log is uploaded, RunStopped is raised.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from typing import Any
 
 from rich.console import Console
 
+from pipeline.log_upload import PeriodicLogUpload
 from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
 from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint
+from pipeline.stop import RunStopped, StopSignals
 from pipeline.storage.layout import PLAN_KEY, RUN_KEY, SUMMARY_KEY
 from pipeline.storage.layout import log_key as run_log_key
 from pipeline.worker import commit_failed_shard, package_versions
@@ -59,15 +63,34 @@ class RunSummary:
     images_this_run: int
     elapsed_s: float
     images_per_s: float
-    actors: int
+    actors: int  # the pool's target size (actors requested)
     config_fingerprint: str
     plan_fingerprint: str
     log_uri: str | None = None
     report_uri: str | None = None
     failed_shard_errors: dict[int, list[str]] = field(default_factory=dict)
+    actors_peak: int = 0  # most actors ready at once
+    actors_final: int = 0  # actors ready when the last shard finished
+    # [seconds since the run started, actors ready, actors pending] at every change
+    actor_timeline: list[tuple[float, int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class PoolStats:
+    """What the actor pool did: its target size and the ready/pending counts over time."""
+
+    target: int = 0
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (monotonic s, ready, pending)
+    stopped: bool = False  # a stop signal ended the scheduling (after draining)
+
+    def peak(self) -> int:
+        return max((ready for _, ready, _ in self.timeline), default=0)
+
+    def final(self) -> int:
+        return self.timeline[-1][1] if self.timeline else 0
 
 
 def run_job(
@@ -87,10 +110,8 @@ def run_job(
     actors: pool size (default: every GPU, or one logical GPU on a CPU machine); gpus_per_actor may be
     fractional; address: an existing Ray cluster (else RAY_ADDRESS, else a local instance; an already
     initialized Ray is reused and left running); restart: delete the output's objects first;
-    live: draw the progress bar (default: when the console is a terminal)."""
-    from pipeline.storage import StorageError, open_store
-    from pipeline.storage.local import os_error_message
-
+    live: draw the progress bar (default: when the console is a terminal; else key=value lines).
+    Raises RunStopped after SIGTERM/SIGINT (graceful: see pipeline/stop.py)."""
     console = console or Console(stderr=True)
     started = time.monotonic()
     # Everything that can refuse the run happens before anything is written or Ray starts.
@@ -99,6 +120,18 @@ def run_job(
     remote = bool(address) or os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
     check_config(config, local_models=not remote)
     check_staged_models(config)
+    with StopSignals() as stop:  # planning stops at once on a signal, scheduling drains
+        return _run_logged(
+            manifest, output, config, actors, gpus_per_actor, address, restart, console, live, started, stop
+        )
+
+
+def _run_logged(
+    manifest, output, config, actors, gpus_per_actor, address, restart, console, live, started, stop
+) -> RunSummary:
+    from pipeline.storage import StorageError, open_store
+    from pipeline.storage.local import os_error_message
+
     store = open_store(output, **config.storage)
     plan, record = plan_run(manifest, config)
     prior = prepare_output(store, record, restart)
@@ -112,6 +145,10 @@ def run_job(
         handler = open_run_log(log_path)
     except OSError as error:
         raise StorageError(os_error_message(error, log_path)) from None
+    uploads = None
+    if not _is_local(store):
+        uploads = PeriodicLogUpload(store, log_key, log_path, handler, config.execution.log_upload_s)
+        uploads.__enter__()
     try:
         summary = _run(
             manifest,
@@ -126,6 +163,7 @@ def run_job(
             console,
             live,
             started,
+            stop,
         )
         summary.log_uri = store.url(log_key)
         summary.report_uri = write_run_report(store)
@@ -134,10 +172,15 @@ def run_job(
         )
         console.print(summary_table(summary))
         return summary
+    except RunStopped as error:
+        log.warning("run %s", error)
+        raise
     except BaseException as error:
         log.error("run stopped: %s: %s", type(error).__name__, error)
         raise
     finally:
+        if uploads is not None:
+            uploads.stop()
         close_run_log(handler)
         if not _is_local(store):
             try:
@@ -182,7 +225,19 @@ def write_run_report(store) -> str | None:
 
 
 def _run(
-    manifest, store, config, plan, record, prior, actors, gpus_per_actor, address, console, live, started
+    manifest,
+    store,
+    config,
+    plan,
+    record,
+    prior,
+    actors,
+    gpus_per_actor,
+    address,
+    console,
+    live,
+    started,
+    stop=None,
 ) -> RunSummary:
     log.info(
         "run %s -> %s: %d rows in %d shards", manifest, store.uri, record["manifest"]["rows"], plan.num_shards
@@ -203,16 +258,34 @@ def _run(
         rejected=rejected,
         console=console,
         live=live,
+        interval_s=config.execution.progress_interval_s,
     )
     log.info("%d shards committed before this run, %d to run", len(done), len(pending))
     failed_errors: dict[int, list[str]] = {}
     unfinished: list[tuple[int, str]] = []
-    pool_size = 0
+    pool = PoolStats()
     if pending:
+        if stop is not None:
+            stop.interruptible = False  # from here on the scheduler drains on a signal
         with progress:
-            pool_size = execute(
-                store, config, pending, progress, failed_errors, unfinished, actors, gpus_per_actor, address
+            pool = execute(
+                store,
+                config,
+                pending,
+                progress,
+                failed_errors,
+                unfinished,
+                actors,
+                gpus_per_actor,
+                address,
+                stop=stop,
             )
+    if pool.stopped:
+        raise RunStopped(
+            f"stopped by {stop.signal_name}: {progress.done_shards} of {plan.num_shards} shards committed "
+            f"({progress.done_shards - len(done)} by this run); rerun the same command to resume",
+            stop.exit_code,
+        )
     finalize(store, unfinished, since_s=time.monotonic() - started)
     final = store.committed_shards()
     kept, rejected, failed = _counts(final.values())
@@ -231,10 +304,13 @@ def _run(
         images_this_run=fresh,
         elapsed_s=elapsed,
         images_per_s=fresh / elapsed if elapsed > 0 else 0.0,
-        actors=pool_size,
+        actors=pool.target,
         config_fingerprint=record["config_fingerprint"],
         plan_fingerprint=record["plan"]["fingerprint"],
         failed_shard_errors=failed_errors,
+        actors_peak=pool.peak(),
+        actors_final=pool.final(),
+        actor_timeline=[(round(t - started, 3), ready, waiting) for t, ready, waiting in pool.timeline],
     )
 
 
@@ -529,48 +605,56 @@ def execute(
     actors: int | None,
     gpus_per_actor: float,
     address: str | None,
-) -> int:
-    """Run the pending shards on a pool of generator actors; returns the pool size."""
+    stop: StopSignals | None = None,
+) -> PoolStats:
+    """Run the pending shards on an elastic pool of generator actors (see actors/pool.py)."""
     import ray
 
+    from actors.metrics import RunMetrics
     from actors.pool import (
         DeadlinePolicy,
         GeneratorPool,
-        PoolError,
         SchedulerHooks,
         ShardScheduler,
         detect_gpus,
         start_ray,
     )
 
+    execution = config.execution
+    wanted = actors or execution.max_actors
     known_models = set((read_run_record(store) or {}).get("models") or {})
     local_gpus = None
     if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         # Logical GPUs on a CPU machine, so the same scheduling code runs everywhere.
-        local_gpus = detect_gpus() or math.ceil((actors or 1) * gpus_per_actor)
+        local_gpus = detect_gpus() or math.ceil((wanted or 1) * gpus_per_actor)
     started_ray = start_ray(address, local_gpus)
+    if stop is not None:
+        stop.install()  # ray.init put its own SIGTERM handlers in place of ours
     pool = None
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
-        capacity = int(cluster_gpus / gpus_per_actor + 1e-9)
-        size = actors or capacity
-        if size < 1 or size * gpus_per_actor > cluster_gpus + 1e-9:
-            raise PoolError(
-                f"{size or 1} actor(s) x {gpus_per_actor} GPU need more than the {cluster_gpus:g} GPUs "
-                "this Ray cluster has; lower --actors or --gpus-per-actor"
-            )
-        size = min(size, len(pending))  # an actor without a shard would only load models
-        execution = config.execution
+        size = pool_target(wanted, gpus_per_actor, cluster_gpus, len(pending))
         pool = GeneratorPool(
             config.model_dump_json(), store.uri, size, gpus_per_actor, execution.torch_threads
         )
-        log.info("pool: %d actors x %g GPU (cluster GPUs: %g)", size, gpus_per_actor, cluster_gpus)
+        log.info(
+            "pool: %d actors x %g GPU requested (cluster GPUs now: %g)", size, gpus_per_actor, cluster_gpus
+        )
+        if size * gpus_per_actor > cluster_gpus + 1e-9:
+            progress.console.print(
+                f"requesting {size} actors x {gpus_per_actor:g} GPU; the cluster has {cluster_gpus:g} GPUs "
+                "now: the rest stay pending until GPU nodes join (an autoscaler adds them)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        metrics = RunMetrics(store.uri)
 
         def committed(shard_id: int, result: dict) -> None:
             record_models(store, result.get("models") or {}, known_models)
             progress.shard_done(result["rows"], result["kept"], result["rejected"], result["failed"])
+            metrics.shard_committed(result)
             log.info(
-                "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s",
+                "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s on node %s",
                 shard_id,
                 result["attempt_id"],
                 "ours" if result["committed"] else "an earlier attempt's",
@@ -578,6 +662,7 @@ def execute(
                 result["rejected"],
                 result["failed"],
                 result["seconds"],
+                str(result.get("node_id"))[:12],
             )
 
         def failed(shard_id: int, errors: list[str]) -> None:
@@ -585,32 +670,62 @@ def execute(
             commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
             rows = pending[shard_id]
             progress.shard_done(rows, 0, 0, rows)
+            metrics.shard_failed(rows)
             log.error("shard %d recorded as failed (all %d rows): %s", shard_id, rows, " | ".join(errors))
 
         def event(message: str) -> None:
             log.warning(message)
             progress.console.print(f"[dim]{message}[/dim]")
 
+        def actors_changed(ready: int, waiting: int) -> None:
+            progress.actors(ready, waiting)
+            metrics.actors(ready, waiting)
+
         hooks = SchedulerHooks(
-            on_committed=committed, on_failed=failed, on_progress=progress.images_in_flight, on_event=event
+            on_committed=committed,
+            on_failed=failed,
+            on_progress=progress.images_in_flight,
+            on_event=event,
+            on_actors=actors_changed,
         )
         policy = DeadlinePolicy(
             execution.deadline_factor, execution.first_deadline_s, execution.min_deadline_s
         )
         scheduler = ShardScheduler(
-            pool, policy, execution.max_attempts, execution.actor_start_timeout_s, hooks
+            pool,
+            policy,
+            execution.max_attempts,
+            execution.actor_start_timeout_s,
+            hooks,
+            capacity_timeout_s=execution.capacity_timeout_s,
+            drain_s=execution.drain_s,
+            should_stop=lambda: stop is not None and stop.requested,
         )
         try:
             scheduler.run(pending)
         finally:
             unfinished += scheduler.unfinished_attempts
         progress.stop()  # the bar is done; shutting the pool down takes a moment
-        return size
+        return PoolStats(size, scheduler.actor_timeline, scheduler.stopped)
     finally:
         if pool is not None:
             pool.shutdown()
         if started_ray:
             ray.shutdown()
+
+
+def pool_target(wanted: int | None, gpus_per_actor: float, cluster_gpus: float, shards: int) -> int:
+    """How many actors to request: `wanted` (--actors / execution.max_actors), else one per GPU the
+    cluster has now; never more than there are shards (an actor without a shard would only load)."""
+    from actors.pool import PoolError
+
+    size = wanted or int(cluster_gpus / gpus_per_actor + 1e-9)
+    if size < 1:
+        raise PoolError(
+            f"this Ray cluster has no GPUs now ({cluster_gpus:g}); pass --actors N (or set "
+            "execution.max_actors) to request N actors: they wait for GPU nodes, which an autoscaler adds"
+        )
+    return min(size, shards)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
