@@ -161,7 +161,10 @@ def test_rayjob_mounts_a_defined_run_config_and_scales_gpu_workers_from_zero():
     entrypoint = documents["RayJob"]["spec"]["entrypoint"]
     assert f"--config {mount['mountPath']}/run.yaml" in entrypoint
     text = config_map["data"]["run.yaml"]
-    assert text == (INFRA / "run-config.yaml").read_text()
+    assert text == (INFRA / "run-config.yaml").read_text(), (
+        "the ConfigMap in kuberay-rayjob.yaml holds infra/run-config.yaml verbatim: paste the file under "
+        "data.run.yaml again (indented by 4 spaces)"
+    )
     run_config = RunConfig.model_validate(yaml.safe_load(text))
     check_config(run_config)
 
