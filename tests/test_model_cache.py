@@ -270,3 +270,10 @@ def test_a_staged_csd_file_is_copied_as_a_file(bucket, staged, tiny_cache_dir, t
     copy = local_copy(staged["csd"], tmp_path / "node-cache")
     assert copy.is_file() and copy.name == "csd.safetensors"
     assert copy.read_bytes() == tiny_source(tiny_cache_dir, "csd").read_bytes()
+
+
+def test_an_unusable_cache_folder_is_one_error_naming_the_model(staged, tmp_path):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    with pytest.raises(ModelCacheError, match=f"^copying {staged['csd']} into the model cache failed: "):
+        local_copy(staged["csd"], not_a_folder)
