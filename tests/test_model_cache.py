@@ -6,6 +6,7 @@ scores exactly like the local one."""
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,12 @@ def test_a_local_folder_without_the_hub_layout_is_refused_before_any_upload(tiny
     (broken / "README.md").write_text("not a model")
     with pytest.raises(StageError, match=r"prior: prior/config.json missing in .*prior \(a prior folder"):
         resolve_sources("tiny", {"prior": str(broken)}, tiny_cache_dir)
+    no_weights = tmp_path / "decoder"
+    shutil.copytree(tiny_source(tiny_cache_dir, "decoder"), no_weights)
+    for weights in (no_weights / "decoder").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(StageError, match=f"decoder: no .safetensors weights in decoder/ of {no_weights}"):
+        resolve_sources("tiny", {"decoder": str(no_weights)}, tiny_cache_dir)
 
 
 def test_hub_patterns_pick_the_files_the_loader_reads():
