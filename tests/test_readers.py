@@ -196,3 +196,19 @@ def test_hf_reads_the_shard_parquets_by_path(finished, tmp_path):
         cache_dir=str(tmp_path),
     )
     assert sorted(rows["uid"]) == sorted(read_shard_tables(finished.store).column("uid").to_pylist())
+
+
+def test_the_card_reads_which_modes_the_plan_has_from_its_footer(finished, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset_card import plan_modes
+
+    assert plan_modes(pq.ParquetFile(finished.store.root / "plan.parquet")) == {False, True}
+    for contents, modes in (
+        ([None, None], {False}),
+        (["c.png", "d.png"], {True}),
+        (["c.png", None], {False, True}),
+    ):
+        path = tmp_path / f"plan-{len(modes)}-{contents[0]}.parquet"
+        pq.write_table(pa.table({"content": pa.array(contents, pa.string())}), path, row_group_size=1)
+        assert plan_modes(pq.ParquetFile(path)) == modes
