@@ -68,6 +68,7 @@ class RunSummary:
     plan_fingerprint: str
     log_uri: str | None = None
     report_uri: str | None = None
+    card_uri: str | None = None
     failed_shard_errors: dict[int, list[str]] = field(default_factory=dict)
     actors_peak: int = 0  # most actors ready at once
     actors_final: int = 0  # actors ready when the last shard finished
@@ -102,6 +103,7 @@ def run_job(
     gpus_per_actor: float = 1.0,
     address: str | None = None,
     restart: bool = False,
+    append: bool = False,
     console: Console | None = None,
     live: bool | None = None,
 ) -> RunSummary:
@@ -110,8 +112,10 @@ def run_job(
     actors: pool size (default: every GPU, or one logical GPU on a CPU machine); gpus_per_actor may be
     fractional; address: an existing Ray cluster (else RAY_ADDRESS, else a local instance; an already
     initialized Ray is reused and left running); restart: delete the output's objects first;
-    live: draw the progress bar (default: when the console is a terminal; else key=value lines).
-    Raises RunStopped after SIGTERM/SIGINT (graceful: see pipeline/stop.py)."""
+    append: `manifest` holds every row of the output's run and more: plan the new rows into new shards
+    after the existing ones (pipeline.append); live: draw the progress bar (default: when the console is
+    a terminal; else key=value lines). Raises RunStopped after SIGTERM/SIGINT (graceful: see
+    pipeline/stop.py)."""
     console = console or Console(stderr=True)
     started = time.monotonic()
     # Everything that can refuse the run happens before anything is written or Ray starts.
@@ -122,19 +126,30 @@ def run_job(
     check_staged_models(config)
     with StopSignals() as stop:  # planning stops at once on a signal, scheduling drains
         return _run_logged(
-            manifest, output, config, actors, gpus_per_actor, address, restart, console, live, started, stop
+            manifest,
+            output,
+            config,
+            actors,
+            gpus_per_actor,
+            address,
+            restart,
+            append,
+            console,
+            live,
+            started,
+            stop,
         )
 
 
 def _run_logged(
-    manifest, output, config, actors, gpus_per_actor, address, restart, console, live, started, stop
+    manifest, output, config, actors, gpus_per_actor, address, restart, append, console, live, started, stop
 ) -> RunSummary:
     from pipeline.storage import StorageError, open_store
     from pipeline.storage.local import os_error_message
 
     store = open_store(output, **config.storage)
     plan, record = plan_run(manifest, config)
-    prior = prepare_output(store, record, restart)
+    prior = prepare_output(store, record, restart, append=append, plan=plan)
     if prior is None:  # run.json first: from then on the output is provably ours
         store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     if prior is None or not store.exists(PLAN_KEY):  # also after a crash between the two
@@ -154,9 +169,8 @@ def _run_logged(
             manifest,
             store,
             config,
-            plan,
-            record,
-            prior,
+            prior or record,
+            prior is not None,
             actors,
             gpus_per_actor,
             address,
@@ -166,6 +180,7 @@ def _run_logged(
             stop,
         )
         summary.log_uri = store.url(log_key)
+        summary.card_uri = write_card(store)
         summary.report_uri = write_run_report(store)
         store.put_bytes(
             SUMMARY_KEY, (json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n").encode()
@@ -190,10 +205,14 @@ def _run_logged(
                 console.print(f"warning: the run log stays at {log_path}: upload failed ({error})")
 
 
-def prepare_output(store, record: dict[str, Any], restart: bool) -> dict[str, Any] | None:
+def prepare_output(
+    store, record: dict[str, Any], restart: bool, *, append: bool = False, plan=None
+) -> dict[str, Any] | None:
     """The output's earlier run record when this run resumes it, else None (a new run). Refuses a
     different run, and any output that no stylegen run record proves is ours: --restart deletes only
-    such an output's own files, and a new run only starts in an empty folder or prefix."""
+    such an output's own files, and a new run only starts in an empty folder or prefix. With `append`,
+    a bigger manifest is planned into new shards after the run's (the record returned is the updated
+    one); a manifest that drops or changes rows of the run is refused, naming them."""
     if restart:
         clear_output(store)
         return None
@@ -205,8 +224,32 @@ def prepare_output(store, record: dict[str, Any], restart: bool) -> dict[str, An
                 "could overwrite its files; choose an empty or new --output"
             )
         return None
+    if append and prior.get("manifest", {}).get("fingerprint") != record["manifest"]["fingerprint"]:
+        from pipeline.append import AppendRefused, append_run
+
+        ensure_same_run(prior, record, store.uri, same_manifest=False)
+        try:
+            appended = append_run(store, prior, plan, record)
+        except AppendRefused as error:
+            raise RunRefused(str(error)) from None
+        added = appended["generations"][-1]
+        log.info("append: %d new rows in %d new shards from shard %d on", added["rows"], added["shards"],
+                 added["first_shard"])  # fmt: skip
+        return appended
     ensure_same_run(prior, record, store.uri)
     return prior
+
+
+def write_card(store) -> str | None:
+    """README.md, the Hugging Face dataset card (pipeline.dataset_card), so `datasets.load_dataset(output)`
+    reads the shards with declared types. Like the report, a failure here is a warning."""
+    from pipeline.dataset_card import write_dataset_card
+
+    try:
+        return write_dataset_card(store)
+    except Exception as error:
+        log.warning("README.md (dataset card) not written (%s: %s)", type(error).__name__, error)
+        return None
 
 
 def write_run_report(store) -> str | None:
@@ -228,9 +271,8 @@ def _run(
     manifest,
     store,
     config,
-    plan,
     record,
-    prior,
+    resuming,
     actors,
     gpus_per_actor,
     address,
@@ -239,18 +281,19 @@ def _run(
     started,
     stop=None,
 ) -> RunSummary:
-    log.info(
-        "run %s -> %s: %d rows in %d shards", manifest, store.uri, record["manifest"]["rows"], plan.num_shards
-    )
-    if prior is not None:
+    """Run the shards `record` (the output's run.json) plans that are not committed yet."""
+    from pipeline.append import shard_sizes
+
+    sizes = shard_sizes(record)
+    log.info("run %s -> %s: %d rows in %d shards", manifest, store.uri, sum(sizes.values()), len(sizes))
+    if resuming:
         log.info("resuming: run.json matches (config %s)", record["config_fingerprint"][:12])
 
-    sizes = dict(enumerate(plan.shard_sizes))
     done = store.committed_shards()
     pending = {shard_id: rows for shard_id, rows in sizes.items() if shard_id not in done}
     kept, rejected, _ = _counts(done.values())
     progress = RunProgress(
-        plan.num_shards,
+        len(sizes),
         sum(sizes.values()),
         done_shards=len(done),
         done_images=sum(sizes[s] for s in done if s in sizes),
@@ -282,7 +325,7 @@ def _run(
             )
     if pool.stopped:
         raise RunStopped(
-            f"stopped by {stop.signal_name}: {progress.done_shards} of {plan.num_shards} shards committed "
+            f"stopped by {stop.signal_name}: {progress.done_shards} of {len(sizes)} shards committed "
             f"({progress.done_shards - len(done)} by this run); rerun the same command to resume",
             stop.exit_code,
         )
@@ -293,7 +336,7 @@ def _run(
     elapsed = time.monotonic() - started
     return RunSummary(
         output=store.uri,
-        shards_planned=plan.num_shards,
+        shards_planned=len(sizes),
         shards_resumed=len(done),
         shards_committed=len(set(final) - set(done)),
         shards_failed=sum(1 for marker in final.values() if marker.summary.get("shard_failed")),
@@ -486,8 +529,13 @@ _NOT_RESUMABLE = (
 )
 
 
-def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) -> None:
-    """Refuse to resume a different run, naming exactly what changed."""
+def ensure_same_run(
+    prior: dict[str, Any], record: dict[str, Any], output: str, *, same_manifest: bool = True
+) -> None:
+    """Refuse to resume a different run, naming exactly what changed (`same_manifest=False`: all but the
+    manifest, for --append, which checks the rows itself)."""
+    from pipeline.append import generations
+
     if prior.get("format") not in READABLE_FORMATS:
         raise RunRefused(
             f"{output} holds a run.json of another kind (format {prior.get('format')!r}, "
@@ -495,7 +543,8 @@ def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) 
         )
     problems = []
     old_manifest, new_manifest = prior["manifest"], record["manifest"]
-    if old_manifest["fingerprint"] != new_manifest["fingerprint"]:
+    manifest_changed = old_manifest["fingerprint"] != new_manifest["fingerprint"]
+    if manifest_changed and same_manifest:
         problems.append(
             f"the manifest changed: fingerprint {old_manifest['fingerprint'][:16]} -> "
             f"{new_manifest['fingerprint'][:16]} (rows {old_manifest['rows']} -> {new_manifest['rows']}; "
@@ -505,16 +554,23 @@ def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) 
     if config_fingerprint(prior_config) != record["config_fingerprint"]:
         changes = changed_keys(prior_config, record["config"])
         problems.append("the config changed: " + "; ".join(changes))
-    if not problems and prior["plan"]["fingerprint"] != record["plan"]["fingerprint"]:
+    planned = generations(prior)[-1]["plan_fingerprint"]  # the latest manifest's own plan
+    if not problems and same_manifest and planned != record["plan"]["fingerprint"]:
         problems.append(
-            f"the plan changed: fingerprint {prior['plan']['fingerprint'][:16]} -> "
+            f"the plan changed: fingerprint {planned[:16]} -> "
             f"{record['plan']['fingerprint'][:16]} (planner version?)"
         )
     if problems:
+        grow = (
+            " If the new manifest only adds rows, rerun with --append to plan them into new shards."
+            if manifest_changed and same_manifest
+            else ""
+        )
         raise RunRefused(
             f"{output} already holds a different run: "
             + " and ".join(problems)
             + ". Rerun with --restart to delete it and start over, or choose another --output."
+            + grow
         )
 
 

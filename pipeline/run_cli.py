@@ -31,6 +31,11 @@ def run(
     ),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also write rejected samples' tars."),
     restart: bool = typer.Option(False, "--restart", help="Delete this output's old run and start over."),
+    append: bool = typer.Option(
+        False,
+        "--append",
+        help="MANIFEST holds every row of the output's run and more: run only the new rows.",
+    ),
     dedupe: bool = typer.Option(False, "--dedupe", help="Keep the first of rows with the same uid."),
     progress_interval: float | None = typer.Option(
         None,
@@ -70,6 +75,7 @@ def run(
             gpus_per_actor=gpus_per_actor,
             address=address,
             restart=restart,
+            append=append,
             console=console,
         )
     except RunStopped as error:
