@@ -108,7 +108,10 @@ class ExecutionSection(_Section):
     min_deadline_s: float = Field(120.0, gt=0)  # floor once per-image times are known
     actor_start_timeout_s: float = Field(900.0, gt=0)  # an actor with work that never starts it
     upload_queue_shards: int = Field(1, ge=1, le=4)  # finished shards waiting for upload, per actor
-    torch_threads: int | None = Field(None, ge=1)
+    # Fixed, not derived from the pool size: on CPU, torch rounds differently with another thread count,
+    # so a run with 1 actor and one with 2 would otherwise make different images.
+    torch_threads: int = Field(2, ge=1)
+    max_input_mib: int = Field(256, ge=1)  # a style/content file or object over this fails its row unread
 
 
 class RunConfig(_Section):

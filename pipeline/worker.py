@@ -108,7 +108,7 @@ class ShardWorker:
         self.config = config
         self.model_info = model_info or {}
         self.heartbeat = heartbeat or (lambda attempt_id, shard_id, done: None)
-        self.inputs = inputs or InputLoader()
+        self.inputs = inputs or InputLoader(max_input_bytes=config.execution.max_input_mib * 2**20)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="stylegen-worker-"))
         self.files = ShardFiles(config, self.model_info)
         self._generation_lock = threading.Lock()

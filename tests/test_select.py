@@ -274,19 +274,29 @@ def test_select_on_s3(s3_bucket, tmp_path):
 
 
 def test_a_source_that_changed_since_is_refused_and_a_damaged_one_named(tmp_path):
+    # uids hash absolute paths, so which shards hold kept samples depends on the temp folder: the shard
+    # whose marker goes is one whose loss leaves kept samples, and the damaged one is the first of those.
     partial = build_output(tmp_path / "partial", commit_shards=[0, 2, 4])
+    frame = source_frame(Path(partial.uri))
+    with_kept = set(frame.query("status == 'kept'")["shard_id"])
+    gone = next(shard for shard in (4, 2, 0) if with_kept - {shard})
     new = tmp_path / "new"
     select_output(partial.uri, str(new), Selection("clip_t", top=1.0), allow_partial=True)
-    (Path(partial.uri) / "_SUCCESS" / "shard-000004.json").unlink()  # the source is not what it was
+    (Path(partial.uri) / "_SUCCESS" / f"shard-{gone:06d}.json").unlink()  # the source is not what it was
     with pytest.raises(SelectError, match=r"source.fingerprint: .*source.shards_committed: 3 -> 2"):
         select_output(partial.uri, str(new), Selection("clip_t", top=1.0), allow_partial=True)
 
-    from pipeline.shards import write_tar
-
-    frame = source_frame(Path(partial.uri))
-    lost = sorted(frame.query("status == 'kept' and shard_id == 0")["uid"])[0]
-    write_tar([], Path(partial.uri) / "shards" / "shard-000000.tar")  # its kept samples are gone
-    with pytest.raises(SelectError, match=rf"shard-000000.tar: kept sample {lost} is missing .* damaged"):
+    kept = frame.query(f"status == 'kept' and shard_id != {gone}").sort_values(["shard_id", "uid"])
+    shard, lost = int(kept.iloc[0]["shard_id"]), kept.iloc[0]["uid"]
+    tar_path = Path(partial.uri) / "shards" / f"shard-{shard:06d}.tar"
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if not m.name.startswith(lost)]
+    with tarfile.open(tar_path, "w") as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(
+        SelectError, match=rf"shard-{shard:06d}.tar: kept sample {lost} is missing .* damaged"
+    ):
         select_output(partial.uri, str(tmp_path / "other"), Selection("clip_t", top=1.0), allow_partial=True)
 
 

@@ -20,7 +20,13 @@ L2-normalised embeddings; pipeline.scoring.builtins has the others: aesthetic, n
   mixes style and content. The two have different scales, so leakage thresholds are per preset.
 
 Reference embeddings (style and content images) are cached by pixel hash, so a style repeated across
-a shard is embedded once. Every image is made RGB first (transparency composited onto white). CLIP and
+a shard is embedded once. Scores are batch-invariant: a reference is always embedded alone, so its
+embedding does not depend on which references an earlier call embedded with it (or left in the
+cache); on CPU every sample is also scored alone (MKL/oneDNN round differently by batch shape, as in
+generation), so a sample's scores are bit-identical whatever else is in its batch. On GPU the
+generated images and prompts are batched (`batch_size`) for speed.
+
+Every image is made RGB first (transparency composited onto white). CLIP and
 DINO images then go through each checkpoint's own image processor (PIL backend: bicubic shortest-edge
 resize, centre crop, rescale, normalise: the recipe the checkpoint was trained with). CSD images go
 through the shared torch `image_ops.clip_preprocess` at the module's input size, the transform
@@ -67,6 +73,7 @@ class Scorer:
         self.names: tuple[str, ...] = tuple(name for module in self.modules for name in module.produces)
         self.embedding_names: tuple[str, ...] = scorers.embeddings
         self._cache = _ReferenceCache(config.reference_cache_size)
+        self.batch_invariant = self.device.type == "cpu"  # one sample per forward pass (see above)
         self._embedders: dict[str, Callable[[list[Image.Image]], torch.Tensor]] = {
             "clip": self._clip_images,
             "dino": self._dino_images,
@@ -94,7 +101,7 @@ class Scorer:
         scores: Scores = {name: [] for name in self.names}
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.embedding_names}
         digests: dict[int, bytes] = {}  # id(image) -> pixel hash, valid while the inputs are alive
-        step = self.config.batch_size
+        step = 1 if self.batch_invariant else self.config.batch_size
         for start in range(0, len(images), step):
             part = slice(start, start + step)
             batch = ScoringBatch(self, images[part], prompts[part], styles[part], contents[part], digests)
@@ -184,11 +191,9 @@ class Scorer:
                     missing[key] = image
                 else:
                     found[key] = cached
-        if missing:
-            embedded = self._embedders[kind]([_as_rgb(image) for image in missing.values()])
-            for key, embedding in zip(missing, embedded, strict=True):
-                found[key] = embedding
-                self._cache.put(key, embedding)
+        for key, image in missing.items():  # one at a time: the value never depends on the others
+            found[key] = self._embedders[kind]([_as_rgb(image)])[0]
+            self._cache.put(key, found[key])
         return torch.stack([found[key] for key in keys])
 
     @property
