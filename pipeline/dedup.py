@@ -118,7 +118,7 @@ def read_embeddings(store, markers: dict, dedup: Dedup, scratch: Path, memory_li
     wanted |= {SCORE_PREFIX + dedup.prefer.removeprefix(SCORE_PREFIX)} if dedup.prefer else set()
 
     def read(shard_id: int):
-        key = table_key_of(shard_id, markers[shard_id].files)  # either layout
+        key = table_key_of(shard_id, markers[shard_id].files)  # either layout (pipeline.storage.layout)
         try:
             parquet = pq.ParquetFile(io.BytesIO(store.get_bytes(key)))
             schema = parquet.schema_arrow
