@@ -563,7 +563,17 @@ def execute(
 
         def failed(shard_id: int, errors: list[str]) -> None:
             failed_errors[shard_id] = errors
-            commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
+            try:
+                commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
+            except Exception as error:  # the driver never dies of one shard: the rerun redoes it
+                log.error(
+                    "shard %d: could not record its rows as failed (%s: %s); it stays uncommitted and "
+                    "the rerun redoes it",
+                    shard_id,
+                    type(error).__name__,
+                    error,
+                )
+                return
             rows = pending[shard_id]
             progress.shard_done(rows, 0, 0, rows)
             log.error("shard %d recorded as failed (all %d rows): %s", shard_id, rows, " | ".join(errors))
@@ -579,7 +589,13 @@ def execute(
             execution.deadline_factor, execution.first_deadline_s, execution.min_deadline_s
         )
         scheduler = ShardScheduler(
-            pool, policy, execution.max_attempts, execution.actor_start_timeout_s, hooks
+            pool,
+            policy,
+            execution.max_attempts,
+            execution.actor_start_timeout_s,
+            hooks,
+            storage_outage_s=execution.storage_outage_s,
+            isolate_culprits=execution.isolate_culprits,
         )
         try:
             scheduler.run(pending)

@@ -87,6 +87,7 @@ _USER_ERRORS = {
     "PresetError",
     "RuleError",
     "StorageError",
+    "StorageDown",
     "ObjectNotFound",
     "ValidationError",
 }
