@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from pipeline.captions import extra_columns
@@ -139,11 +140,26 @@ rows = datasets.load_dataset("parquet", data_files="path/to/output/{metadata_glo
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n" + body
 
 
-def params_type(store, markers: dict, run: dict[str, Any]) -> pa.DataType:
-    """The type of the samples' `params`, inferred from committed kept rows of each mode (stylization and
-    composition), reading shard parquets in order until both modes have been seen."""
+def plan_modes(plan: pq.ParquetFile | None) -> set[bool]:
+    """Which modes the plan has (False: stylization, True: composition), from the `content` column's
+    null counts in the footer (no data read)."""
+    if plan is None or "content" not in plan.schema_arrow.names:
+        return {False, True}
+    column = plan.schema_arrow.get_field_index("content")
+    rows = nulls = 0
+    for index in range(plan.metadata.num_row_groups):
+        group = plan.metadata.row_group(index)
+        stats = group.column(column).statistics
+        if stats is None or not stats.has_null_count:
+            return {False, True}
+        rows, nulls = rows + group.num_rows, nulls + stats.null_count
+    return {mode for mode, present in ((False, nulls > 0), (True, nulls < rows)) if present}
+
+
+def params_type(store, markers: dict, modes: set[bool]) -> pa.DataType:
+    """The type of the samples' `params`, inferred from committed kept rows of each mode the plan has
+    (stylization, composition), reading shard parquets in order until every such mode has been seen."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     seen: dict[bool, list[dict]] = {False: [], True: []}
     for shard_id, marker in sorted(markers.items()):
@@ -160,7 +176,7 @@ def params_type(store, markers: dict, run: dict[str, Any]) -> pa.DataType:
             bucket = seen[content is not None]
             if params is not None and len(bucket) < PARAMS_SAMPLE_ROWS:
                 bucket.append(json.loads(params))
-        if all(len(bucket) >= PARAMS_SAMPLE_ROWS for bucket in seen.values()):
+        if all(len(seen[mode]) >= PARAMS_SAMPLE_ROWS for mode in modes):
             break
     samples = seen[False] + seen[True]
     return pa.array(samples).type if samples else pa.struct([])
@@ -169,8 +185,6 @@ def params_type(store, markers: dict, run: dict[str, Any]) -> pa.DataType:
 def build_card(store) -> str:
     """The card's text for the output in `store` (from run.json, the markers, one shard parquet's schema,
     plan.parquet's schema and committed samples' params)."""
-    import pyarrow.parquet as pq
-
     run = json.loads(store.get_bytes(RUN_KEY))
     markers = store.committed_shards()
     legacy = uses_legacy_layout(run)
@@ -179,11 +193,12 @@ def build_card(store) -> str:
         shard_id, marker = max(markers.items())  # every shard of a run has the same columns
         with store.open(table_key_of(shard_id, marker.files)) as handle:
             table_schema = pq.read_schema(handle)
-    plan_schema = None
+    plan_schema, modes = None, {False, True}
     if store.exists(PLAN_KEY):
         with store.open(PLAN_KEY) as handle:
-            plan_schema = pq.read_schema(handle)
-    json_type = sample_json_type(table_schema, plan_schema, params_type(store, markers, run))
+            plan = pq.ParquetFile(handle)
+            plan_schema, modes = plan.schema_arrow, plan_modes(plan)
+    json_type = sample_json_type(table_schema, plan_schema, params_type(store, markers, modes))
     image_ext = ((run.get("config") or {}).get("image") or {}).get("format", "png")
     counts = {"shards": len(markers)}
     for status in ("kept", "rejected", "failed"):

@@ -295,7 +295,11 @@ def write_card(store) -> str | None:
     try:
         return write_dataset_card(store)
     except Exception as error:
-        log.warning("README.md (dataset card) not written (%s: %s)", type(error).__name__, error)
+        log.warning(
+            "README.md (dataset card) not written (%s: %s); `stylegen card` can retry",
+            type(error).__name__,
+            error,
+        )
         return None
 
 

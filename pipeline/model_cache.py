@@ -70,6 +70,8 @@ def local_copy(uri: str, cache_dir: Path | str | None = None, s3_options: dict |
             _CacheEntry(entry, store, uri).sync(listing)
     except StorageError as error:
         raise ModelCacheError(str(error)) from None
+    except OSError as error:  # an unwritable or full cache folder (e.g. a root-owned hostPath)
+        raise ModelCacheError(f"copying {uri} into the model cache failed: {error}") from None
     return entry / name
 
 

@@ -157,6 +157,10 @@ def _check_layout(preset: str, sources: list[Source]) -> None:
                 f"{component}: {relpath} missing in {by_component[owner].origin} "
                 f"(a {owner} folder needs the hub repo's layout)"
             )
+    for owner, subfolder in (("prior", config.prior_subfolder), ("decoder", config.decoder_subfolder)):
+        if not any((by_component[owner].path / subfolder).glob("*.safetensors")):
+            origin = by_component[owner].origin
+            raise StageError(f"{owner}: no .safetensors weights in {subfolder}/ of {origin}")
     for source in sources:
         if source.component == "csd" and not source.path.is_file():
             raise StageError(f"csd: {source.origin} is not a checkpoint file")

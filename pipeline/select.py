@@ -373,6 +373,7 @@ def selection_record(source_store, source_run, markers, selection, shard_size, s
         # The samples were generated under the source's config: the report reads its filters here.
         "config": source_run.get("config"),
         "config_fingerprint": source_run.get("config_fingerprint"),
+        "models": source_run.get("models") or {},  # what each sample's `model` fingerprint names
         "versions": package_versions(),
     }
 

@@ -6,6 +6,7 @@ scores exactly like the local one."""
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,12 @@ def test_a_local_folder_without_the_hub_layout_is_refused_before_any_upload(tiny
     (broken / "README.md").write_text("not a model")
     with pytest.raises(StageError, match=r"prior: prior/config.json missing in .*prior \(a prior folder"):
         resolve_sources("tiny", {"prior": str(broken)}, tiny_cache_dir)
+    no_weights = tmp_path / "decoder"
+    shutil.copytree(tiny_source(tiny_cache_dir, "decoder"), no_weights)
+    for weights in (no_weights / "decoder").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(StageError, match=f"decoder: no .safetensors weights in decoder/ of {no_weights}"):
+        resolve_sources("tiny", {"decoder": str(no_weights)}, tiny_cache_dir)
 
 
 def test_hub_patterns_pick_the_files_the_loader_reads():
@@ -270,3 +277,10 @@ def test_a_staged_csd_file_is_copied_as_a_file(bucket, staged, tiny_cache_dir, t
     copy = local_copy(staged["csd"], tmp_path / "node-cache")
     assert copy.is_file() and copy.name == "csd.safetensors"
     assert copy.read_bytes() == tiny_source(tiny_cache_dir, "csd").read_bytes()
+
+
+def test_an_unusable_cache_folder_is_one_error_naming_the_model(staged, tmp_path):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    with pytest.raises(ModelCacheError, match=f"^copying {staged['csd']} into the model cache failed: "):
+        local_copy(staged["csd"], not_a_folder)

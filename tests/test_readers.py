@@ -22,6 +22,7 @@ import yaml
 from pipeline.dataset_card import feature_yaml, write_dataset_card
 from tests.output_fixtures import build_output, read_shard_tables
 
+pytest_plugins = ["s3_fixtures"]
 CAPTION = "{prompt} ({extra.batch_tag})"
 
 
@@ -196,3 +197,30 @@ def test_hf_reads_the_shard_parquets_by_path(finished, tmp_path):
         cache_dir=str(tmp_path),
     )
     assert sorted(rows["uid"]) == sorted(read_shard_tables(finished.store).column("uid").to_pylist())
+
+
+def test_the_card_reads_which_modes_the_plan_has_from_its_footer(finished, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset_card import plan_modes
+
+    assert plan_modes(pq.ParquetFile(finished.store.root / "plan.parquet")) == {False, True}
+    for contents, modes in (
+        ([None, None], {False}),
+        (["c.png", "d.png"], {True}),
+        (["c.png", None], {False, True}),
+    ):
+        path = tmp_path / f"plan-{len(modes)}-{contents[0]}.parquet"
+        pq.write_table(pa.table({"content": pa.array(contents, pa.string())}), path, row_group_size=1)
+        assert plan_modes(pq.ParquetFile(path)) == modes
+
+
+@pytest.mark.slow
+def test_the_card_of_an_s3_output_is_the_card_of_the_same_local_output(finished, s3_bucket, tmp_path):
+    built = build_output(
+        tmp_path,
+        s3_bucket.uri("runs/one"),
+        config_overrides={"image.format": "jpg", "caption.template": CAPTION},
+    )
+    assert write_dataset_card(built.store) == s3_bucket.uri("runs/one/README.md")
+    assert s3_bucket.read("runs/one/README.md") == (finished.store.root / "README.md").read_bytes()
