@@ -8,6 +8,7 @@ import typer
 
 from manifests.cli import manifest_app
 from manifests.cli_format import StylegenCommand, StylegenGroup
+from pipeline.card_cli import card
 from pipeline.dedup import dedup
 from pipeline.demo import demo_command
 from pipeline.model_stage import models_app
@@ -52,6 +53,7 @@ for name, command in (
     ("select", select),
     ("dedup", dedup),
     ("report", report),
+    ("card", card),
 ):
     app.command(name, cls=StylegenCommand)(command)
 

@@ -20,6 +20,14 @@ DEMO_SHARD_SIZE = 8
 DEMO_FILTERS = ("clip_t >= -0.35", "csd_style >= 0.7", "leakage < 0.93")
 
 
+def demo_scorers() -> list[str]:
+    """Every built-in scorer (tiny twins), so the demo's shards and report show every score and the
+    near-duplicate embeddings (`stylegen dedup`)."""
+    from pipeline.scoring.registry import BUILTINS
+
+    return list(BUILTINS)
+
+
 @dataclass(frozen=True)
 class DemoResult:
     inputs: object  # manifests.demo_inputs.DemoInputs
@@ -116,6 +124,7 @@ def run_demo(manifest: Path, output: Path, actors: int | None = None):
             "shard_size": DEMO_SHARD_SIZE,
             "keep_rejected": True,
             "scoring.filters": list(DEMO_FILTERS),
+            "scoring.scorers": demo_scorers(),
         },
     )
     # On a CPU machine each actor holds one logical GPU and one core.
@@ -148,6 +157,7 @@ def print_where(summary) -> None:
     console.print(f"card:    {summary.card_uri}  (datasets.load_dataset('{summary.output}'))")
     console.print(f"report:  {summary.report_uri}")
     console.print(f"status:  stylegen status {summary.output}")
+    console.print(f"dedup:   stylegen dedup {summary.output} --by dino --threshold 0.95 -o demo-deduped")
     tars = f"{summary.output}/shards/*.tar"
     console.print(
         'read:    python -c "import glob, webdataset as wds; '

@@ -5,6 +5,7 @@ import glob
 import hashlib
 from pathlib import Path
 
+import datasets
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
@@ -31,6 +32,10 @@ def test_demo_runs_every_row_once_and_resumes_without_redoing_anything(tmp_path,
     table = pq.ParquetDataset(sorted(glob.glob(str(output / "metadata" / "*.parquet")))).read()
     uids = table.column("uid").to_pylist()
     assert len(uids) == len(set(uids)) == rows  # every planned row exactly once
+    for score in ("clip_t", "clip_content", "dino_style", "csd_style", "leakage", "aesthetic", "nsfw"):
+        assert table.column(f"score_{score}").null_count < rows, score  # every built-in scorer ran
+    for name in ("dino", "clip"):
+        assert table.column(f"embedding_{name}").null_count == run.failed  # every generated sample
     kept = sorted(u for u, s in zip(uids, table.column("status").to_pylist(), strict=True) if s == "kept")
     read_back = sorted(
         sample["__key__"]
@@ -39,6 +44,13 @@ def test_demo_runs_every_row_once_and_resumes_without_redoing_anything(tmp_path,
     assert read_back == kept
     assert (output / "report.html").stat().st_size > 10_000
     assert_no_local_paths(output, tmp_path)
+    # The card loads the real preset's samples (no extras, sampler params of both modes) with one type.
+    samples = datasets.load_dataset(str(output), split="train", cache_dir=str(tmp_path / "hf"))
+    assert sorted(samples["__key__"]) == kept and samples.features["json"]["content"] == datasets.Value(
+        "string"
+    )
+    modes = {meta["params"]["mode"]: meta["params"]["lambda_content"] for meta in samples["json"]}
+    assert modes["stylization"] is None and isinstance(modes["composition"], float)
 
     before = _digests(output)
     again = demo(tmp_path / "demo", actors=2)

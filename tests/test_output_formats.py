@@ -91,3 +91,24 @@ def test_a_format_1_output_resumes_in_its_own_layout(tmp_path):
     assert collect_status(built.store)["shards_committed"] == built.planned_shards
     kept = gather(built.store).rows
     assert pc.sum(pc.equal(kept.column("shard_id"), last)).as_py() == len(expected)
+
+
+def test_stylegen_card_writes_the_card_of_a_format_1_output(tmp_path):
+    import datasets
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    built = build_output(tmp_path / "a", rows=12)
+    (built.store.root / "README.md").unlink(missing_ok=True)
+    to_format_1(built)
+    result = CliRunner().invoke(app, ["card", built.uri])
+    assert result.exit_code == 0, result.output
+    assert (built.store.root / "README.md").exists()
+    ds = datasets.load_dataset(built.uri, split="train", cache_dir=str(tmp_path / "hf"))
+    kept = gather(built.store).rows
+    kept = kept.filter(pc.equal(kept.column("status"), "kept")).column("uid").to_pylist()
+    assert sorted(ds["__key__"]) == sorted(kept)
+
+    missing = CliRunner().invoke(app, ["card", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "no stylegen output" in missing.output
