@@ -1,8 +1,9 @@
 """`stylegen demo`: synthetic inputs -> manifest -> validation -> plan -> a full run on local Ray with the
 tiny preset (generate, score, filter, commit shards, report), with no download.
 
-Inputs go under `<output>/inputs/`, the run's output (run.json, plan.parquet, shards/, _SUCCESS/,
-rejected/, report.html) under `<output>/run/`. Running the demo again resumes: nothing is redone.
+Inputs go under `<output>/inputs/`, the run's output (run.json, plan.parquet, README.md, shards/,
+metadata/, _SUCCESS/, rejected/, report.html) under `<output>/run/`. Running the demo again resumes:
+nothing is redone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ DEMO_SHARD_SIZE = 8
 # Thresholds picked for the tiny random-weight scorers so the demo shows both outcomes; real runs set
 # their own (e.g. clip_t >= 0.25 with openai/clip-vit-large-patch14).
 DEMO_FILTERS = ("clip_t >= -0.35", "csd_style >= 0.7", "leakage < 0.93")
+
+
+def demo_scorers() -> list[str]:
+    """Every built-in scorer (tiny twins), so the demo's shards and report show every score and the
+    near-duplicate embeddings (`stylegen dedup`)."""
+    from pipeline.scoring.registry import BUILTINS
+
+    return list(BUILTINS)
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,7 @@ def run_demo(manifest: Path, output: Path, actors: int | None = None):
             "shard_size": DEMO_SHARD_SIZE,
             "keep_rejected": True,
             "scoring.filters": list(DEMO_FILTERS),
+            "scoring.scorers": demo_scorers(),
         },
     )
     # On a CPU machine each actor holds one logical GPU and one core.
@@ -140,9 +150,14 @@ def print_where(summary) -> None:
     from rich.console import Console
 
     console = Console(highlight=False)
-    console.print(f"shards:  {summary.output}/shards/shard-*.tar  (kept samples: {{uid}}.png + {{uid}}.json)")
+    console.print(
+        f"shards:  {summary.output}/shards/shard-*.tar  (kept samples: {{uid}}.png + .txt caption + .json)"
+    )
+    console.print(f"rows:    {summary.output}/metadata/shard-*.parquet  (every planned row, one table)")
+    console.print(f"card:    {summary.card_uri}  (datasets.load_dataset('{summary.output}'))")
     console.print(f"report:  {summary.report_uri}")
     console.print(f"status:  stylegen status {summary.output}")
+    console.print(f"dedup:   stylegen dedup {summary.output} --by dino --threshold 0.95 -o demo-deduped")
     tars = f"{summary.output}/shards/*.tar"
     console.print(
         'read:    python -c "import glob, webdataset as wds; '

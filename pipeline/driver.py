@@ -9,7 +9,9 @@
 3. one LIST of the commit markers gives the shards already done; the rest run on the Ray actor pool
    (actors/pool.py), with deadlines, retries and failed-shard records;
 4. finalize: remove orphaned attempt objects, write `summary.json`, print the summary table.
-The log of each run goes to `logs/run-<UTC timestamp>.log` under the output.
+The log of each run goes to `logs/run-<UTC timestamp>.log` under the output (for s3:// every
+`execution.log_upload_s` during the run, and at its end). SIGTERM/SIGINT stop it gracefully
+(pipeline/stop.py): no new shards, commits in progress drain, the log is uploaded, RunStopped is raised.
 """
 
 from __future__ import annotations
@@ -28,14 +30,18 @@ from typing import Any
 
 from rich.console import Console
 
+from pipeline.log_upload import PeriodicLogUpload
 from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
 from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint
-from pipeline.storage.layout import RUN_KEY, SUMMARY_KEY
-from pipeline.worker import PLAN_KEY, commit_failed_shard, package_versions
+from pipeline.stop import RunStopped, StopSignals
+from pipeline.storage.layout import PLAN_KEY, RUN_KEY, SUMMARY_KEY
+from pipeline.storage.layout import log_key as run_log_key
+from pipeline.worker import commit_failed_shard, package_versions
 
 log = logging.getLogger("stylegen.driver")
 
-RUN_FORMAT = "stylegen-run/1"
+RUN_FORMAT = "stylegen-run/2"  # 2: shard parquets under metadata/, models in run.json, captions
+READABLE_FORMATS = (RUN_FORMAT, "stylegen-run/1")  # a format-1 output resumes in its own layout
 
 
 class RunRefused(RuntimeError):
@@ -57,15 +63,35 @@ class RunSummary:
     images_this_run: int
     elapsed_s: float
     images_per_s: float
-    actors: int
+    actors: int  # the pool's target size (actors requested)
     config_fingerprint: str
     plan_fingerprint: str
     log_uri: str | None = None
     report_uri: str | None = None
+    card_uri: str | None = None
     failed_shard_errors: dict[int, list[str]] = field(default_factory=dict)
+    actors_peak: int = 0  # most actors ready at once
+    actors_final: int = 0  # actors ready when the last shard finished
+    # [seconds since the run started, actors ready, actors pending] at every change
+    actor_timeline: list[tuple[float, int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class PoolStats:
+    """What the actor pool did: its target size and the ready/pending counts over time."""
+
+    target: int = 0
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (monotonic s, ready, pending)
+    stopped: bool = False  # a stop signal ended the scheduling (after draining)
+
+    def peak(self) -> int:
+        return max((ready for _, ready, _ in self.timeline), default=0)
+
+    def final(self) -> int:
+        return self.timeline[-1][1] if self.timeline else 0
 
 
 def run_job(
@@ -77,6 +103,7 @@ def run_job(
     gpus_per_actor: float = 1.0,
     address: str | None = None,
     restart: bool = False,
+    append: bool = False,
     console: Console | None = None,
     live: bool | None = None,
 ) -> RunSummary:
@@ -85,31 +112,90 @@ def run_job(
     actors: pool size (default: every GPU, or one logical GPU on a CPU machine); gpus_per_actor may be
     fractional; address: an existing Ray cluster (else RAY_ADDRESS, else a local instance; an already
     initialized Ray is reused and left running); restart: delete the output's objects first;
-    live: draw the progress bar (default: when the console is a terminal)."""
-    from pipeline.storage import open_store
-
+    append: `manifest` holds every row of the output's run and more: plan the new rows into new shards
+    after the existing ones (pipeline.append); live: draw the progress bar (default: when the console is
+    a terminal; else key=value lines). Raises RunStopped after SIGTERM/SIGINT (graceful: see
+    pipeline/stop.py)."""
     console = console or Console(stderr=True)
     started = time.monotonic()
-    check_config(config)
+    # Everything that can refuse the run happens before anything is written or Ray starts.
+    # Local model folders are checked here when the actors run on this machine (a cluster's nodes may
+    # hold folders the driver's machine does not; there the actors report them).
+    remote = bool(address) or os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
+    check_config(config, local_models=not remote)
+    check_staged_models(config)
+    with StopSignals() as stop:  # planning stops at once on a signal, scheduling drains
+        return _run_logged(
+            manifest,
+            output,
+            config,
+            actors,
+            gpus_per_actor,
+            address,
+            restart,
+            append,
+            console,
+            live,
+            started,
+            stop,
+        )
+
+
+def _run_logged(
+    manifest, output, config, actors, gpus_per_actor, address, restart, append, console, live, started, stop
+) -> RunSummary:
+    from pipeline.storage import StorageError, open_store
+    from pipeline.storage.local import os_error_message
+
     store = open_store(output, **config.storage)
-    if restart:
-        clear_output(store)
-    log_key = f"logs/run-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}.log"
+    plan, record = plan_run(manifest, config)
+    prior = prepare_output(store, record, restart, append=append, plan=plan)
+    if prior is None:  # run.json first: from then on the output is provably ours
+        store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    if prior is None or not store.exists(PLAN_KEY):  # also after a crash between the two
+        write_plan(store, plan)
+    log_key = run_log_key(datetime.now(timezone.utc))
     log_path = _local_log_path(store, log_key)
-    handler = open_run_log(log_path)
     try:
-        summary = _run(manifest, store, config, actors, gpus_per_actor, address, console, live, started)
+        handler = open_run_log(log_path)
+    except OSError as error:
+        raise StorageError(os_error_message(error, log_path)) from None
+    uploads = None
+    if not _is_local(store):
+        uploads = PeriodicLogUpload(store, log_key, log_path, handler, config.execution.log_upload_s)
+        uploads.__enter__()
+    try:
+        summary = _run(
+            manifest,
+            store,
+            config,
+            prior or record,
+            prior is not None,
+            actors,
+            gpus_per_actor,
+            address,
+            console,
+            live,
+            started,
+            stop,
+        )
         summary.log_uri = store.url(log_key)
+        summary.card_uri = write_card(store)
         summary.report_uri = write_run_report(store)
         store.put_bytes(
             SUMMARY_KEY, (json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n").encode()
         )
         console.print(summary_table(summary))
         return summary
+    except RunStopped as error:
+        log.warning("run %s", error)
+        raise
     except BaseException as error:
         log.error("run stopped: %s: %s", type(error).__name__, error)
         raise
     finally:
+        if uploads is not None:
+            uploads.stop()
         close_run_log(handler)
         if not _is_local(store):
             try:
@@ -117,6 +203,57 @@ def run_job(
                 log_path.unlink(missing_ok=True)
             except Exception as error:  # never let the log upload hide why the run stopped
                 console.print(f"warning: the run log stays at {log_path}: upload failed ({error})")
+
+
+def prepare_output(
+    store, record: dict[str, Any], restart: bool, *, append: bool = False, plan=None
+) -> dict[str, Any] | None:
+    """The output's earlier run record when this run resumes it, else None (a new run). Refuses a
+    different run, and any output that no stylegen run record proves is ours: --restart deletes only
+    such an output's own files, and a new run only starts in an empty folder or prefix. With `append`,
+    a bigger manifest is planned into new shards after the run's (the record returned is the updated
+    one); a manifest that drops or changes rows of the run is refused, naming them."""
+    if restart:
+        clear_output(store)
+        return None
+    prior = read_run_record(store)
+    if prior is None:
+        if store.list(""):
+            raise RunRefused(
+                f"{store.uri} is not empty and has no {RUN_KEY}: it is not a stylegen output, and a run "
+                "could overwrite its files; choose an empty or new --output"
+            )
+        return None
+    if append and prior.get("manifest", {}).get("fingerprint") != record["manifest"]["fingerprint"]:
+        from pipeline.append import AppendRefused, append_run
+
+        ensure_same_run(prior, record, store.uri, same_manifest=False)
+        try:
+            appended = append_run(store, prior, plan, record)
+        except AppendRefused as error:
+            raise RunRefused(str(error)) from None
+        added = appended["generations"][-1]
+        log.info("append: %d new rows in %d new shards from shard %d on", added["rows"], added["shards"],
+                 added["first_shard"])  # fmt: skip
+        return appended
+    ensure_same_run(prior, record, store.uri)
+    return prior
+
+
+def write_card(store) -> str | None:
+    """README.md, the Hugging Face dataset card (pipeline.dataset_card), so `datasets.load_dataset(output)`
+    reads the shards with declared types. Like the report, a failure here is a warning."""
+    from pipeline.dataset_card import write_dataset_card
+
+    try:
+        return write_dataset_card(store)
+    except Exception as error:
+        log.warning(
+            "README.md (dataset card) not written (%s: %s); `stylegen card` can retry",
+            type(error).__name__,
+            error,
+        )
+        return None
 
 
 def write_run_report(store) -> str | None:
@@ -134,25 +271,33 @@ def write_run_report(store) -> str | None:
     return store.url(REPORT_KEY)
 
 
-def _run(manifest, store, config, actors, gpus_per_actor, address, console, live, started) -> RunSummary:
-    plan, record = plan_run(manifest, config)
-    log.info(
-        "run %s -> %s: %d rows in %d shards", manifest, store.uri, record["manifest"]["rows"], plan.num_shards
-    )
-    prior = read_run_record(store)
-    if prior is not None:
-        ensure_same_run(prior, record, store.uri)
-        log.info("resuming: run.json matches (config %s)", record["config_fingerprint"][:12])
-    else:
-        write_plan(store, plan)
-        store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+def _run(
+    manifest,
+    store,
+    config,
+    record,
+    resuming,
+    actors,
+    gpus_per_actor,
+    address,
+    console,
+    live,
+    started,
+    stop=None,
+) -> RunSummary:
+    """Run the shards `record` (the output's run.json) plans that are not committed yet."""
+    from pipeline.append import shard_sizes
 
-    sizes = dict(enumerate(plan.shard_sizes))
+    sizes = shard_sizes(record)
+    log.info("run %s -> %s: %d rows in %d shards", manifest, store.uri, sum(sizes.values()), len(sizes))
+    if resuming:
+        log.info("resuming: run.json matches (config %s)", record["config_fingerprint"][:12])
+
     done = store.committed_shards()
     pending = {shard_id: rows for shard_id, rows in sizes.items() if shard_id not in done}
     kept, rejected, _ = _counts(done.values())
     progress = RunProgress(
-        plan.num_shards,
+        len(sizes),
         sum(sizes.values()),
         done_shards=len(done),
         done_images=sum(sizes[s] for s in done if s in sizes),
@@ -160,16 +305,34 @@ def _run(manifest, store, config, actors, gpus_per_actor, address, console, live
         rejected=rejected,
         console=console,
         live=live,
+        interval_s=config.execution.progress_interval_s,
     )
     log.info("%d shards committed before this run, %d to run", len(done), len(pending))
     failed_errors: dict[int, list[str]] = {}
     unfinished: list[tuple[int, str]] = []
-    pool_size = 0
+    pool = PoolStats()
     if pending:
+        if stop is not None:
+            stop.interruptible = False  # from here on the scheduler drains on a signal
         with progress:
-            pool_size = execute(
-                store, config, pending, progress, failed_errors, unfinished, actors, gpus_per_actor, address
+            pool = execute(
+                store,
+                config,
+                pending,
+                progress,
+                failed_errors,
+                unfinished,
+                actors,
+                gpus_per_actor,
+                address,
+                stop=stop,
             )
+    if pool.stopped:
+        raise RunStopped(
+            f"stopped by {stop.signal_name}: {progress.done_shards} of {len(sizes)} shards committed "
+            f"({progress.done_shards - len(done)} by this run); rerun the same command to resume",
+            stop.exit_code,
+        )
     finalize(store, unfinished, since_s=time.monotonic() - started)
     final = store.committed_shards()
     kept, rejected, failed = _counts(final.values())
@@ -177,7 +340,7 @@ def _run(manifest, store, config, actors, gpus_per_actor, address, console, live
     elapsed = time.monotonic() - started
     return RunSummary(
         output=store.uri,
-        shards_planned=plan.num_shards,
+        shards_planned=len(sizes),
         shards_resumed=len(done),
         shards_committed=len(set(final) - set(done)),
         shards_failed=sum(1 for marker in final.values() if marker.summary.get("shard_failed")),
@@ -188,26 +351,36 @@ def _run(manifest, store, config, actors, gpus_per_actor, address, console, live
         images_this_run=fresh,
         elapsed_s=elapsed,
         images_per_s=fresh / elapsed if elapsed > 0 else 0.0,
-        actors=pool_size,
+        actors=pool.target,
         config_fingerprint=record["config_fingerprint"],
         plan_fingerprint=record["plan"]["fingerprint"],
         failed_shard_errors=failed_errors,
+        actors_peak=pool.peak(),
+        actors_final=pool.final(),
+        actor_timeline=[(round(t - started, 3), ready, waiting) for t, ready, waiting in pool.timeline],
     )
 
 
 # --- planning and run.json -------------------------------------------------------------------------
 
 
-def check_config(config: RunConfig) -> None:
-    """Catch bad filter rules and sampler settings here, before any actor loads a model."""
+def check_config(config: RunConfig, *, local_models: bool = False) -> None:
+    """Every mistake a config can hold, found here: before anything is written, Ray starts or an actor
+    loads a model (bad filter rules, sampler settings, scoring options; with `local_models`, that the
+    local model folders and CSD file exist). Preset names and model_paths keys are RunConfig's checks."""
     from pydantic import ValidationError
 
+    from pipeline.scoring.registry import ScorerError, resolve_scorers
+
+    try:  # every scorer named must be installed, whether or not scoring is enabled (the schema lists them)
+        scorers = resolve_scorers(config.scoring.scorers)
+    except ScorerError as error:
+        raise ConfigError(f"scoring.scorers: {error}") from None
     if config.scoring.filters:
         from pipeline.scoring.rules import FilterRules, RuleError
-        from pipeline.scoring.scorer import SCORE_NAMES
 
         try:
-            FilterRules.parse(list(config.scoring.filters), set(SCORE_NAMES))
+            FilterRules.parse(list(config.scoring.filters), set(scorers.scores))
         except RuleError as error:
             raise ConfigError(f"scoring.filters: {error}") from None
     if config.generator.kind == "rbmod" and config.rbmod:
@@ -216,8 +389,91 @@ def check_config(config: RunConfig) -> None:
         try:
             RBModSettings.model_validate(config.rbmod)
         except ValidationError as error:
-            problems = "; ".join(f"rbmod.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise ConfigError(problems) from None
+            raise ConfigError(_problems("rbmod", error)) from None
+    if config.scoring.enabled:
+        _check_scoring(config)
+    if config.generator.kind == "rbmod" and local_models:
+        _check_model_paths(config.model_paths)
+
+
+def _check_scoring(config: RunConfig) -> None:
+    from pydantic import ValidationError
+
+    from pipeline.scoring.models import PRESETS, ScoringConfig
+
+    preset = config.scoring.preset or config.preset
+    if preset not in PRESETS:
+        raise ConfigError(
+            f"scoring.preset: unknown scoring preset {preset!r}; expected one of {', '.join(PRESETS)}"
+        )
+    known = sorted(ScoringConfig.model_fields)
+    unknown = sorted(set(config.scoring.options) - set(known))
+    if unknown:
+        raise ConfigError(f"scoring.options: unknown option(s) {unknown}; expected some of {known}")
+    try:
+        ScoringConfig.model_validate({"clip_model": "-", "dino_model": "-", **config.scoring.options})
+    except ValidationError as error:
+        raise ConfigError(_problems("scoring.options", error)) from None
+
+
+def _check_model_paths(paths: dict[str, str]) -> None:
+    """Local model folders (and the CSD file) must exist here; hub ids are resolved by the actors."""
+    from pipeline.models import is_local_source
+
+    for key in ("prior", "decoder", "csd"):
+        source = paths.get(key)
+        if source and is_local_source(source) and not Path(source).expanduser().exists():
+            kind = "file" if key == "csd" else "folder"
+            raise ConfigError(
+                f"model_paths.{key}: local {kind} {source} does not exist (a hub id reads 'org/name')"
+            )
+
+
+def check_staged_models(config: RunConfig) -> None:
+    """Every s3:// model source (model_paths, scorer models) has staged objects: one LIST each, so a
+    wrong URI is one error here instead of one per actor."""
+    if config.generator.kind != "rbmod":
+        return
+    from pipeline.model_cache import ModelCacheError, is_s3_uri, staged_objects
+
+    sources = {f"model_paths.{key}": value for key, value in config.model_paths.items()}
+    if config.scoring.enabled:
+        sources |= {f"scoring.options.{key}": value for key, value in config.scoring.options.items()}
+    for where, source in sources.items():
+        if is_s3_uri(source):
+            try:
+                staged_objects(source, config.storage)
+            except ModelCacheError as error:
+                raise ConfigError(f"{where}: {error}") from None
+
+
+def _problems(section: str, error) -> str:
+    return "; ".join(
+        f"{section}.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+        for e in error.errors()
+    )
+
+
+def check_caption(config: RunConfig, columns: list[str]) -> None:
+    """The caption template's {extra.NAME} fields must be columns of this manifest."""
+    from pipeline.captions import CaptionError, check_template, extra_columns
+
+    try:
+        check_template(config.caption.template, extra_columns(columns))
+    except CaptionError as error:
+        raise ConfigError(str(error)) from None
+
+
+def record_models(store, models: dict[str, Any], known: set[str]) -> None:
+    """Add the models a worker reports ({fingerprint: description}) to run.json's `models`, once each:
+    the samples carry only the fingerprint."""
+    new = {fingerprint: info for fingerprint, info in models.items() if fingerprint not in known}
+    if not new:
+        return
+    record = read_run_record(store) or {}
+    record["models"] = {**(record.get("models") or {}), **new}
+    store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    known.update(new)
 
 
 def plan_run(manifest: str, config: RunConfig):
@@ -228,6 +484,7 @@ def plan_run(manifest: str, config: RunConfig):
     from manifests.read import read_manifest
 
     table = read_manifest(manifest)
+    check_caption(config, table.column_names)
     plan = make_plan(table, config.shard_size, order=config.plan_order, dedupe=config.dedupe)
     if plan.dropped_rows:
         log.warning(
@@ -271,39 +528,63 @@ def read_run_record(store) -> dict[str, Any] | None:
 
 
 _NOT_RESUMABLE = (
-    "this output cannot be resumed: rerun with --restart to start over, or choose another --output"
+    "it is not a stylegen run record, so this output can be neither resumed nor deleted by --restart; "
+    "choose another --output"
 )
 
 
-def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) -> None:
-    """Refuse to resume a different run, naming exactly what changed."""
-    if prior.get("format") != RUN_FORMAT:
+def ensure_same_run(
+    prior: dict[str, Any], record: dict[str, Any], output: str, *, same_manifest: bool = True
+) -> None:
+    """Refuse to resume a different run, naming exactly what changed (`same_manifest=False`: all but the
+    manifest, for --append, which checks the rows itself)."""
+    from pipeline.append import generations
+
+    if prior.get("format") not in READABLE_FORMATS:
         raise RunRefused(
             f"{output} holds a run.json of another kind (format {prior.get('format')!r}, "
             f"not {RUN_FORMAT!r}); choose another --output"
         )
     problems = []
     old_manifest, new_manifest = prior["manifest"], record["manifest"]
-    if old_manifest["fingerprint"] != new_manifest["fingerprint"]:
+    manifest_changed = old_manifest["fingerprint"] != new_manifest["fingerprint"]
+    if manifest_changed and same_manifest:
         problems.append(
             f"the manifest changed: fingerprint {old_manifest['fingerprint'][:16]} -> "
             f"{new_manifest['fingerprint'][:16]} (rows {old_manifest['rows']} -> {new_manifest['rows']}; "
             f"was {old_manifest['uri']}, now {new_manifest['uri']})"
         )
-    if config_fingerprint(prior["config"]) != record["config_fingerprint"]:
-        changes = changed_keys(prior["config"], record["config"])
+    prior_config = with_defaults(prior["config"])
+    if config_fingerprint(prior_config) != record["config_fingerprint"]:
+        changes = changed_keys(prior_config, record["config"])
         problems.append("the config changed: " + "; ".join(changes))
-    if not problems and prior["plan"]["fingerprint"] != record["plan"]["fingerprint"]:
+    planned = generations(prior)[-1]["plan_fingerprint"]  # the latest manifest's own plan
+    if not problems and same_manifest and planned != record["plan"]["fingerprint"]:
         problems.append(
-            f"the plan changed: fingerprint {prior['plan']['fingerprint'][:16]} -> "
+            f"the plan changed: fingerprint {planned[:16]} -> "
             f"{record['plan']['fingerprint'][:16]} (planner version?)"
         )
     if problems:
+        grow = (
+            " If the new manifest only adds rows, rerun with --append to plan them into new shards."
+            if manifest_changed and same_manifest
+            else ""
+        )
         raise RunRefused(
             f"{output} already holds a different run: "
             + " and ".join(problems)
             + ". Rerun with --restart to delete it and start over, or choose another --output."
+            + grow
         )
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the defaults of keys added since it was written (a key this version added, at
+    its default, changes nothing); the stored dict itself when it no longer validates."""
+    try:
+        return RunConfig.model_validate(config).to_dict()
+    except Exception:  # noqa: BLE001 - compared as stored; the differences get named
+        return config
 
 
 def finalize(store, unfinished: list[tuple[int, str]], since_s: float) -> None:
@@ -333,17 +614,41 @@ def write_plan(store, plan) -> None:
         store.put_file(PLAN_KEY, plan.write(folder))
 
 
+def is_run_record(record: Any) -> bool:
+    """Whether `record` is a run.json that `stylegen run` wrote (its format and its fields)."""
+    if not isinstance(record, dict) or record.get("format") not in READABLE_FORMATS:
+        return False
+    manifest, plan = record.get("manifest"), record.get("plan")
+    return (
+        isinstance(manifest, dict)
+        and {"fingerprint", "rows"} <= manifest.keys()
+        and isinstance(plan, dict)
+        and {"fingerprint", "shards"} <= plan.keys()
+        and isinstance(record.get("config"), dict)
+        and isinstance(record.get("config_fingerprint"), str)
+    )
+
+
 def clear_output(store) -> None:
-    """--restart: delete every object of the old run, refusing anything that is not a stylegen output."""
+    """--restart: delete the old run's own files (the keys `stylegen run` writes), and only when its
+    run.json is a stylegen run record; any other file under the output stays."""
+    from pipeline.storage.layout import is_run_output_key
+
     objects = store.list("")
     if not objects:
         return
-    if not store.exists(RUN_KEY):
+    try:
+        record = read_run_record(store)
+    except RunRefused:
+        record = None
+    if not is_run_record(record):
         raise RunRefused(
-            f"--restart would delete {len(objects)} objects under {store.uri}, but it has no {RUN_KEY}: "
-            "it does not look like a stylegen output, so nothing was deleted"
+            f"--restart deletes only a stylegen run, but {store.url(RUN_KEY)} is not a stylegen run record "
+            f"(or is missing), so nothing under {store.uri} was deleted; choose another --output"
         )
-    store.delete([info.key for info in objects])
+    ours = [info.key for info in objects if is_run_output_key(info.key) and info.key != RUN_KEY]
+    store.delete(ours)
+    store.delete([RUN_KEY])  # last: an interrupted restart can still be restarted
     store.abort_stale_multipart_uploads(older_than=timedelta(0))
 
 
@@ -360,46 +665,56 @@ def execute(
     actors: int | None,
     gpus_per_actor: float,
     address: str | None,
-) -> int:
-    """Run the pending shards on a pool of generator actors; returns the pool size."""
+    stop: StopSignals | None = None,
+) -> PoolStats:
+    """Run the pending shards on an elastic pool of generator actors (see actors/pool.py)."""
     import ray
 
+    from actors.metrics import RunMetrics
     from actors.pool import (
         DeadlinePolicy,
         GeneratorPool,
-        PoolError,
         SchedulerHooks,
         ShardScheduler,
         detect_gpus,
         start_ray,
     )
 
+    execution = config.execution
+    wanted = actors or execution.max_actors
+    known_models = set((read_run_record(store) or {}).get("models") or {})
     local_gpus = None
     if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         # Logical GPUs on a CPU machine, so the same scheduling code runs everywhere.
-        local_gpus = detect_gpus() or math.ceil((actors or 1) * gpus_per_actor)
+        local_gpus = detect_gpus() or math.ceil((wanted or 1) * gpus_per_actor)
     started_ray = start_ray(address, local_gpus)
+    if stop is not None:
+        stop.install()  # ray.init put its own SIGTERM handlers in place of ours
     pool = None
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
-        capacity = int(cluster_gpus / gpus_per_actor + 1e-9)
-        size = actors or capacity
-        if size < 1 or size * gpus_per_actor > cluster_gpus + 1e-9:
-            raise PoolError(
-                f"{size or 1} actor(s) x {gpus_per_actor} GPU need more than the {cluster_gpus:g} GPUs "
-                "this Ray cluster has; lower --actors or --gpus-per-actor"
-            )
-        size = min(size, len(pending))  # an actor without a shard would only load models
-        execution = config.execution
+        size = pool_target(wanted, gpus_per_actor, cluster_gpus, len(pending))
         pool = GeneratorPool(
             config.model_dump_json(), store.uri, size, gpus_per_actor, execution.torch_threads
         )
-        log.info("pool: %d actors x %g GPU (cluster GPUs: %g)", size, gpus_per_actor, cluster_gpus)
+        log.info(
+            "pool: %d actors x %g GPU requested (cluster GPUs now: %g)", size, gpus_per_actor, cluster_gpus
+        )
+        if size * gpus_per_actor > cluster_gpus + 1e-9:
+            progress.console.print(
+                f"requesting {size} actors x {gpus_per_actor:g} GPU; the cluster has {cluster_gpus:g} GPUs "
+                "now: the rest stay pending until GPU nodes join (an autoscaler adds them)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        metrics = RunMetrics(store.uri)
 
         def committed(shard_id: int, result: dict) -> None:
+            record_models(store, result.get("models") or {}, known_models)
             progress.shard_done(result["rows"], result["kept"], result["rejected"], result["failed"])
+            metrics.shard_committed(result)
             log.info(
-                "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s",
+                "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s on node %s",
                 shard_id,
                 result["attempt_id"],
                 "ours" if result["committed"] else "an earlier attempt's",
@@ -407,6 +722,7 @@ def execute(
                 result["rejected"],
                 result["failed"],
                 result["seconds"],
+                str(result.get("node_id"))[:12],
             )
 
         def failed(shard_id: int, errors: list[str]) -> None:
@@ -414,32 +730,62 @@ def execute(
             commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
             rows = pending[shard_id]
             progress.shard_done(rows, 0, 0, rows)
+            metrics.shard_failed(rows)
             log.error("shard %d recorded as failed (all %d rows): %s", shard_id, rows, " | ".join(errors))
 
         def event(message: str) -> None:
             log.warning(message)
             progress.console.print(f"[dim]{message}[/dim]")
 
+        def actors_changed(ready: int, waiting: int) -> None:
+            progress.actors(ready, waiting)
+            metrics.actors(ready, waiting)
+
         hooks = SchedulerHooks(
-            on_committed=committed, on_failed=failed, on_progress=progress.images_in_flight, on_event=event
+            on_committed=committed,
+            on_failed=failed,
+            on_progress=progress.images_in_flight,
+            on_event=event,
+            on_actors=actors_changed,
         )
         policy = DeadlinePolicy(
             execution.deadline_factor, execution.first_deadline_s, execution.min_deadline_s
         )
         scheduler = ShardScheduler(
-            pool, policy, execution.max_attempts, execution.actor_start_timeout_s, hooks
+            pool,
+            policy,
+            execution.max_attempts,
+            execution.actor_start_timeout_s,
+            hooks,
+            capacity_timeout_s=execution.capacity_timeout_s,
+            drain_s=execution.drain_s,
+            should_stop=lambda: stop is not None and stop.requested,
         )
         try:
             scheduler.run(pending)
         finally:
             unfinished += scheduler.unfinished_attempts
         progress.stop()  # the bar is done; shutting the pool down takes a moment
-        return size
+        return PoolStats(size, scheduler.actor_timeline, scheduler.stopped)
     finally:
         if pool is not None:
             pool.shutdown()
         if started_ray:
             ray.shutdown()
+
+
+def pool_target(wanted: int | None, gpus_per_actor: float, cluster_gpus: float, shards: int) -> int:
+    """How many actors to request: `wanted` (--actors / execution.max_actors), else one per GPU the
+    cluster has now; never more than there are shards (an actor without a shard would only load)."""
+    from actors.pool import PoolError
+
+    size = wanted or int(cluster_gpus / gpus_per_actor + 1e-9)
+    if size < 1:
+        raise PoolError(
+            f"this Ray cluster has no GPUs now ({cluster_gpus:g}); pass --actors N (or set "
+            "execution.max_actors) to request N actors: they wait for GPU nodes, which an autoscaler adds"
+        )
+    return min(size, shards)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
