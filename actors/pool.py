@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -63,12 +64,31 @@ def start_ray(address: str | None, num_gpus: float | None, num_cpus: int | None 
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     if address:
         modules = [str(p) for p in project_packages()]
-        ray.init(address=address, runtime_env={"py_modules": modules}, **common)
+        try:
+            ray.init(address=address, runtime_env={"py_modules": modules}, **common)
+        except (ConnectionError, RuntimeError, RayError) as error:
+            raise PoolError(connection_failure(address, error)) from None
     else:
         # "local": a fresh instance of our own. A bare ray.init() would attach to the latest cluster
         # anyone started on this machine with `ray start` (Ray reads its address from the temp folder).
         ray.init(address="local", num_gpus=num_gpus, num_cpus=num_cpus, **common)
     return True
+
+
+def connection_failure(address: str, error: BaseException) -> str:
+    """One line for a failed connection, with the token hint when the cluster refused us for want of one."""
+    from ray.exceptions import AuthenticationError
+
+    chain, cause = [], error
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in chain):
+        return (
+            f"the Ray cluster at {address} requires an authentication token: set RAY_AUTH_MODE=token and "
+            "the cluster's token in RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH)"
+        )
+    return f"cannot connect to the Ray cluster at {address}: {_first_line(error)}"
 
 
 def detect_gpus() -> int:
@@ -178,8 +198,13 @@ class GeneratorPool:
         return [slot.info for slot in self.slots]
 
     def shutdown(self) -> None:
+        """Generator actors first; the heartbeat actor once the `forget` calls this driver queued have run
+        (calls from one caller run in order, so one answered snapshot means they have). Killed with calls
+        pending, Ray would report each as a failed task on the console."""
         for slot in self.slots:
             ray.kill(slot.handle, no_restart=True)
+        with contextlib.suppress(RayError):  # dead or slow: nothing left to wait for
+            ray.get(self.progress.snapshot.remote(), timeout=10)
         ray.kill(self.progress, no_restart=True)
 
 
@@ -190,7 +215,9 @@ class GeneratorPool:
 class SchedulerHooks:
     on_committed: Callable[[int, dict], None] = lambda shard_id, result: None
     on_failed: Callable[[int, list[str]], None] = lambda shard_id, errors: None
-    on_progress: Callable[[int], None] = lambda images_in_flight: None  # images done in running shards
+    # images done per shard in flight; called again as soon as a shard leaves the flight, so a shard is
+    # never counted both in flight and committed
+    on_progress: Callable[[dict[int, int]], None] = lambda in_flight: None
     on_event: Callable[[str], None] = lambda message: None  # retries, kills, restarts: for the log
 
 
@@ -276,6 +303,7 @@ class ShardScheduler:
     def _finish(self, attempt: Attempt) -> None:
         slot = attempt.slot
         slot.attempts.remove(attempt)
+        self.hooks.on_progress(self._images_in_flight())
         self.pool.progress.forget.remote([attempt.attempt_id])
         try:
             result = ray.get(attempt.ref)
@@ -407,7 +435,6 @@ class ShardScheduler:
             beats = ray.get(self.pool.progress.snapshot.remote(), timeout=10)
         except (GetTimeoutError, RayActorError):
             return
-        in_flight_images = 0
         for attempt in self._attempts():
             beat = beats.get(attempt.attempt_id)
             if beat is None:
@@ -416,8 +443,10 @@ class ShardScheduler:
                 attempt.started_at = now
                 attempt.slot.idle_since = now
             attempt.images_done = beat["images_done"]
-            in_flight_images += attempt.images_done
-        self.hooks.on_progress(in_flight_images)
+        self.hooks.on_progress(self._images_in_flight())
+
+    def _images_in_flight(self) -> dict[int, int]:
+        return {attempt.shard_id: attempt.images_done for attempt in self._attempts()}
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()

@@ -28,9 +28,10 @@ from typing import Any
 
 from rich.console import Console
 
+from manifests.cli_format import make_console
 from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
-from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint
-from pipeline.storage.layout import RUN_KEY, SUMMARY_KEY
+from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint, describe_errors
+from pipeline.storage.layout import REPORT_KEY, RUN_KEY, SUMMARY_KEY
 from pipeline.worker import PLAN_KEY, commit_failed_shard, package_versions
 
 log = logging.getLogger("stylegen.driver")
@@ -60,6 +61,7 @@ class RunSummary:
     actors: int
     config_fingerprint: str
     plan_fingerprint: str
+    gpus_per_actor: float = 1.0
     log_uri: str | None = None
     report_uri: str | None = None
     failed_shard_errors: dict[int, list[str]] = field(default_factory=dict)
@@ -88,7 +90,7 @@ def run_job(
     live: draw the progress bar (default: when the console is a terminal)."""
     from pipeline.storage import open_store
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     started = time.monotonic()
     check_config(config)
     store = open_store(output, **config.storage)
@@ -98,13 +100,22 @@ def run_job(
     log_path = _local_log_path(store, log_key)
     handler = open_run_log(log_path)
     try:
-        summary = _run(manifest, store, config, actors, gpus_per_actor, address, console, live, started)
+        summary = _run(
+            manifest, store, config, actors, gpus_per_actor, address, console, live, started, log_path
+        )
         summary.log_uri = store.url(log_key)
-        summary.report_uri = write_run_report(store)
+        if not summary.shards_committed and summary.shards_resumed >= summary.shards_planned:
+            # A rerun of a finished run: summary.json and report.html keep the run that did the work.
+            summary.report_uri = store.url(REPORT_KEY) if store.exists(REPORT_KEY) else None
+            console.print(nothing_to_do(summary), markup=False)
+            return summary
+        summary.report_uri = write_run_report(store, summary)
         store.put_bytes(
             SUMMARY_KEY, (json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n").encode()
         )
         console.print(summary_table(summary))
+        if summary.failed:
+            console.print(failed_rows_note(store, summary), markup=False)
         return summary
     except BaseException as error:
         log.error("run stopped: %s: %s", type(error).__name__, error)
@@ -119,13 +130,14 @@ def run_job(
                 console.print(f"warning: the run log stays at {log_path}: upload failed ({error})")
 
 
-def write_run_report(store) -> str | None:
+def write_run_report(store, summary: RunSummary | None = None) -> str | None:
     """report.html for the output (galleries, score histograms with the filter thresholds, throughput).
     The data is complete before this runs, so a failure here is a warning, not a failed run."""
-    from pipeline.report.command import REPORT_KEY, build_report
+    from pipeline.report.command import build_report
 
     try:
-        store.put_bytes(REPORT_KEY, build_report(store).encode("utf-8"))
+        latest = summary.to_dict() if summary is not None else None
+        store.put_bytes(REPORT_KEY, build_report(store, latest_run=latest).encode("utf-8"))
     except Exception as error:
         log.warning(
             "report.html not written (%s: %s); `stylegen report` can retry", type(error).__name__, error
@@ -134,7 +146,37 @@ def write_run_report(store) -> str | None:
     return store.url(REPORT_KEY)
 
 
-def _run(manifest, store, config, actors, gpus_per_actor, address, console, live, started) -> RunSummary:
+def nothing_to_do(summary: RunSummary) -> str:
+    return (
+        f"nothing to do: all {summary.shards_planned} shards of {summary.output} are already committed "
+        f"({summary.kept} kept, {summary.rejected} rejected, {summary.failed} failed). "
+        f"Report: {summary.report_uri or '-'}; --restart starts over."
+    )
+
+
+def failed_rows_note(store, summary: RunSummary, top: int = 3) -> str:
+    """The most frequent reasons rows failed, and where every failed row is listed."""
+    from pipeline.report.data import failure_reasons
+    from pipeline.storage.layout import table_key
+
+    markers = store.committed_shards()
+    with_failures = sorted(s for s, m in markers.items() if int(m.summary.get("failed", 0)))
+    reasons = failure_reasons(store, with_failures)
+    lines = [f"{summary.failed} row(s) failed; most frequent reasons:"]
+    lines += [f"  {count} x {reason}" for reason, count in reasons[:top]]
+    if len(reasons) > top:
+        lines.append(f"  ... and {len(reasons) - top} more reason(s)")
+    where = store.url(table_key(with_failures[0])) if with_failures else "the shard parquets"
+    lines.append(
+        f"every failed row with its reason: status 'failed' in the shard parquets (e.g. {where}) and the "
+        f"report's Failed rows ({summary.report_uri or 'stylegen report'})"
+    )
+    return "\n".join(lines)
+
+
+def _run(
+    manifest, store, config, actors, gpus_per_actor, address, console, live, started, log_path
+) -> RunSummary:
     plan, record = plan_run(manifest, config)
     log.info(
         "run %s -> %s: %d rows in %d shards", manifest, store.uri, record["manifest"]["rows"], plan.num_shards
@@ -166,7 +208,9 @@ def _run(manifest, store, config, actors, gpus_per_actor, address, console, live
     unfinished: list[tuple[int, str]] = []
     pool_size = 0
     if pending:
-        with progress:
+        from actors.ray_output import ray_output_to
+
+        with ray_output_to(log_path, progress.console), progress:
             pool_size = execute(
                 store, config, pending, progress, failed_errors, unfinished, actors, gpus_per_actor, address
             )
@@ -189,6 +233,7 @@ def _run(manifest, store, config, actors, gpus_per_actor, address, console, live
         elapsed_s=elapsed,
         images_per_s=fresh / elapsed if elapsed > 0 else 0.0,
         actors=pool_size,
+        gpus_per_actor=gpus_per_actor,
         config_fingerprint=record["config_fingerprint"],
         plan_fingerprint=record["plan"]["fingerprint"],
         failed_shard_errors=failed_errors,
@@ -216,8 +261,7 @@ def check_config(config: RunConfig) -> None:
         try:
             RBModSettings.model_validate(config.rbmod)
         except ValidationError as error:
-            problems = "; ".join(f"rbmod.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise ConfigError(problems) from None
+            raise ConfigError(describe_errors(error, RBModSettings, prefix="rbmod.")) from None
 
 
 def plan_run(manifest: str, config: RunConfig):
@@ -389,7 +433,13 @@ def execute(
                 f"{size or 1} actor(s) x {gpus_per_actor} GPU need more than the {cluster_gpus:g} GPUs "
                 "this Ray cluster has; lower --actors or --gpus-per-actor"
             )
-        size = min(size, len(pending))  # an actor without a shard would only load models
+        if size > len(pending):  # an actor without a shard would only load models
+            progress.console.print(
+                f"running {len(pending)} actor(s), not {size}: only {len(pending)} shard(s) left to run "
+                "and an actor without a shard would only load models",
+                highlight=False,
+            )
+            size = len(pending)
         execution = config.execution
         pool = GeneratorPool(
             config.model_dump_json(), store.uri, size, gpus_per_actor, execution.torch_threads
@@ -397,7 +447,9 @@ def execute(
         log.info("pool: %d actors x %g GPU (cluster GPUs: %g)", size, gpus_per_actor, cluster_gpus)
 
         def committed(shard_id: int, result: dict) -> None:
-            progress.shard_done(result["rows"], result["kept"], result["rejected"], result["failed"])
+            progress.shard_done(
+                shard_id, result["rows"], result["kept"], result["rejected"], result["failed"]
+            )
             log.info(
                 "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s",
                 shard_id,
@@ -413,12 +465,12 @@ def execute(
             failed_errors[shard_id] = errors
             commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
             rows = pending[shard_id]
-            progress.shard_done(rows, 0, 0, rows)
+            progress.shard_done(shard_id, rows, 0, 0, rows)
             log.error("shard %d recorded as failed (all %d rows): %s", shard_id, rows, " | ".join(errors))
 
         def event(message: str) -> None:
             log.warning(message)
-            progress.console.print(f"[dim]{message}[/dim]")
+            progress.console.print(message, style="dim", markup=False)
 
         hooks = SchedulerHooks(
             on_committed=committed, on_failed=failed, on_progress=progress.images_in_flight, on_event=event

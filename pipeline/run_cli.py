@@ -30,12 +30,13 @@ def run(
     dedupe: bool = typer.Option(False, "--dedupe", help="Keep the first of rows with the same uid."),
 ) -> None:
     """Generate, score, filter and commit every shard of MANIFEST into OUTPUT; rerun to resume."""
-    from rich.console import Console
+    from rich.markup import escape
 
+    from manifests.cli_format import make_console
     from pipeline.driver import RunRefused, run_job
     from pipeline.run_config import ConfigError, RunConfig
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     overrides = {}
     if preset is not None:
         overrides["preset"] = preset
@@ -58,18 +59,19 @@ def run(
             console=console,
         )
     except (ConfigError, RunRefused) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
     except Exception as error:
         if type(error).__name__ not in _USER_ERRORS:
             raise
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
     if summary.shards_failed:
         console.print(
-            f"[yellow]{summary.shards_failed} shard(s) failed every attempt; their rows are recorded as "
-            f"failed in their shard parquet (see {summary.log_uri})[/yellow]",
-            highlight=False,
+            f"{summary.shards_failed} shard(s) failed every attempt; their rows are recorded as failed in "
+            f"their shard parquet (see {summary.log_uri})",
+            style="yellow",
+            markup=False,
         )
 
 
