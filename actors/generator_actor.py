@@ -63,7 +63,7 @@ class GeneratorActor:
         if config.generator.kind != "fake" or config.scoring.enabled:  # a fake run without scores skips torch
             import torch
 
-            # Ray sets OMP_NUM_THREADS=1 in num_cpus=0 actors; the driver picks a fair share instead.
+            # Ray sets OMP_NUM_THREADS=1 in num_cpus=0 actors; the run config's fixed count instead.
             torch.set_num_threads(torch_threads)
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = device

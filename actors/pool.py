@@ -168,11 +168,11 @@ class GeneratorPool:
         output: str,
         size: int,
         gpus_per_actor: float = 1.0,
-        torch_threads: int | None = None,
+        torch_threads: int = 2,
     ):
         if size < 1:
             raise PoolError("the pool needs at least one actor")
-        threads = torch_threads or max(1, (os.cpu_count() or 1) // size)
+        threads = torch_threads  # never derived from `size`: the thread count changes CPU results
         progress_name = f"stylegen-progress-{uuid.uuid4().hex}"
         # Heartbeats and deadlines live here: pin it to the driver's node, which outlives any GPU node.
         driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image, UnidentifiedImageError
 
+from manifests.input_files import DEFAULT_MAX_INPUT_BYTES, InputFileError, read_local_file, read_s3_object
 from manifests.uris import local_path, split_s3, uri_scheme
 
 MISSING_FILE, UNREADABLE_FILE = "missing-file", "unreadable-file"
@@ -24,28 +25,37 @@ class _S3Reader:
         self._client = None
         self._lock = threading.Lock()
 
-    def read(self, uri: str) -> bytes:
+    def read(self, uri: str, max_bytes: int) -> bytes:
         with self._lock:
             if self._client is None:
                 import boto3
 
                 self._client = boto3.client("s3")  # honours AWS_ENDPOINT_URL and AWS_* credentials
         bucket, key = split_s3(uri)
-        return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return read_s3_object(self._client, bucket, key, max_bytes)
 
 
-def check_image_uris(uris: Iterable[str], workers: int = 16) -> dict[str, tuple[str, str]]:
-    """{uri: (kind, reason)} for every URI that is missing or does not decode as an image."""
+def check_image_uris(
+    uris: Iterable[str], workers: int = 16, max_bytes: int = DEFAULT_MAX_INPUT_BYTES
+) -> dict[str, tuple[str, str]]:
+    """{uri: (kind, reason)} for every URI that is missing, not a regular file or object, over the size
+    limit, or does not decode as an image (see manifests/input_files.py: nothing here blocks)."""
     unique = sorted(set(uris))
     s3 = _S3Reader()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda uri: _check_one(uri, s3), unique)
+        results = pool.map(lambda uri: _check_one(uri, s3, max_bytes), unique)
         return {uri: problem for uri, problem in zip(unique, results, strict=True) if problem is not None}
 
 
-def _check_one(uri: str, s3: _S3Reader) -> tuple[str, str] | None:
+def _check_one(uri: str, s3: _S3Reader, max_bytes: int) -> tuple[str, str] | None:
     try:
-        data = s3.read(uri) if uri_scheme(uri) == "s3" else local_path(uri).read_bytes()
+        data = (
+            s3.read(uri, max_bytes)
+            if uri_scheme(uri) == "s3"
+            else read_local_file(local_path(uri), max_bytes)
+        )
+    except InputFileError as error:
+        return UNREADABLE_FILE, str(error)
     except FileNotFoundError:
         return MISSING_FILE, "file not found"
     except IsADirectoryError:

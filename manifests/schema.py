@@ -24,10 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 UID, ROW, PROMPT, STYLE, CONTENT, ID, SEED = "uid", "row", "prompt", "style", "content", "id", "seed"
+SHARD_ID = "shard_id"  # added by the plan (manifests/plan.py)
 REQUIRED_COLUMNS = (PROMPT, STYLE)
 USER_COLUMNS = (PROMPT, STYLE, CONTENT, ID, SEED)
 CANONICAL_COLUMNS = (UID, ROW, *USER_COLUMNS)
-RESERVED_COLUMNS = (UID, ROW)
+RESERVED_COLUMNS = (UID, ROW, SHARD_ID)  # columns stylegen adds: a manifest may not bring its own
 TEXT_COLUMNS = (PROMPT, STYLE, CONTENT, ID)
 COMPACT_TEXT = pa.dictionary(pa.int32(), pa.string())
 CANONICAL_TYPES = {

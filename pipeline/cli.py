@@ -8,6 +8,7 @@ import typer
 
 from manifests.cli import manifest_app
 from manifests.cli_format import StylegenCommand, StylegenGroup
+from pipeline.dedup import dedup
 from pipeline.demo import demo_command
 from pipeline.report.command import report
 from pipeline.run_cli import run
@@ -47,6 +48,7 @@ for name, command in (
     ("demo", demo_command),
     ("status", status),
     ("select", select),
+    ("dedup", dedup),
     ("report", report),
 ):
     app.command(name, cls=StylegenCommand)(command)

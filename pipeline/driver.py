@@ -31,12 +31,14 @@ from rich.console import Console
 from manifests.cli_format import make_console
 from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
 from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint, describe_errors
-from pipeline.storage.layout import REPORT_KEY, RUN_KEY, SUMMARY_KEY
-from pipeline.worker import PLAN_KEY, commit_failed_shard, package_versions
+from pipeline.storage.layout import PLAN_KEY, REPORT_KEY, RUN_KEY, SUMMARY_KEY
+from pipeline.storage.layout import log_key as run_log_key
+from pipeline.worker import commit_failed_shard, package_versions
 
 log = logging.getLogger("stylegen.driver")
 
-RUN_FORMAT = "stylegen-run/1"
+RUN_FORMAT = "stylegen-run/2"  # 2: shard parquets under metadata/, models in run.json, captions
+READABLE_FORMATS = (RUN_FORMAT, "stylegen-run/1")  # a format-1 output resumes in its own layout
 
 
 class RunRefused(RuntimeError):
@@ -88,20 +90,44 @@ def run_job(
     fractional; address: an existing Ray cluster (else RAY_ADDRESS, else a local instance; an already
     initialized Ray is reused and left running); restart: delete the output's objects first;
     live: draw the progress bar (default: when the console is a terminal)."""
-    from pipeline.storage import open_store
+    from pipeline.storage import StorageError, open_store
+    from pipeline.storage.local import os_error_message
 
     console = console or make_console(stderr=True)
     started = time.monotonic()
-    check_config(config)
+    # Everything that can refuse the run happens before anything is written or Ray starts.
+    # Local model folders are checked here when the actors run on this machine (a cluster's nodes may
+    # hold folders the driver's machine does not; there the actors report them).
+    remote = bool(address) or os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
+    check_config(config, local_models=not remote)
     store = open_store(output, **config.storage)
-    if restart:
-        clear_output(store)
-    log_key = f"logs/run-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}.log"
+    plan, record = plan_run(manifest, config)
+    prior = prepare_output(store, record, restart)
+    if prior is None:  # run.json first: from then on the output is provably ours
+        store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    if prior is None or not store.exists(PLAN_KEY):  # also after a crash between the two
+        write_plan(store, plan)
+    log_key = run_log_key(datetime.now(timezone.utc))
     log_path = _local_log_path(store, log_key)
-    handler = open_run_log(log_path)
+    try:
+        handler = open_run_log(log_path)
+    except OSError as error:
+        raise StorageError(os_error_message(error, log_path)) from None
     try:
         summary = _run(
-            manifest, store, config, actors, gpus_per_actor, address, console, live, started, log_path
+            manifest,
+            store,
+            config,
+            plan,
+            record,
+            prior,
+            actors,
+            gpus_per_actor,
+            address,
+            console,
+            live,
+            started,
+            log_path,
         )
         summary.log_uri = store.url(log_key)
         if not summary.shards_committed and summary.shards_resumed >= summary.shards_planned:
@@ -128,6 +154,25 @@ def run_job(
                 log_path.unlink(missing_ok=True)
             except Exception as error:  # never let the log upload hide why the run stopped
                 console.print(f"warning: the run log stays at {log_path}: upload failed ({error})")
+
+
+def prepare_output(store, record: dict[str, Any], restart: bool) -> dict[str, Any] | None:
+    """The output's earlier run record when this run resumes it, else None (a new run). Refuses a
+    different run, and any output that no stylegen run record proves is ours: --restart deletes only
+    such an output's own files, and a new run only starts in an empty folder or prefix."""
+    if restart:
+        clear_output(store)
+        return None
+    prior = read_run_record(store)
+    if prior is None:
+        if store.list(""):
+            raise RunRefused(
+                f"{store.uri} is not empty and has no {RUN_KEY}: it is not a stylegen output, and a run "
+                "could overwrite its files; choose an empty or new --output"
+            )
+        return None
+    ensure_same_run(prior, record, store.uri)
+    return prior
 
 
 def write_run_report(store, summary: RunSummary | None = None) -> str | None:
@@ -157,16 +202,17 @@ def nothing_to_do(summary: RunSummary) -> str:
 def failed_rows_note(store, summary: RunSummary, top: int = 3) -> str:
     """The most frequent reasons rows failed, and where every failed row is listed."""
     from pipeline.report.data import failure_reasons
-    from pipeline.storage.layout import table_key
+    from pipeline.storage.layout import table_key_of
 
     markers = store.committed_shards()
-    with_failures = sorted(s for s, m in markers.items() if int(m.summary.get("failed", 0)))
+    with_failures = {s: m for s, m in sorted(markers.items()) if int(m.summary.get("failed", 0))}
     reasons = failure_reasons(store, with_failures)
     lines = [f"{summary.failed} row(s) failed; most frequent reasons:"]
     lines += [f"  {count} x {reason}" for reason, count in reasons[:top]]
     if len(reasons) > top:
         lines.append(f"  ... and {len(reasons) - top} more reason(s)")
-    where = store.url(table_key(with_failures[0])) if with_failures else "the shard parquets"
+    first = next(iter(with_failures), None)
+    where = "-" if first is None else store.url(table_key_of(first, with_failures[first].files))
     lines.append(
         f"every failed row with its reason: status 'failed' in the shard parquets (e.g. {where}) and the "
         f"report's Failed rows ({summary.report_uri or 'stylegen report'})"
@@ -175,19 +221,25 @@ def failed_rows_note(store, summary: RunSummary, top: int = 3) -> str:
 
 
 def _run(
-    manifest, store, config, actors, gpus_per_actor, address, console, live, started, log_path
+    manifest,
+    store,
+    config,
+    plan,
+    record,
+    prior,
+    actors,
+    gpus_per_actor,
+    address,
+    console,
+    live,
+    started,
+    log_path,
 ) -> RunSummary:
-    plan, record = plan_run(manifest, config)
     log.info(
         "run %s -> %s: %d rows in %d shards", manifest, store.uri, record["manifest"]["rows"], plan.num_shards
     )
-    prior = read_run_record(store)
     if prior is not None:
-        ensure_same_run(prior, record, store.uri)
         log.info("resuming: run.json matches (config %s)", record["config_fingerprint"][:12])
-    else:
-        write_plan(store, plan)
-        store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
     sizes = dict(enumerate(plan.shard_sizes))
     done = store.committed_shards()
@@ -243,16 +295,23 @@ def _run(
 # --- planning and run.json -------------------------------------------------------------------------
 
 
-def check_config(config: RunConfig) -> None:
-    """Catch bad filter rules and sampler settings here, before any actor loads a model."""
+def check_config(config: RunConfig, *, local_models: bool = False) -> None:
+    """Every mistake a config can hold, found here: before anything is written, Ray starts or an actor
+    loads a model (bad filter rules, sampler settings, scoring options; with `local_models`, that the
+    local model folders and CSD file exist). Preset names and model_paths keys are RunConfig's checks."""
     from pydantic import ValidationError
 
+    from pipeline.scoring.registry import ScorerError, resolve_scorers
+
+    try:  # every scorer named must be installed, whether or not scoring is enabled (the schema lists them)
+        scorers = resolve_scorers(config.scoring.scorers)
+    except ScorerError as error:
+        raise ConfigError(f"scoring.scorers: {error}") from None
     if config.scoring.filters:
         from pipeline.scoring.rules import FilterRules, RuleError
-        from pipeline.scoring.scorer import SCORE_NAMES
 
         try:
-            FilterRules.parse(list(config.scoring.filters), set(SCORE_NAMES))
+            FilterRules.parse(list(config.scoring.filters), set(scorers.scores))
         except RuleError as error:
             raise ConfigError(f"scoring.filters: {error}") from None
     if config.generator.kind == "rbmod" and config.rbmod:
@@ -262,6 +321,69 @@ def check_config(config: RunConfig) -> None:
             RBModSettings.model_validate(config.rbmod)
         except ValidationError as error:
             raise ConfigError(describe_errors(error, RBModSettings, prefix="rbmod.")) from None
+    if config.scoring.enabled:
+        _check_scoring(config)
+    if config.generator.kind == "rbmod" and local_models:
+        _check_model_paths(config.model_paths)
+
+
+def _check_scoring(config: RunConfig) -> None:
+    from pydantic import ValidationError
+
+    from pipeline.scoring.models import PRESETS, ScoringConfig
+
+    preset = config.scoring.preset or config.preset
+    if preset not in PRESETS:
+        raise ConfigError(
+            f"scoring.preset: unknown scoring preset {preset!r}; expected one of {', '.join(PRESETS)}"
+        )
+    known = sorted(ScoringConfig.model_fields)
+    unknown = sorted(set(config.scoring.options) - set(known))
+    if unknown:
+        raise ConfigError(f"scoring.options: unknown option(s) {unknown}; expected some of {known}")
+    try:
+        ScoringConfig.model_validate({"clip_model": "-", "dino_model": "-", **config.scoring.options})
+    except ValidationError as error:
+        raise ConfigError(_problems("scoring.options", error, ScoringConfig)) from None
+
+
+def _check_model_paths(paths: dict[str, str]) -> None:
+    """Local model folders (and the CSD file) must exist here; hub ids are resolved by the actors."""
+    from pipeline.models import is_local_source
+
+    for key in ("prior", "decoder", "csd"):
+        source = paths.get(key)
+        if source and is_local_source(source) and not Path(source).expanduser().exists():
+            kind = "file" if key == "csd" else "folder"
+            raise ConfigError(
+                f"model_paths.{key}: local {kind} {source} does not exist (a hub id reads 'org/name')"
+            )
+
+
+def _problems(section: str, error, model) -> str:
+    return describe_errors(error, model, prefix=f"{section}.")
+
+
+def check_caption(config: RunConfig, columns: list[str]) -> None:
+    """The caption template's {extra.NAME} fields must be columns of this manifest."""
+    from pipeline.captions import CaptionError, check_template, extra_columns
+
+    try:
+        check_template(config.caption.template, extra_columns(columns))
+    except CaptionError as error:
+        raise ConfigError(str(error)) from None
+
+
+def record_models(store, models: dict[str, Any], known: set[str]) -> None:
+    """Add the models a worker reports ({fingerprint: description}) to run.json's `models`, once each:
+    the samples carry only the fingerprint."""
+    new = {fingerprint: info for fingerprint, info in models.items() if fingerprint not in known}
+    if not new:
+        return
+    record = read_run_record(store) or {}
+    record["models"] = {**(record.get("models") or {}), **new}
+    store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    known.update(new)
 
 
 def plan_run(manifest: str, config: RunConfig):
@@ -272,6 +394,7 @@ def plan_run(manifest: str, config: RunConfig):
     from manifests.read import read_manifest
 
     table = read_manifest(manifest)
+    check_caption(config, table.column_names)
     plan = make_plan(table, config.shard_size, order=config.plan_order, dedupe=config.dedupe)
     if plan.dropped_rows:
         log.warning(
@@ -315,13 +438,14 @@ def read_run_record(store) -> dict[str, Any] | None:
 
 
 _NOT_RESUMABLE = (
-    "this output cannot be resumed: rerun with --restart to start over, or choose another --output"
+    "it is not a stylegen run record, so this output can be neither resumed nor deleted by --restart; "
+    "choose another --output"
 )
 
 
 def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) -> None:
     """Refuse to resume a different run, naming exactly what changed."""
-    if prior.get("format") != RUN_FORMAT:
+    if prior.get("format") not in READABLE_FORMATS:
         raise RunRefused(
             f"{output} holds a run.json of another kind (format {prior.get('format')!r}, "
             f"not {RUN_FORMAT!r}); choose another --output"
@@ -334,8 +458,9 @@ def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) 
             f"{new_manifest['fingerprint'][:16]} (rows {old_manifest['rows']} -> {new_manifest['rows']}; "
             f"was {old_manifest['uri']}, now {new_manifest['uri']})"
         )
-    if config_fingerprint(prior["config"]) != record["config_fingerprint"]:
-        changes = changed_keys(prior["config"], record["config"])
+    prior_config = with_defaults(prior["config"])
+    if config_fingerprint(prior_config) != record["config_fingerprint"]:
+        changes = changed_keys(prior_config, record["config"])
         problems.append("the config changed: " + "; ".join(changes))
     if not problems and prior["plan"]["fingerprint"] != record["plan"]["fingerprint"]:
         problems.append(
@@ -348,6 +473,15 @@ def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) 
             + " and ".join(problems)
             + ". Rerun with --restart to delete it and start over, or choose another --output."
         )
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the defaults of keys added since it was written (a key this version added, at
+    its default, changes nothing); the stored dict itself when it no longer validates."""
+    try:
+        return RunConfig.model_validate(config).to_dict()
+    except Exception:  # noqa: BLE001 - compared as stored; the differences get named
+        return config
 
 
 def finalize(store, unfinished: list[tuple[int, str]], since_s: float) -> None:
@@ -377,17 +511,41 @@ def write_plan(store, plan) -> None:
         store.put_file(PLAN_KEY, plan.write(folder))
 
 
+def is_run_record(record: Any) -> bool:
+    """Whether `record` is a run.json that `stylegen run` wrote (its format and its fields)."""
+    if not isinstance(record, dict) or record.get("format") not in READABLE_FORMATS:
+        return False
+    manifest, plan = record.get("manifest"), record.get("plan")
+    return (
+        isinstance(manifest, dict)
+        and {"fingerprint", "rows"} <= manifest.keys()
+        and isinstance(plan, dict)
+        and {"fingerprint", "shards"} <= plan.keys()
+        and isinstance(record.get("config"), dict)
+        and isinstance(record.get("config_fingerprint"), str)
+    )
+
+
 def clear_output(store) -> None:
-    """--restart: delete every object of the old run, refusing anything that is not a stylegen output."""
+    """--restart: delete the old run's own files (the keys `stylegen run` writes), and only when its
+    run.json is a stylegen run record; any other file under the output stays."""
+    from pipeline.storage.layout import is_run_output_key
+
     objects = store.list("")
     if not objects:
         return
-    if not store.exists(RUN_KEY):
+    try:
+        record = read_run_record(store)
+    except RunRefused:
+        record = None
+    if not is_run_record(record):
         raise RunRefused(
-            f"--restart would delete {len(objects)} objects under {store.uri}, but it has no {RUN_KEY}: "
-            "it does not look like a stylegen output, so nothing was deleted"
+            f"--restart deletes only a stylegen run, but {store.url(RUN_KEY)} is not a stylegen run record "
+            f"(or is missing), so nothing under {store.uri} was deleted; choose another --output"
         )
-    store.delete([info.key for info in objects])
+    ours = [info.key for info in objects if is_run_output_key(info.key) and info.key != RUN_KEY]
+    store.delete(ours)
+    store.delete([RUN_KEY])  # last: an interrupted restart can still be restarted
     store.abort_stale_multipart_uploads(older_than=timedelta(0))
 
 
@@ -418,6 +576,7 @@ def execute(
         start_ray,
     )
 
+    known_models = set((read_run_record(store) or {}).get("models") or {})
     local_gpus = None
     if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         # Logical GPUs on a CPU machine, so the same scheduling code runs everywhere.
@@ -447,6 +606,7 @@ def execute(
         log.info("pool: %d actors x %g GPU (cluster GPUs: %g)", size, gpus_per_actor, cluster_gpus)
 
         def committed(shard_id: int, result: dict) -> None:
+            record_models(store, result.get("models") or {}, known_models)
             progress.shard_done(
                 shard_id, result["rows"], result["kept"], result["rejected"], result["failed"]
             )

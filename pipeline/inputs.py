@@ -4,7 +4,8 @@ A shard usually repeats a handful of style images, so decoded images are kept in
 keyed by URI (the same PIL object comes back, which also lets the generator's per-style cache hit).
 `InputLoader.prefetch(rows)` starts loading a batch's images on background threads and returns at
 once; the worker calls it for batch i+1 before generating batch i, so decoding hides behind the GPU.
-A bad input (missing file, undecodable bytes) becomes an error for that row only.
+A bad input (missing file, undecodable bytes, a FIFO or device, a file over the size limit) becomes an
+error for that row only, at once: see manifests/input_files.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
+from manifests.input_files import DEFAULT_MAX_INPUT_BYTES, InputFileError, read_local_file, read_s3_object
 from manifests.uris import local_path, split_s3, uri_scheme
 
 
@@ -32,14 +34,17 @@ class RowInputs:
     error: str | None = None  # "style: <why>" / "content: <why>" when the row cannot run
 
 
-def read_bytes(uri: str) -> bytes:
-    """The raw bytes behind a local path, file:// or s3:// URI."""
+def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> bytes:
+    """The raw bytes behind a local path, file:// or s3:// URI: a regular file or an object of at most
+    `max_bytes`, else InputError at once (never blocks on a FIFO, never reads a device)."""
     scheme = uri_scheme(uri)
     try:
         if scheme in ("", "file"):
-            return local_path(uri).read_bytes()
+            return read_local_file(local_path(uri), max_bytes)
         if scheme == "s3":
-            return _read_s3(*split_s3(uri))
+            return _read_s3(*split_s3(uri), max_bytes)
+    except InputFileError as error:
+        raise InputError(f"{uri}: {error}") from None
     except FileNotFoundError:
         raise InputError(f"{uri}: file not found") from None
     except IsADirectoryError:
@@ -65,8 +70,11 @@ def decode_image(data: bytes, uri: str) -> Image.Image:
 class InputLoader:
     """Per-process image cache plus a thread pool that loads a batch's inputs ahead of time."""
 
-    def __init__(self, max_cached_images: int = 128, threads: int = 8):
+    def __init__(
+        self, max_cached_images: int = 128, threads: int = 8, max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    ):
         self.max_cached_images = max_cached_images
+        self.max_input_bytes = max_input_bytes
         self._cache: OrderedDict[str, Future] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inputs")
@@ -93,7 +101,7 @@ class InputLoader:
         with self._lock:
             self.reads += 1
         try:
-            return decode_image(read_bytes(uri), uri)
+            return decode_image(read_bytes(uri, self.max_input_bytes), uri)
         except InputError:
             raise
         except Exception as error:  # e.g. a NUL byte in a path, a bucket name boto3 refuses: this row only
@@ -140,11 +148,11 @@ _s3_client = None
 _s3_lock = threading.Lock()
 
 
-def _read_s3(bucket: str, key: str) -> bytes:
+def _read_s3(bucket: str, key: str, max_bytes: int) -> bytes:
     from botocore.exceptions import ClientError
 
     try:
-        return _client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return read_s3_object(_client(), bucket, key, max_bytes)
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NotFound"):

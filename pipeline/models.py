@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 PRIOR_REPO = "stabilityai/stable-cascade-prior"
 DECODER_REPO = "stabilityai/stable-cascade"
 TINY_SEED = 20240527
+# The official `StageA.decode` multiplies by 0.43; diffusers' PaellaVQModel defaults to 0.3764 and a
+# loaded vqgan config may carry either, so the preset sets it explicitly (warned about when they differ).
+OFFICIAL_STAGE_A_SCALE = 0.43
 TINY_FORMAT = 3  # bump when the tiny builder changes what it writes
+PRESET_NAMES = ("tiny", "stable-cascade")
 PATH_KEYS = {
     "prior",
     "prior_revision",
@@ -75,6 +79,7 @@ class PresetConfig(BaseModel):
     stage_b_latent_scale: float = 10.67
     stage_b_steps: int = 10
     stage_b_guidance_scale: float = 1.1
+    stage_a_scale_factor: float = OFFICIAL_STAGE_A_SCALE  # latent x this before Stage A decodes it
     components: dict[str, dict[str, Any]] = {}  # filled by the loader: source, revision, resolved commit
 
 
@@ -120,20 +125,21 @@ def load_preset(
     elif name == "stable-cascade":
         base = PresetConfig(name="stable-cascade", csd=os.environ.get("STYLEGEN_CSD") or None)
     else:
-        raise PresetError(f"unknown preset {name!r}; expected 'tiny' or 'stable-cascade'")
+        raise PresetError(f"unknown preset {name!r}; expected one of {', '.join(map(repr, PRESET_NAMES))}")
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in paths.items()}
     fields = {**base.model_dump(), **overrides}
     fields["descriptor"] = "csd" if fields["csd"] else "clip"
     return load_models(PresetConfig.model_validate(fields), device=device)
 
 
-def _is_local(source: str) -> bool:
+def is_local_source(source: str) -> bool:
+    """A local folder or file rather than a hub id ('org/name')."""
     return source.startswith(("/", ".", "~")) or os.path.exists(source) or source.count("/") != 1
 
 
 def _locate(source: str, relpath: str, revision: str | None, component: str) -> tuple[str, str | None]:
     """Check that `relpath` exists under `source` (folder or hub repo) -> (local file path, commit)."""
-    if _is_local(source):
+    if is_local_source(source):
         path = Path(source).expanduser() / relpath
         if not path.exists():
             raise PresetError(f"{component}: {path} not found (source folder {source!r})")
@@ -157,7 +163,7 @@ def _locate(source: str, relpath: str, revision: str | None, component: str) -> 
 
 def _pick_variant(source: str, subfolder: str, variant: str | None) -> str | None:
     """Local folders may hold only plain weight files (e.g. tiny, or an fp32 copy): use those."""
-    if variant is None or not _is_local(source):
+    if variant is None or not is_local_source(source):
         return variant
     folder = Path(source).expanduser() / subfolder
     return variant if any(f".{variant}." in p.name for p in folder.iterdir()) else None
@@ -294,12 +300,30 @@ def _load_components(config: PresetConfig, files: dict, device, dtype) -> Models
         decoder_tokenizer=tokenizer(dec_src, dr, "decoder_tokenizer"),
         decoder_text_encoder=frozen(hf_model(CLIPTextModelWithProjection, dec_src, "text_encoder", dr)),
         vqgan=frozen(
-            PaellaVQModel.from_pretrained(
-                dec_src, subfolder="vqgan", revision=dr, torch_dtype=dtype, use_safetensors=True
+            _check_stage_a_scale(
+                PaellaVQModel.from_pretrained(
+                    dec_src, subfolder="vqgan", revision=dr, torch_dtype=dtype, use_safetensors=True
+                ),
+                config,
             )
         ),
         config=config,
     )
+
+
+def _check_stage_a_scale(vqgan, config: PresetConfig):
+    """The decode uses `config.stage_a_scale_factor`, never the vqgan config's: say so when they differ."""
+    loaded = float(vqgan.config.scale_factor)
+    if abs(loaded - config.stage_a_scale_factor) > 1e-6:
+        log.warning(
+            "vqgan config of %r has scale_factor %g; decoding uses the preset's stage_a_scale_factor %g "
+            "(the official StageA's value is %g)",
+            config.decoder,
+            loaded,
+            config.stage_a_scale_factor,
+            OFFICIAL_STAGE_A_SCALE,
+        )
+    return vqgan
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -367,7 +391,14 @@ def tiny_specs() -> dict:
             switch_level=None,
             dropout=[0.0, 0.0],
         ),
-        "vqgan": dict(levels=2, bottleneck_blocks=1, embed_dim=16, latent_channels=4, num_vq_embeddings=16),
+        "vqgan": dict(
+            levels=2,
+            bottleneck_blocks=1,
+            embed_dim=16,
+            latent_channels=4,
+            num_vq_embeddings=16,
+            scale_factor=OFFICIAL_STAGE_A_SCALE,
+        ),
         "effnet": effnet.to_dict(),
         "previewer": dict(c_in=16, c_hidden=32, c_out=3),
         "csd": dict(width=64, layers=2, patch=8, image_size=32, mlp_width=256, embed_dim=32),

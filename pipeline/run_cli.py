@@ -61,6 +61,12 @@ def run(
     except (ConfigError, RunRefused) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
+    except OSError as error:  # the local filesystem (full, read-only, ...): one line, never a traceback
+        from pipeline.storage.local import os_error_message
+
+        message = os_error_message(error, error.filename or output)
+        console.print(f"[red]error:[/red] {message}", highlight=False)
+        raise typer.Exit(1) from None
     except Exception as error:
         if type(error).__name__ not in _USER_ERRORS:
             raise

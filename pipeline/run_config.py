@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.scoring.registry import DEFAULT_SCORERS
 from pipeline.storage.s3 import looks_like_credential
 
 # Keys (dotted paths) that never change the output: left out of the fingerprint.
@@ -38,7 +40,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a mistaken credential in a config must not be echoed in an error.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class FakeGeneratorConfig(_Section):
@@ -63,6 +66,8 @@ class GeneratorConfig(_Section):
 class ScoringSection(_Section):
     enabled: bool = True
     preset: str | None = None  # scoring models: "tiny" | "real"; default follows the run's preset
+    # built-in or third-party (entry-point group stylegen.scorers) scorers; see pipeline.scoring.registry
+    scorers: tuple[str, ...] = DEFAULT_SCORERS
     options: dict[str, Any] = {}  # overrides of pipeline.scoring's ScoringConfig fields
     filters: tuple[str, ...] = ()  # e.g. "clip_t >= 0.25"; all must pass
 
@@ -70,12 +75,27 @@ class ScoringSection(_Section):
     def _filters_need_scores(self) -> ScoringSection:
         if self.filters and not self.enabled:
             raise ValueError("filters need scores: set scoring.enabled to true or remove scoring.filters")
+        if "scorers" in self.options:
+            raise ValueError("name the scorers in scoring.scorers, not scoring.options.scorers")
         return self
 
 
 class ImageSection(_Section):
     format: Literal["png", "jpg", "webp"] = "png"
     quality: int = Field(95, ge=1, le=100)
+
+
+class CaptionSection(_Section):
+    """Each sample's `{uid}.txt` (pipeline.captions): the prompt, or a template over the row's fields."""
+
+    template: str = "{prompt}"  # e.g. "{prompt}, in the style of {extra.artist}"
+
+    @field_validator("template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        from pipeline.captions import check_template
+
+        return check_template(value)  # extras are checked against the manifest when it is read
 
 
 class ExecutionSection(_Section):
@@ -88,7 +108,10 @@ class ExecutionSection(_Section):
     min_deadline_s: float = Field(120.0, gt=0)  # floor once per-image times are known
     actor_start_timeout_s: float = Field(900.0, gt=0)  # an actor with work that never starts it
     upload_queue_shards: int = Field(1, ge=1, le=4)  # finished shards waiting for upload, per actor
-    torch_threads: int | None = Field(None, ge=1)
+    # Fixed, not derived from the pool size: on CPU, torch rounds differently with another thread count,
+    # so a run with 1 actor and one with 2 would otherwise make different images.
+    torch_threads: int = Field(2, ge=1)
+    max_input_mib: int = Field(256, ge=1)  # a style/content file or object over this fails its row unread
 
 
 class RunConfig(_Section):
@@ -98,6 +121,7 @@ class RunConfig(_Section):
     rbmod: dict[str, Any] = {}  # overrides of RBModSettings fields
     scoring: ScoringSection = ScoringSection()
     image: ImageSection = ImageSection()
+    caption: CaptionSection = CaptionSection()
     keep_rejected: bool = False
     shard_size: int = Field(64, ge=1)
     plan_order: Literal["style", "uid"] = "style"
@@ -106,15 +130,33 @@ class RunConfig(_Section):
     execution: ExecutionSection = ExecutionSection()
     storage: dict[str, Any] = {}  # options for pipeline.storage.open_store (endpoint, addressing, ...)
 
-    @field_validator("storage")
+    @model_validator(mode="before")
     @classmethod
-    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
-            if looks_like_credential(key):  # refused here too, so none ever reaches run.json
-                raise ValueError(
-                    f"storage.{key} looks like a credential; credentials come only from the AWS "
-                    "environment/credential chain and are never stored in the config or run.json"
-                )
+    def _no_credentials(cls, data: Any) -> Any:
+        """Refused here, before anything else, so no credential ever reaches run.json or a log."""
+        if problem := credential_problem(data):
+            raise ValueError(problem)
+        return data
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from pipeline.models import PRESET_NAMES
+
+        if value not in PRESET_NAMES:
+            raise ValueError(
+                f"unknown preset {value!r}; expected one of {', '.join(map(repr, PRESET_NAMES))}"
+            )
+        return value
+
+    @field_validator("model_paths")
+    @classmethod
+    def _known_path_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        from pipeline.models import PATH_KEYS
+
+        unknown = sorted(set(value) - PATH_KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; expected some of {sorted(PATH_KEYS)}")
         return value
 
     # --- loading ---------------------------------------------------------------------------------
@@ -231,6 +273,37 @@ def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
             return []
         model = annotation
     return list(model.model_fields)
+
+
+# --- credentials ---------------------------------------------------------------------------------
+
+_USER_INFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@")  # scheme://user[:password]@host
+
+
+def credential_problem(data: Any, prefix: str = "") -> str | None:
+    """Why a raw config holds a credential (a credential-named key, or user info in a URL), naming
+    the key but never the value; None when it holds none. Walks every mapping and list."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            dotted = f"{prefix}{key}"
+            if looks_like_credential(key):
+                return (
+                    f"{dotted} looks like a credential; credentials come only from the environment "
+                    "(the AWS credential chain, the Hugging Face login) and are never stored in the config "
+                    "or run.json"
+                )
+            if problem := credential_problem(value, f"{dotted}."):
+                return problem
+    elif isinstance(data, list | tuple):
+        for index, value in enumerate(data):
+            if problem := credential_problem(value, f"{prefix}{index}."):
+                return problem
+    elif isinstance(data, str) and _USER_INFO.match(data.strip()):
+        return (
+            f"{prefix.rstrip('.')} holds a URL with a user name or password (user:password@host); "
+            "remove it: credentials come only from the environment and are never stored"
+        )
+    return None
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import json
 import tempfile
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -35,11 +35,11 @@ from typing import Any
 
 import typer
 
+from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
 from pipeline.storage.layout import PLAN_KEY, RUN_KEY
 
-SELECT_FORMAT = "stylegen-select/1"
+SELECT_FORMAT = "stylegen-select/2"  # /1: the same, shard parquets under shards/
 DEFAULT_SHARD_SIZE = 64
-SCORE_PREFIX, TIME_PREFIX = "score_", "time_"
 _CORE_COLUMNS = ("uid", "shard_id", "status", "reason")
 
 
@@ -106,14 +106,8 @@ def select_output(
     import pyarrow as pa
 
     from pipeline.scoring.select_plan import select_uids
-    from pipeline.storage import open_store
 
-    source_store, output_store = open_store(source), open_store(output)
-    _refuse_overlap(source_store.uri, output_store.uri)
-    source_run = _read_json(source_store, RUN_KEY, "the source has no run.json: is it a stylegen output?")
-    markers = source_store.committed_shards()
-    _refuse_unfinished(source_store, markers, allow_partial)
-
+    source_store, output_store, source_run, markers = open_source(source, output, allow_partial)
     # Only the columns the choice needs; each new shard re-reads its few source parquets in full.
     rows, schema = read_shard_tables(source_store, markers, keep=_selection_column)
     rows = _with_status(rows, "kept")
@@ -126,6 +120,48 @@ def select_output(
     chosen = select_uids(
         pa.table(candidates), selection.score, top=selection.top, minimum=selection.minimum, per=selection.per
     )
+    return write_subset(
+        source_store,
+        output_store,
+        source_run,
+        markers,
+        rows.select(["uid", "shard_id"]),
+        schema,
+        chosen,
+        selection.to_dict(),
+        shard_size=shard_size,
+        workers=workers,
+    )
+
+
+def open_source(source: str, output: str, allow_partial: bool):
+    """(source store, output store, source run.json, source markers) for a derived dataset, after the
+    checks every derived dataset needs: distinct locations, a stylegen source, finished unless allowed."""
+    from pipeline.storage import open_store
+
+    source_store, output_store = open_store(source), open_store(output)
+    _refuse_overlap(source_store.uri, output_store.uri)
+    source_run = _read_json(source_store, RUN_KEY, "the source has no run.json: is it a stylegen output?")
+    markers = source_store.committed_shards()
+    _refuse_unfinished(source_store, markers, allow_partial)
+    return source_store, output_store, source_run, markers
+
+
+def write_subset(
+    source_store,
+    output_store,
+    source_run: dict[str, Any],
+    markers: dict,
+    rows,
+    schema,
+    chosen: list[str],
+    selection: dict[str, Any],
+    *,
+    shard_size: int | None = None,
+    workers: int = 4,
+) -> SelectSummary:
+    """Write the `chosen` uids of the source's kept `rows` (uid, shard_id) to fresh shards of the output,
+    recording `selection` (what chose them) in its run.json; resumes an identical earlier write."""
     shard_size = shard_size or _source_shard_size(source_run)
     if shard_size < 1:
         raise SelectError(f"--shard-size must be at least 1, got {shard_size}")
@@ -135,7 +171,7 @@ def select_output(
     record = selection_record(
         source_store, source_run, markers, selection, shard_size, rows.num_rows, selected
     )
-    _start_or_resume(output_store, record)
+    legacy = _start_or_resume(output_store, record)
     if not output_store.exists(PLAN_KEY):
         write_selection_plan(source_store, output_store, selected, record)
 
@@ -144,7 +180,7 @@ def select_output(
 
     def write_one(shard_id: int) -> None:
         members = selected.slice(shard_id * shard_size, shard_size)
-        write_selected_shard(source_store, output_store, shard_id, members, schema)
+        write_selected_shard(source_store, output_store, shard_id, members, schema, markers, legacy)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(write_one, todo))  # re-raises the first shard's error
@@ -228,16 +264,17 @@ def _source_shard_size(run: dict[str, Any]) -> int:
 # --- reading the source ------------------------------------------------------------------------------
 
 
-def read_shard_tables(store, shard_ids: Iterable[int], *, keep=None, threads: int = 16):
-    """The committed shard parquets as one table (columns missing from some shards are null there),
-    and the unified schema of all their columns. `keep(name)` limits the columns read."""
+def read_shard_tables(store, markers: Mapping[int, Any], *, keep=None, threads: int = 16):
+    """The committed shard parquets (`markers`: shard id -> commit marker) as one table (columns missing
+    from some shards are null there), and the unified schema of all their columns. `keep(name)` limits
+    the columns read. Each parquet's key comes from its marker, so either layout reads the same."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.storage.layout import table_key
+    from pipeline.storage.layout import table_key_of
 
     def read(shard_id: int) -> tuple[pa.Table, pa.Schema]:
-        key = table_key(shard_id)
+        key = table_key_of(shard_id, markers[shard_id].files)
         try:
             parquet = pq.ParquetFile(io.BytesIO(store.get_bytes(key)))
             names = [name for name in parquet.schema_arrow.names if keep is None or keep(name)]
@@ -246,7 +283,7 @@ def read_shard_tables(store, shard_ids: Iterable[int], *, keep=None, threads: in
             raise SelectError(f"{store.url(key)} is not a readable parquet file: {error}") from None
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = list(pool.map(read, sorted(shard_ids)))
+        parts = list(pool.map(read, sorted(markers)))
     if not parts:
         empty = pa.schema([("uid", pa.string()), ("shard_id", pa.int64()), ("status", pa.string())])
         return empty.empty_table(), empty
@@ -322,7 +359,7 @@ def selection_record(source_store, source_run, markers, selection, shard_size, s
         "shards_committed": len(markers),
         "shards_planned": planned_counts(source_store)[0],
     }
-    identity = {"source": source, "selection": selection.to_dict(), "shard_size": shard_size}
+    identity = {"source": source, "selection": selection, "shard_size": shard_size}
     fingerprint = hashlib.sha256(_canonical(identity).encode()).hexdigest()
     count, shards = selected.num_rows, -(-selected.num_rows // shard_size)
     return {
@@ -340,19 +377,21 @@ def selection_record(source_store, source_run, markers, selection, shard_size, s
     }
 
 
-def _start_or_resume(store, record: dict[str, Any]) -> None:
-    """Write run.json into an empty output; accept an output holding this very selection; refuse the rest."""
+def _start_or_resume(store, record: dict[str, Any]) -> bool:
+    """Write run.json into an empty output; accept an output holding this very selection; refuse the rest.
+    Returns whether the output is of format 1 (its shard parquets go under shards/)."""
     from pipeline.storage import ObjectNotFound
+    from pipeline.storage.layout import uses_legacy_layout
 
     objects = store.list("")
     if not objects:
         store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-        return
+        return False
     try:
         prior = json.loads(store.get_bytes(RUN_KEY))
     except (ObjectNotFound, ValueError):
         prior = None
-    if not isinstance(prior, dict) or prior.get("format") != SELECT_FORMAT:
+    if not isinstance(prior, dict) or prior.get("format") not in (SELECT_FORMAT, "stylegen-select/1"):
         raise SelectError(
             f"{store.uri} already holds {len(objects)} objects and is not a selection output; "
             "choose an empty or new location for -o"
@@ -370,6 +409,7 @@ def _start_or_resume(store, record: dict[str, Any]) -> None:
             f"{store.uri} holds a different selection ({'; '.join(differences)}); "
             "choose another -o, or delete it to start over"
         )
+    return uses_legacy_layout(prior)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -422,9 +462,12 @@ def write_selection_plan(source_store, output_store, selected, record: dict[str,
 # --- one new shard ----------------------------------------------------------------------------------
 
 
-def write_selected_shard(source_store, output_store, shard_id: int, members, schema) -> None:
+def write_selected_shard(
+    source_store, output_store, shard_id: int, members, schema, markers, legacy: bool = False
+) -> None:
     """Copy one new shard's samples (`members`: shard_id, uid of the source) out of the source tars,
-    write its tar + parquet (rows from the source parquets, all columns) and commit it."""
+    write its tar + parquet (rows from the source parquets, all columns) and commit it. `markers`: the
+    source's commit markers (they name each source shard's files); `legacy`: the output is of format 1."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -442,7 +485,7 @@ def write_selected_shard(source_store, output_store, shard_id: int, members, sch
     for source_shard, uids in sorted(wanted.items()):
         key = tar_key(source_shard)
         found = read_tar_samples(source_store, key, uids)
-        table, _ = read_shard_tables(source_store, [source_shard], threads=1)
+        table, _ = read_shard_tables(source_store, {source_shard: markers[source_shard]}, threads=1)
         table = table.filter(pc.is_in(table.column("uid"), value_set=pa.array(uids, pa.string())))
         by_uid = {row["uid"]: row for row in table.to_pylist()}
         for uid in uids:
@@ -454,7 +497,12 @@ def write_selected_shard(source_store, output_store, shard_id: int, members, sch
         stats = write_shard_table(rows, table_path, shard_id, _meta_schema(schema))
         summary = {**stats.counts(), "source_shards": sorted(wanted)}
         output_store.commit_shard(
-            shard_id, tar=tar_path, table=table_path, summary=summary, attempt_id=attempt_id
+            shard_id,
+            tar=tar_path,
+            table=table_path,
+            summary=summary,
+            attempt_id=attempt_id,
+            legacy_layout=legacy,
         )
 
 
@@ -474,7 +522,7 @@ def _sample(members: dict[str, bytes], uid: str, shard_id: int, tar_url: str):
 
 
 def _row(row: dict[str, Any], source_shard: int, attempt_id: str, row_type):
-    scores, timings, meta = {}, {}, {}
+    scores, timings, embeddings, meta = {}, {}, {}, {}
     for name, value in row.items():
         if name in _CORE_COLUMNS:
             continue
@@ -482,10 +530,14 @@ def _row(row: dict[str, Any], source_shard: int, attempt_id: str, row_type):
             scores[name.removeprefix(SCORE_PREFIX)] = value
         elif name.startswith(TIME_PREFIX):
             timings[name.removeprefix(TIME_PREFIX)] = value
+        elif name.startswith(EMBEDDING_PREFIX):
+            embeddings[name.removeprefix(EMBEDDING_PREFIX)] = value
         else:
             meta[name] = value
     meta.update(source_shard_id=source_shard, attempt_id=attempt_id)
-    return row_type(uid=row["uid"], status="kept", scores=scores, timings=timings, meta=meta)
+    return row_type(
+        uid=row["uid"], status="kept", scores=scores, timings=timings, meta=meta, embeddings=embeddings
+    )
 
 
 def _meta_schema(schema):
@@ -495,7 +547,8 @@ def _meta_schema(schema):
     fields = [
         field
         for field in schema
-        if field.name not in _CORE_COLUMNS and not field.name.startswith((SCORE_PREFIX, TIME_PREFIX))
+        if field.name not in _CORE_COLUMNS
+        and not field.name.startswith((SCORE_PREFIX, TIME_PREFIX, EMBEDDING_PREFIX))
     ]
     return pa.schema(fields)
 

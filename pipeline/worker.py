@@ -14,6 +14,7 @@ shard still commits with every planned row in its parquet.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import shutil
@@ -31,20 +32,20 @@ import pyarrow as pa
 
 from manifests.plan import read_shard
 from manifests.uid import generation_seed
+from pipeline.captions import extra_columns, render_caption
 from pipeline.inputs import InputLoader, RowInputs
+from pipeline.model_info import model_fingerprint, public_model_info
 from pipeline.requests import GenerationRequest, StyleRef
 from pipeline.run_config import RunConfig
 from pipeline.shards.images import encode_image
 from pipeline.shards.table import ShardRow, write_shard_table
 from pipeline.shards.tar import ShardSample, write_tar
 from pipeline.storage import open_store
-from pipeline.storage.layout import PLAN_KEY
+from pipeline.storage.layout import PLAN_KEY, RUN_KEY, uses_legacy_layout
 
 log = logging.getLogger("stylegen.worker")
 
-# Plan columns with a fixed meaning; any other column is a user extra carried into the metadata.
 TIMING_NAMES = ("generate_s", "score_s")
-PLAN_COLUMNS = ("shard_id", "uid", "row", "prompt", "style", "content", "id", "seed")
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "stylegen")
 
 Heartbeat = Callable[[str, int, int], None]  # (attempt_id, shard_id, images done in this shard)
@@ -56,6 +57,7 @@ class RowOutcome:
 
     row: dict[str, Any]
     status: str  # kept | rejected | failed
+    caption: str | None = None  # the `.txt` member (pipeline.captions)
     reason: str | None = None  # failed: the error; rejected: "<rule> (value <v>)"
     rule: str | None = None
     rule_value: float | None = None
@@ -63,6 +65,7 @@ class RowOutcome:
     image: Any = None  # PIL image for kept/rejected rows
     params: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float | None] = field(default_factory=dict)
+    embeddings: dict[str, Any] = field(default_factory=dict)  # name -> float16 vector (parquet only)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -78,6 +81,7 @@ class ShardResult:
     seconds: float
     generate_s: float = 0.0
     commit_s: float = 0.0
+    models: dict[str, Any] = field(default_factory=dict)  # fingerprint -> public model info (run.json)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,9 +108,9 @@ class ShardWorker:
         self.config = config
         self.model_info = model_info or {}
         self.heartbeat = heartbeat or (lambda attempt_id, shard_id, done: None)
-        self.inputs = inputs or InputLoader()
+        self.inputs = inputs or InputLoader(max_input_bytes=config.execution.max_input_mib * 2**20)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="stylegen-worker-"))
-        self.files = ShardFiles(config, self.model_info, package_versions())
+        self.files = ShardFiles(config, self.model_info)
         self._generation_lock = threading.Lock()
         self._uploads: queue.Queue = queue.Queue(maxsize=config.execution.upload_queue_shards)
         self._uploader = threading.Thread(target=self._upload_loop, name="shard-uploader", daemon=True)
@@ -156,7 +160,9 @@ class ShardWorker:
 
     def _read_rows(self, shard_id: int) -> list[dict[str, Any]]:
         rows = read_plan_shard(self.store, shard_id)
-        self.files.plan_schema = rows.schema  # the same for every shard of the run
+        if self.files.plan_schema is None:  # the same for every shard of the run
+            self.files.plan_schema = rows.schema
+            self.files.legacy_layout = output_uses_legacy_layout(self.store)
         return rows.to_pylist()
 
     # --- one batch ---------------------------------------------------------------------------------
@@ -169,6 +175,11 @@ class ShardWorker:
                 outcome.seed = generation_seed(outcome.row["uid"], outcome.row.get("seed"))
             except ValueError as error:
                 outcome.reason = f"seed: {error}"
+                continue
+            try:
+                outcome.caption = render_caption(self.config.caption.template, outcome.row)
+            except Exception as error:  # a format spec that does not fit this row's value
+                outcome.reason = f"caption: {_describe(error)}"
                 continue
             if inputs.error:
                 outcome.reason = f"input {inputs.error}"
@@ -242,7 +253,7 @@ class ShardWorker:
 
     def _score_rows(self, items: list[tuple[RowOutcome, RowInputs]]) -> None:
         started = time.monotonic()
-        scores = self.scorer.score(
+        scores, embeddings = self.scorer.score_with_embeddings(
             [outcome.image for outcome, _ in items],
             [outcome.row["prompt"] for outcome, _ in items],
             [inputs.style for _, inputs in items],
@@ -251,6 +262,7 @@ class ShardWorker:
         per_row = (time.monotonic() - started) / len(items)
         for index, (outcome, _) in enumerate(items):
             outcome.scores = {name: values[index] for name, values in scores.items()}
+            outcome.embeddings = {name: vectors[index] for name, vectors in embeddings.items()}
             outcome.timings["score_s"] = per_row
 
     def _filter(self, outcome: RowOutcome) -> None:
@@ -281,7 +293,11 @@ class ShardWorker:
             files = self.files.write(job.shard_id, job.attempt_id, job.outcomes, folder)
             summary = {"rows": len(job.outcomes), **count_statuses(job.outcomes)}
             result = self.store.commit_shard(
-                job.shard_id, **files, summary=summary, attempt_id=job.attempt_id
+                job.shard_id,
+                **files,
+                summary=summary,
+                attempt_id=job.attempt_id,
+                legacy_layout=self.files.legacy_layout,
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -293,6 +309,7 @@ class ShardWorker:
             rows=len(job.outcomes),
             commit_s=time.monotonic() - started,
             seconds=0.0,
+            models=self.files.models_record(),
             **counts,
         )
 
@@ -307,11 +324,16 @@ class ShardFiles:
     """Turns a shard's outcomes into its local files; also used by the driver for a shard that failed
     every attempt (all rows failed, no images)."""
 
-    def __init__(self, config: RunConfig, model_info: dict[str, Any], versions: dict[str, str]):
+    def __init__(self, config: RunConfig, model_info: dict[str, Any]):
         self.config = config
-        self.model_info = model_info
-        self.versions = versions
+        self.model_info = public_model_info(model_info)  # no local paths: it is published in run.json
+        self.model = model_fingerprint(self.model_info)  # what each sample carries instead
         self.plan_schema: pa.Schema | None = None  # set from the plan: types of the manifest's extras
+        self.legacy_layout = False  # a resumed format-1 output keeps its parquets under shards/
+
+    def models_record(self) -> dict[str, Any]:
+        """run.json's `models` entry for this worker's models: {fingerprint: public description}."""
+        return {self.model: self.model_info} if self.model else {}
 
     def write(
         self, shard_id: int, attempt_id: str, outcomes: Sequence[RowOutcome], folder: Path
@@ -324,7 +346,8 @@ class ShardFiles:
             meta = self.sample_metadata(outcome, shard_id)
             if outcome.image is not None and outcome.status in samples:
                 image = encode_image(outcome.image, fmt, quality)
-                samples[outcome.status].append(ShardSample(outcome.row["uid"], image, fmt, meta))
+                sample = ShardSample(outcome.row["uid"], image, fmt, meta, outcome.caption)
+                samples[outcome.status].append(sample)
             rows.append(
                 ShardRow(
                     uid=outcome.row["uid"],
@@ -332,12 +355,14 @@ class ShardFiles:
                     reason=outcome.reason,
                     scores=outcome.scores,
                     timings=outcome.timings,
-                    meta={**_table_meta(meta), "attempt_id": attempt_id},
+                    meta={**_table_meta(meta), "caption": outcome.caption, "attempt_id": attempt_id},
+                    embeddings=outcome.embeddings,
                 )
             )
         files: dict[str, Path | None] = {"tar": folder / "kept.tar", "table": folder / "rows.parquet"}
         write_tar(samples["kept"], files["tar"])
-        write_shard_table(rows, files["table"], shard_id, shard_table_schema(self.plan_schema))
+        schema = shard_table_schema(self.plan_schema, self.config.scoring.scorers)
+        write_shard_table(rows, files["table"], shard_id, schema)
         files["rejected"] = None
         if self.config.keep_rejected:
             files["rejected"] = folder / "rejected.tar"
@@ -345,8 +370,9 @@ class ShardFiles:
         return files
 
     def sample_metadata(self, outcome: RowOutcome, shard_id: int) -> dict[str, Any]:
-        """The sample's `.json` member. Only reproducible fields: timings and the attempt go to the
-        shard parquet, so a rerun writes byte-identical tars."""
+        """The sample's `.json` member: its own fields, the preset, the model fingerprint (the models
+        themselves are described once in run.json), its parameters and scores. Only reproducible fields:
+        timings and the attempt go to the shard parquet, so a rerun writes byte-identical tars."""
         row = outcome.row
         return {
             "shard_id": shard_id,
@@ -357,14 +383,13 @@ class ShardFiles:
             "content": row.get("content"),
             "seed": outcome.seed,
             "manifest_seed": row.get("seed"),
-            "extra": {k: v for k, v in row.items() if k not in PLAN_COLUMNS},
+            "extra": {k: row[k] for k in extra_columns(row)},
             "preset": self.config.preset,
-            "models": self.model_info,
+            "model": self.model,
             "params": outcome.params,
             "scores": outcome.scores,
             "status": outcome.status,
             "filter": {"rule": outcome.rule, "value": outcome.rule_value} if outcome.rule else None,
-            "versions": self.versions,
         }
 
 
@@ -376,12 +401,15 @@ def commit_failed_shard(
     reason = "shard failed every attempt: " + " | ".join(errors)
     rows = read_plan_shard(store, shard_id)
     outcomes = [RowOutcome(row=row, status="failed", reason=reason) for row in rows.to_pylist()]
-    shard_files = ShardFiles(config, {}, package_versions())
+    shard_files = ShardFiles(config, {})
     shard_files.plan_schema = rows.schema
+    legacy = output_uses_legacy_layout(store)
     with tempfile.TemporaryDirectory(prefix="stylegen-failed-") as folder:
         files = shard_files.write(shard_id, attempt_id, outcomes, Path(folder))
         summary = {"rows": len(outcomes), **count_statuses(outcomes), "shard_failed": True}
-        return store.commit_shard(shard_id, **files, summary=summary, attempt_id=attempt_id)
+        return store.commit_shard(
+            shard_id, **files, summary=summary, attempt_id=attempt_id, legacy_layout=legacy
+        )
 
 
 @dataclass
@@ -398,25 +426,40 @@ def read_plan_shard(store, shard_id: int):
         return read_shard(handle, shard_id)
 
 
-def shard_table_schema(plan_schema: pa.Schema | None) -> pa.Schema:
+def output_uses_legacy_layout(store) -> bool:
+    """Whether the output's run.json is of format 1 (shard parquets under shards/, not metadata/)."""
+    from pipeline.storage import ObjectNotFound
+
+    try:
+        return uses_legacy_layout(json.loads(store.get_bytes(RUN_KEY)))
+    except (ObjectNotFound, ValueError):
+        return False
+
+
+def shard_table_schema(plan_schema: pa.Schema | None, scorers: Sequence[str] = ()) -> pa.Schema:
     """The columns every shard parquet of a run has, whatever its rows hold (see pipeline.shards.table):
-    every score, every timing, the sample metadata, and the manifest's extras with their plan types."""
-    from pipeline.scoring.scorer import SCORE_NAMES
+    every score and embedding of the configured `scorers`, every timing, the sample metadata, and the
+    manifest's extras with their plan types."""
+    from pipeline.columns import EMBEDDING_PREFIX
+    from pipeline.scoring.registry import resolve_scorers
+    from pipeline.shards.table import EMBEDDING_TYPE
 
     string, integer, number = pa.string(), pa.int64(), pa.float64()
-    fields = [pa.field(f"score_{name}", number) for name in SCORE_NAMES]
+    configured = resolve_scorers(scorers)
+    fields = [pa.field(f"score_{name}", number) for name in configured.scores]
     fields += [pa.field(f"time_{name}", number) for name in TIMING_NAMES]
+    fields += [pa.field(f"{EMBEDDING_PREFIX}{name}", EMBEDDING_TYPE) for name in configured.embeddings]
     fields += [
         pa.field(name, kind)
         for name, kind in [
             ("row", integer), ("id", string), ("prompt", string), ("style", string), ("content", string),
-            ("seed", integer), ("manifest_seed", integer), ("preset", string), ("models", string),
-            ("params", string), ("versions", string), ("filter_rule", string), ("filter_value", number),
+            ("seed", integer), ("manifest_seed", integer), ("caption", string), ("preset", string),
+            ("model", string), ("params", string), ("filter_rule", string), ("filter_value", number),
             ("attempt_id", string),
         ]
     ]  # fmt: skip
     for extra in plan_schema or []:
-        if extra.name not in PLAN_COLUMNS:  # nested values are stored as canonical JSON strings
+        if extra.name in extra_columns([extra.name]):  # nested values are stored as canonical JSON strings
             kind = string if pa.types.is_nested(extra.type) else extra.type
             fields.append(pa.field(f"extra_{extra.name}", kind))
     return pa.schema(fields)
@@ -502,7 +545,12 @@ def build_parts(config: RunConfig, output: str, *, device: str | None = None) ->
         from pipeline.scoring.rules import FilterRules
         from pipeline.scoring.scorer import Scorer
 
-        scoring = scoring_preset(config.scoring.preset or config.preset, cache_dir, **config.scoring.options)
+        scoring = scoring_preset(
+            config.scoring.preset or config.preset,
+            cache_dir,
+            scorers=config.scoring.scorers,
+            **config.scoring.options,
+        )
         scorer = Scorer(scoring, device=device, csd=csd)
         rules = FilterRules.parse(list(config.scoring.filters), set(scorer.names))
         model_info["scoring"] = scoring.model_dump(mode="json")

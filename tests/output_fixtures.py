@@ -56,15 +56,20 @@ def known_scores(prompt: str, style: Image.Image, composition: bool) -> dict[str
 
 
 class KnownScorer:
-    """The Scorer interface (`names`, `score(images, prompts, styles, contents)`) with known values."""
+    """The Scorer interface (`names`, `embedding_names`, `score_with_embeddings(images, prompts, styles,
+    contents)`) with known values and no embeddings."""
 
     names = SCORE_NAMES
+    embedding_names: tuple[str, ...] = ()
 
     def score(self, images, prompts, styles, contents) -> dict[str, list[float | None]]:
         rows = [
             known_scores(*row[:2], row[2] is not None) for row in zip(prompts, styles, contents, strict=True)
         ]
         return {name: [row[name] for row in rows] for name in self.names}
+
+    def score_with_embeddings(self, images, prompts, styles, contents):
+        return self.score(images, prompts, styles, contents), {}
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ def build_output(
     keep_rejected: bool = True,
     commit_shards: list[int] | None = None,
     image_size: int = 32,
+    scorer=None,
 ) -> FinishedOutput:
     """Build a finished output at `uri` (default: folder/"output"); inputs go under folder/"inputs".
     `commit_shards` limits which shards get committed (a partial output)."""
@@ -120,7 +126,7 @@ def build_output(
     write_plan(store, plan)
     store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
-    scorer = KnownScorer()
+    scorer = scorer or KnownScorer()
     rules = FilterRules.parse(list(config.scoring.filters), set(scorer.names))
     worker = ShardWorker(
         FakeGenerator(config.generator.fake), scorer, rules, store, config, model_info={"generator": "fake"}
@@ -139,7 +145,7 @@ def read_shard_tables(store: Store) -> pa.Table:
     import io
 
     tables = []
-    for info in store.list("shards/"):
+    for info in store.list("metadata/"):
         if info.key.endswith(".parquet"):
             tables.append(pq.read_table(io.BytesIO(store.get_bytes(info.key))))
     return pa.concat_tables(tables, promote_options="permissive")

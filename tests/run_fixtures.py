@@ -88,7 +88,7 @@ def fake_config(**overrides: Any) -> RunConfig:
 def shard_rows(output: Path) -> list[dict]:
     """Every row of every shard parquet under a local output."""
     rows = []
-    for path in sorted((output / "shards").glob("shard-*.parquet")):
+    for path in sorted((output / "metadata").glob("shard-*.parquet")):
         rows.extend(pq.read_table(path).to_pylist())
     return rows
 
@@ -99,12 +99,14 @@ def tar_members(path: Path) -> dict[str, bytes]:
 
 
 def tar_samples(path: Path) -> dict[str, dict]:
-    """uid -> {"json": parsed metadata, "image": PIL image} of a shard tar."""
+    """uid -> {"json": parsed metadata, "txt": caption, "image": PIL image} of a shard tar."""
     samples: dict[str, dict] = {}
     for name, data in tar_members(path).items():
         uid, ext = name.split(".", 1)
         if ext == "json":
             samples.setdefault(uid, {})["json"] = json.loads(data)
+        elif ext == "txt":
+            samples.setdefault(uid, {})["txt"] = data.decode("utf-8")
         else:
             samples.setdefault(uid, {})["image"] = Image.open(io.BytesIO(data)).convert("RGB")
             samples[uid]["ext"] = ext

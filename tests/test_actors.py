@@ -29,7 +29,8 @@ def test_deadline_is_the_floor_until_shards_finish_then_scales_with_observed_tim
 
 @pytest.mark.slow
 def test_each_actor_holds_its_own_logical_gpu(ray_cluster, tmp_path):
-    pool = GeneratorPool(fake_config().model_dump_json(), str(tmp_path / "out"), size=4)
+    config = fake_config(**{"scoring.enabled": True})  # scoring loads torch in the actors
+    pool = GeneratorPool(config.model_dump_json(), str(tmp_path / "out"), size=4, torch_threads=3)
     try:
         infos = pool.wait_ready(timeout_s=120)
     finally:
@@ -39,19 +40,19 @@ def test_each_actor_holds_its_own_logical_gpu(ray_cluster, tmp_path):
     assert all(info["cuda_visible_devices"] == info["gpu_ids"][0] for info in infos)
     assert len({info["pid"] for info in infos}) == 4
     assert all(info["device"] == "cpu" and not info["restarted"] for info in infos)
+    assert [info["torch_threads"] for info in infos] == [3] * 4  # the config's, whatever the pool size
 
 
 @pytest.mark.slow
 def test_actors_that_cannot_start_stop_the_run_with_the_reason(ray_cluster, tmp_path):
     manifest = build_manifest(tmp_path, rows=12)  # two shards: a pool of two
-    config = fake_config(**{"scoring.enabled": True, "scoring.preset": "no-such-preset"})
+    missing = tmp_path / "no-clip-here"  # only the actors load scoring models: the driver cannot tell
+    config = fake_config(**{"scoring.enabled": True, "scoring.options": {"clip_model": str(missing)}})
     with pytest.raises(PoolError) as raised:
         run_job(str(manifest), str(tmp_path / "out"), config, actors=2, live=False)
     message = str(raised.value)
     assert "no generator actor is alive" in message
-    assert (
-        message.count("its constructor raised") == 2 and "unknown scoring preset 'no-such-preset'" in message
-    )
+    assert message.count("its constructor raised") == 2 and "no-clip-here" in message
 
 
 def test_asking_for_more_gpus_than_the_cluster_has_is_a_clear_error(ray_cluster, tmp_path):

@@ -28,7 +28,7 @@ def test_demo_runs_every_row_once_and_resumes_without_redoing_anything(tmp_path,
     assert run.kept > 0 and run.rejected > 0, "the demo's filters should show both outcomes"
 
     output = tmp_path / "demo" / "run"
-    table = pq.ParquetDataset(sorted(glob.glob(str(output / "shards" / "*.parquet")))).read()
+    table = pq.ParquetDataset(sorted(glob.glob(str(output / "metadata" / "*.parquet")))).read()
     uids = table.column("uid").to_pylist()
     assert len(uids) == len(set(uids)) == rows  # every planned row exactly once
     kept = sorted(u for u, s in zip(uids, table.column("status").to_pylist(), strict=True) if s == "kept")

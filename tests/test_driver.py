@@ -62,7 +62,7 @@ def test_run_then_resume_then_refuse_changes_then_restart(ray_cluster, tmp_path,
     assert summary.actors == 0 and markers(output) == before
 
     # 3. a shard lost before its commit (marker and files gone) is the only one rerun
-    for key in ("_SUCCESS/shard-000002.json", "shards/shard-000002.tar", "shards/shard-000002.parquet"):
+    for key in ("_SUCCESS/shard-000002.json", "shards/shard-000002.tar", "metadata/shard-000002.parquet"):
         (output / key).unlink()
     summary = run_job(str(manifest), str(output), config, actors=2, live=False)
     assert (summary.shards_resumed, summary.shards_committed, summary.images_this_run) == (3, 1, 6)
@@ -106,7 +106,7 @@ def test_restart_refuses_to_delete_a_folder_that_is_not_a_stylegen_output(tmp_pa
     precious = tmp_path / "out" / "thesis.tex"
     precious.parent.mkdir()
     precious.write_text("years of work")
-    with pytest.raises(RunRefused, match=r"it has no run.json: it does not look like a stylegen output"):
+    with pytest.raises(RunRefused, match=r"run.json is not a stylegen run record \(or is missing\)"):
         run_job(str(manifest), str(tmp_path / "out"), fake_config(), restart=True, live=False)
     assert precious.read_text() == "years of work"
 
@@ -200,7 +200,7 @@ def test_finalize_removes_unfinished_attempts_and_old_orphans_but_not_a_live_wri
 
     left = {info.key for info in store.list("")}
     assert live in left and ours not in left and stale not in left
-    assert {"shards/shard-000000.tar", "shards/shard-000000.parquet", "_SUCCESS/shard-000000.json"} <= left
+    assert {"shards/shard-000000.tar", "metadata/shard-000000.parquet", "_SUCCESS/shard-000000.json"} <= left
     assert store.get_bytes("shards/shard-000000.tar") == b"tar bytes"
 
 
@@ -227,7 +227,7 @@ def test_a_damaged_run_json_is_refused_naming_the_file(tmp_path, content, messag
     with pytest.raises(RunRefused, match=message) as refused:
         run_job(str(manifest), str(tmp_path / "out"), fake_config(), live=False)
     assert str(tmp_path / "out" / "run.json") in str(refused.value)
-    assert "rerun with --restart" in str(refused.value)
+    assert "can be neither resumed nor deleted by --restart" in str(refused.value)
 
 
 @pytest.mark.slow

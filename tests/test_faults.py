@@ -133,7 +133,7 @@ def test_rows_that_raise_fail_and_a_shard_that_always_crashes_is_recorded_failed
     summary = run_job(str(manifest), str(output), config, actors=2, live=False)
 
     rows = {row["uid"]: row for row in assert_every_row_once(manifest, output)}
-    crashed = pq.read_table(output / "shards" / "shard-000002.parquet").column("uid").to_pylist()
+    crashed = pq.read_table(output / "metadata" / "shard-000002.parquet").column("uid").to_pylist()
     assert sorted(crashed) == sorted(planned_uids(manifest, 2))
     for uid in crashed:
         reason = rows[uid]["reason"]

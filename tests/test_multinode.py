@@ -167,13 +167,15 @@ def test_a_run_spreads_over_two_gpu_nodes_and_survives_losing_one(cluster, tmp_p
     for name in names:
         marker = json.loads(markers[f"{name}.json"].read_text())
         assert marker["shard_id"] == int(name.removeprefix("shard-"))
-        for key in (f"shards/{name}.tar", f"shards/{name}.parquet"):  # the published files are the winner's
+        for key in (f"shards/{name}.tar", f"metadata/{name}.parquet"):  # the published files are the winner's
             assert hashlib.sha256((output / key).read_bytes()).hexdigest() == marker["files"][key]["sha256"]
     assert not [path for path in output.glob("_attempts/**/*") if path.is_file()]
 
     planned = read_manifest(str(manifest)).column("uid").to_pylist()
     assert len(set(planned)) == ROWS
-    rows = [row for name in names for row in pq.read_table(output / "shards" / f"{name}.parquet").to_pylist()]
+    rows = [
+        row for name in names for row in pq.read_table(output / "metadata" / f"{name}.parquet").to_pylist()
+    ]
     assert Counter(row["uid"] for row in rows) == Counter(planned)
     assert {row["status"] for row in rows} == {"kept"}
 

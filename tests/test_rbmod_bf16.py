@@ -88,14 +88,15 @@ def test_bf16_prior_sees_the_fp32_timestep_embedding(bf16_models):
 def test_bf16_decoder_sees_the_fp32_timestep_embedding(bf16_models, torch_single_thread):
     m = bf16_models
     dim = m.decoder.config.timestep_ratio_embedding_dim
-    steps = 3  # Stage B ratios 1, 2/3, 1/3: the last two are not bf16 numbers
+    steps = 3  # Stage B's t_cond at shift 1 (0.9936, 2/3, 1/3): none is a bf16 number
     emb = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(1))
     gens = [torch.Generator().manual_seed(2)]
     images = []
     seen = first_timestep_embeddings(
         m.decoder, lambda: images.append(decode_latents(m, emb, ["a dog"], gens, steps=steps))
     )
-    ratios = [1.0, 2 / 3, 1 / 3]
+    ratios = noise_schedule(steps, 1.0)[2][:steps].tolist()
+    assert all(r != float(torch.tensor(r).to(torch.bfloat16)) for r in ratios)
     assert len(seen) == steps
     for embedding, ratio in zip(seen, ratios, strict=True):
         expected = sinusoidal_embedding([ratio] * embedding.shape[0], dim)  # cond and uncond halves

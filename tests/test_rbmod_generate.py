@@ -165,7 +165,11 @@ def test_params_record_the_settings_used(tiny_models):
         "style_weights": [1.0],
         "stage_b_steps": 3,
         "stage_b_guidance_scale": 1.1,
+        "stage_b_cfg_rescale": 0.7,  # the official sampler's default cfg_rho, which the app keeps at Stage B
+        "stage_a_scale_factor": 0.43,  # the official StageA's, the preset default
     }
+    scaled = gen.generate([request(seed=42, overrides={"stage_a_scale_factor": 0.3764})])[0]
+    assert scaled.params["stage_a_scale_factor"] == 0.3764
 
 
 def truncated_png() -> Image.Image:

@@ -1,4 +1,4 @@
-"""The modules diffusers lacks (EfficientNet encoder, Previewer, CSD), the descriptor, image ops, decode.
+"""The modules diffusers lacks (EfficientNet encoder, Previewer, CSD), the descriptor, image ops.
 
 Key lists and parameter counts are derived here from the published architecture facts, independently
 of the module code; checkpoint tests write files in the official naming and load them strictly.
@@ -17,7 +17,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.rbmod.csd import CSD, infer_config, load_csd_checkpoint, official_to_ours, vision_config_for
-from pipeline.rbmod.decode import decode, decode_latents
 from pipeline.rbmod.descriptor import clip_descriptor
 from pipeline.rbmod.effnet import EfficientNetEncoder, EffNetConfig, StageSpec, load_effnet, save_effnet
 from pipeline.rbmod.image_ops import (
@@ -498,78 +497,6 @@ def test_clip_fallback_descriptor(tiny_models):
     assert torch.allclose(style.norm(dim=1), torch.ones(2))
     (1 - style[0] @ style[1]).backward()
     assert previews.grad.abs().sum() > 0
-
-
-# ---------------------------------------------------------------- decode
-
-
-def embeddings(batch: int, size: int = 4) -> torch.Tensor:
-    return torch.randn(batch, 16, size, size, generator=torch.Generator().manual_seed(11))
-
-
-def generators(*seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
-
-
-def test_decode_is_batch_invariant_bit_for_bit_on_cpu(tiny_models):
-    emb, prompts = embeddings(3), ["a red horse", "a cat in ink style", ""]
-    together = decode_latents(tiny_models, emb, prompts, generators(1, 2, 3))
-    alone = [
-        decode_latents(tiny_models, emb[i : i + 1], prompts[i : i + 1], generators(s))
-        for i, s in enumerate((1, 2, 3))
-    ]
-    assert torch.equal(together, torch.cat(alone))
-    # the plain batched path differs only by float summation order
-    batched = decode_latents(tiny_models, emb, prompts, generators(1, 2, 3), batch_invariant=False)
-    assert torch.allclose(batched, together, atol=1e-4)
-
-
-def test_decode_matches_the_diffusers_decoder_pipeline(tiny_models):
-    """Our loop == StableCascadeDecoderPipeline built from the same components (its own loop)."""
-    from diffusers import DDPMWuerstchenScheduler, StableCascadeDecoderPipeline
-
-    m = tiny_models
-    pipe = StableCascadeDecoderPipeline(
-        decoder=m.decoder,
-        tokenizer=m.decoder_tokenizer,
-        text_encoder=m.decoder_text_encoder,
-        scheduler=DDPMWuerstchenScheduler(),
-        vqgan=m.vqgan,
-        latent_dim_scale=m.config.stage_b_latent_scale,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    emb = embeddings(1)
-    expected = pipe(
-        image_embeddings=emb,
-        prompt="a blue bird",
-        num_inference_steps=m.config.stage_b_steps,
-        guidance_scale=m.config.stage_b_guidance_scale,
-        generator=generators(5),
-        output_type="pt",
-    ).images
-    ours = decode_latents(m, emb, ["a blue bird"], generators(5))
-    assert torch.equal(ours, expected)
-
-
-def test_decode_returns_pil_images_seeded_per_sample(tiny_models):
-    m = tiny_models
-    emb = embeddings(2)
-    first = decode(m, emb, ["a dog", "a dog"], generators(7, 8))
-    again = decode(m, emb, ["a dog", "a dog"], generators(7, 8))
-    size = m.config.image_size
-    assert [im.size for im in first] == [(size, size)] * 2 and first[0].mode == "RGB"
-    assert [np.asarray(a).tobytes() for a in first] == [np.asarray(a).tobytes() for a in again]
-    assert np.asarray(first[0]).tobytes() != np.asarray(first[1]).tobytes()  # different seeds
-    no_cfg = decode_latents(m, emb[:1], ["a dog"], generators(7), guidance_scale=1.0)
-    cfg = decode_latents(m, emb[:1], ["a dog"], generators(7))
-    assert not torch.equal(no_cfg, cfg)  # CFG 1.1 runs the unconditional branch
-
-
-def test_decode_rejects_mismatched_inputs(tiny_models):
-    with pytest.raises(ValueError, match="2 prompts and 1 generators"):
-        decode(tiny_models, embeddings(2), ["a", "b"], generators(1))
-    with pytest.raises(ValueError, match="steps must be >= 1"):
-        decode(tiny_models, embeddings(1), ["a"], generators(1), steps=0)
 
 
 def test_tiny_pieces_have_consistent_geometry(tiny_models):

@@ -17,7 +17,7 @@ def finished(tmp_path_factory):
 
 
 def test_hf_datasets_reads_the_shard_parquets_as_one_table(finished, tmp_path):
-    tables = sorted(str(p) for p in (finished.store.root / "shards").glob("*.parquet"))
+    tables = sorted(str(p) for p in (finished.store.root / "metadata").glob("*.parquet"))
     ds = datasets.load_dataset(
         "parquet", data_files={"train": tables}, split="train", cache_dir=str(tmp_path)
     )

@@ -55,7 +55,7 @@ def frame_of(uri: str) -> pd.DataFrame:
     root = Path(uri)
     committed = sorted(path.stem for path in (root / "_SUCCESS").glob("shard-*.json"))
     return pd.concat(
-        [pd.read_parquet(root / "shards" / f"{name}.parquet") for name in committed], ignore_index=True
+        [pd.read_parquet(root / "metadata" / f"{name}.parquet") for name in committed], ignore_index=True
     )
 
 
@@ -297,8 +297,7 @@ def test_report_on_s3_goes_into_the_output(s3_bucket, tmp_path):
     text = s3_bucket.read("runs/one/report.html").decode()
     frame = pd.concat(
         pd.read_parquet(io.BytesIO(s3_bucket.read(key)))
-        for key in s3_bucket.object_keys("runs/one/shards/")
-        if key.endswith(".parquet")
+        for key in s3_bucket.object_keys("runs/one/metadata/")
     )
     shown = {status: int(n) for status, n in re.findall(r'data-status="(\w+)">(\d+)<', text)}
     assert shown["kept"] == int((frame["status"] == "kept").sum()) and shown["rows"] == len(frame)

@@ -345,3 +345,24 @@ def test_half_precision_weights_give_close_scores(config):
     for name in full:
         for a, b in zip(low[name], full[name], strict=True):
             assert (a is None and b is None) or abs(a - b) < 0.03, name
+
+
+def test_scores_do_not_depend_on_batch_composition_or_cache_history(config, tiny_csd):
+    """Each score is bit-identical whatever else was in its batch and whichever references an earlier
+    call left in the cache (reruns write byte-identical shard metadata). On CPU every sample is scored
+    alone; reference embeddings are computed alone on every device."""
+    images = [random_image(40 + i, 48, 40) for i in range(5)]
+    styles = [random_image(60 + i % 3, 36, 52) for i in range(5)]
+    contents = [random_image(80, 44, 44) if i % 2 else None for i in range(5)]
+    prompts = [f"prompt number {i} " + "long " * i for i in range(5)]
+
+    together = Scorer(config.model_copy(update={"batch_size": 5}), device="cpu", csd=tiny_csd)
+    batched = together.score(images, prompts, styles, contents)
+
+    warmed = Scorer(config.model_copy(update={"batch_size": 2}), device="cpu", csd=tiny_csd)
+    warmed.score(images[3:], prompts[3:], styles[3:], contents[3:])  # caches two references first
+    for i in range(5):
+        alone = warmed.score([images[i]], [prompts[i]], [styles[i]], [contents[i]])
+        assert {name: values[i] for name, values in batched.items()} == {
+            name: values[0] for name, values in alone.items()
+        }, f"sample {i}"

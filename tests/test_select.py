@@ -38,7 +38,7 @@ def source_frame(output: Path) -> pd.DataFrame:
     """Every row of every committed shard parquet, read with pandas."""
     committed = sorted(path.stem for path in (output / "_SUCCESS").glob("shard-*.json"))
     return pd.concat(
-        [pd.read_parquet(output / "shards" / f"{name}.parquet") for name in committed], ignore_index=True
+        [pd.read_parquet(output / "metadata" / f"{name}.parquet") for name in committed], ignore_index=True
     )
 
 
@@ -93,7 +93,7 @@ def check_selection(new: Path, source_dir: Path, expected: set[str]) -> None:
         assert {k: v for k, v in meta.items() if k not in ("shard_id", "source_shard_id")} == {
             k: v for k, v in original.items() if k != "shard_id"
         }
-    rows = pd.concat(pd.read_parquet(path) for path in sorted((new / "shards").glob("shard-*.parquet")))
+    rows = pd.concat(pd.read_parquet(path) for path in sorted((new / "metadata").glob("shard-*.parquet")))
     assert sorted(rows["uid"]) == sorted(expected)
     assert set(rows["status"]) <= {"kept"}
     source_rows = source_frame(source_dir).set_index("uid")
@@ -132,7 +132,7 @@ def test_new_output_records_the_selection_and_its_plan(source, tmp_path):
     select_output(source.uri, str(new), Selection("clip_t", top=0.5, per="style"), shard_size=4)
     run = json.loads((new / "run.json").read_text())
     expected = expected_uids(source_frame(Path(source.uri)), "clip_t", 0.5, per="style")
-    assert run["format"] == "stylegen-select/1"
+    assert run["format"] == "stylegen-select/2"
     assert run["source"]["output"] == source.uri
     assert len(run["source"]["fingerprint"]) == 64
     assert run["selection"] == {"by": "clip_t", "top": 0.5, "min": None, "per": "style"}
@@ -144,7 +144,7 @@ def test_new_output_records_the_selection_and_its_plan(source, tmp_path):
     assert sorted(plan["uid"]) == sorted(expected)
     shard_rows = {
         int(path.stem.split("-")[1]): set(pd.read_parquet(path)["uid"])
-        for path in (new / "shards").glob("*.parquet")
+        for path in (new / "metadata").glob("*.parquet")
     }
     assert {shard: set(group["uid"]) for shard, group in plan.groupby("shard_id")} == shard_rows
     source_plan = pq.read_table(Path(source.uri) / "plan.parquet").to_pandas().set_index("uid")
@@ -163,7 +163,7 @@ def test_identical_selection_resumes_and_rewrites_only_what_is_missing(source, t
     before = {path.name: path.read_bytes() for path in (new / "shards").glob("*.tar")}
     (new / "_SUCCESS" / "shard-000001.json").unlink()  # as if the first run died before shard 1 committed
     (new / "shards" / "shard-000001.tar").unlink()
-    (new / "shards" / "shard-000001.parquet").unlink()
+    (new / "metadata" / "shard-000001.parquet").unlink()
     again = select_output(source.uri, str(new), selection, shard_size=2)
     assert (again.shards_resumed, again.shards_written) == (first.shards - 1, 1)
     assert {path.name: path.read_bytes() for path in (new / "shards").glob("*.tar")} == before
@@ -252,7 +252,8 @@ def test_select_on_s3(s3_bucket, tmp_path):
     client, bucket = s3_bucket.client, s3_bucket.name
     source_keys = s3_bucket.object_keys("runs/source/shards/")
     frame = pd.concat(
-        pd.read_parquet(io.BytesIO(s3_bucket.read(key))) for key in source_keys if key.endswith(".parquet")
+        pd.read_parquet(io.BytesIO(s3_bucket.read(key)))
+        for key in s3_bucket.object_keys("runs/source/metadata/")
     )
     expected = expected_uids(frame, "clip_t", 0.5, per="style")
     assert summary.selected == len(expected)
@@ -275,19 +276,29 @@ def test_select_on_s3(s3_bucket, tmp_path):
 
 
 def test_a_source_that_changed_since_is_refused_and_a_damaged_one_named(tmp_path):
+    # uids hash absolute paths, so which shards hold kept samples depends on the temp folder: the shard
+    # whose marker goes is one whose loss leaves kept samples, and the damaged one is the first of those.
     partial = build_output(tmp_path / "partial", commit_shards=[0, 2, 4])
+    frame = source_frame(Path(partial.uri))
+    with_kept = set(frame.query("status == 'kept'")["shard_id"])
+    gone = next(shard for shard in (4, 2, 0) if with_kept - {shard})
     new = tmp_path / "new"
     select_output(partial.uri, str(new), Selection("clip_t", top=1.0), allow_partial=True)
-    (Path(partial.uri) / "_SUCCESS" / "shard-000004.json").unlink()  # the source is not what it was
+    (Path(partial.uri) / "_SUCCESS" / f"shard-{gone:06d}.json").unlink()  # the source is not what it was
     with pytest.raises(SelectError, match=r"source.fingerprint: .*source.shards_committed: 3 -> 2"):
         select_output(partial.uri, str(new), Selection("clip_t", top=1.0), allow_partial=True)
 
-    from pipeline.shards import write_tar
-
-    frame = source_frame(Path(partial.uri))
-    lost = sorted(frame.query("status == 'kept' and shard_id == 0")["uid"])[0]
-    write_tar([], Path(partial.uri) / "shards" / "shard-000000.tar")  # its kept samples are gone
-    with pytest.raises(SelectError, match=rf"shard-000000.tar: kept sample {lost} is missing .* damaged"):
+    kept = frame.query(f"status == 'kept' and shard_id != {gone}").sort_values(["shard_id", "uid"])
+    shard, lost = int(kept.iloc[0]["shard_id"]), kept.iloc[0]["uid"]
+    tar_path = Path(partial.uri) / "shards" / f"shard-{shard:06d}.tar"
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if not m.name.startswith(lost)]
+    with tarfile.open(tar_path, "w") as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(
+        SelectError, match=rf"shard-{shard:06d}.tar: kept sample {lost} is missing .* damaged"
+    ):
         select_output(partial.uri, str(tmp_path / "other"), Selection("clip_t", top=1.0), allow_partial=True)
 
 

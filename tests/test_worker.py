@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -28,6 +30,9 @@ from pipeline.run_config import RunConfig
 from pipeline.shards.images import encode_image
 from pipeline.storage import open_store
 from pipeline.worker import ShardWorker, commit_failed_shard, read_plan_shard
+
+# The fake generator's model fingerprint: sha256 of its canonical description, 16 hex digits.
+FAKE_MODEL = hashlib.sha256(b'{"generator":"fake","size":16}').hexdigest()[:16]
 
 pytest_plugins = ["rbmod_fixtures"]  # tiny_cache_dir: the tiny models, built once per test session
 
@@ -91,11 +96,15 @@ def test_worker_writes_every_planned_row_and_the_kept_images(tmp_path):
             assert meta["id"] == row["id"] and meta["extra"] == {"batch_tag": row["batch_tag"]}
             assert meta["seed"] == generation_seed(uid, None) == meta["params"]["seed"]
             assert meta["status"] == "kept" and meta["shard_id"] == shard
-            assert meta["models"] == {"generator": "fake", "size": 16}
-            assert set(meta["versions"]) == {"torch", "diffusers", "transformers", "stylegen"}
+            assert meta["model"] == FAKE_MODEL
+            assert "models" not in meta and "versions" not in meta  # described once, in run.json
+            assert sample["txt"] == row["prompt"]  # the default caption
             assert "timings" not in meta  # timings live in the parquet, so reruns give identical tars
-    table = pq.read_table(tmp_path / "out" / "shards" / "shard-000000.parquet")
-    assert {"time_generate_s", "extra_batch_tag", "attempt_id", "params"} <= set(table.column_names)
+    table = pq.read_table(tmp_path / "out" / "metadata" / "shard-000000.parquet")
+    assert {"time_generate_s", "extra_batch_tag", "attempt_id", "params", "caption"} <= set(
+        table.column_names
+    )
+    assert [r.models for r in results] == [{FAKE_MODEL: {"generator": "fake", "size": 16}}] * 3
 
 
 def test_bad_inputs_and_bad_seeds_fail_only_their_rows(tmp_path):
@@ -365,7 +374,7 @@ def test_a_shard_that_failed_every_attempt_is_committed_with_every_row_failed(tm
     errors = ["attempt 1: deadline of 30 s exceeded", "attempt 2: actor 0 died (killed)"]
     result = commit_failed_shard(store, config, 1, errors, "failed-x")
     assert result.won
-    rows = pq.read_table(tmp_path / "out" / "shards" / "shard-000001.parquet").to_pylist()
+    rows = pq.read_table(tmp_path / "out" / "metadata" / "shard-000001.parquet").to_pylist()
     assert sorted(r["uid"] for r in rows) == sorted(read_plan_shard(store, 1).column("uid").to_pylist())
     assert all(
         r["status"] == "failed" and r["reason"] == "shard failed every attempt: " + " | ".join(errors)
@@ -406,10 +415,16 @@ def test_the_tiny_rbmod_preset_runs_a_shard_with_full_metadata(tmp_path, tiny_ca
     samples = tar_samples(tmp_path / "out" / "shards" / "shard-000000.tar")
     modes = sorted(sample["json"]["params"]["mode"] for sample in samples.values())
     assert modes == ["composition", "stylization", "stylization"]
+    # The models are described once (for run.json), with the local cache folder reduced to its name.
+    ((fingerprint, described),) = result.models.items()
+    assert described["generator"] == "rbmod" and described["prior"] == "local:" + Path(preset.prior).name
+    assert str(tiny_cache_dir) not in json.dumps(described)
+    members = tar_members(tmp_path / "out" / "shards" / "shard-000000.tar")
+    assert not [name for name, data in members.items() if str(tiny_cache_dir).encode() in data]
     for sample in samples.values():
         meta = sample["json"]
         assert sample["image"].size == (preset.image_size, preset.image_size)
         assert meta["params"]["seed"] == meta["seed"]
-        assert meta["models"]["generator"] == "rbmod" and meta["models"]["prior"] == preset.prior
+        assert meta["model"] == fingerprint and "models" not in meta
         assert set(meta["scores"]) == {"clip_t", "clip_content", "dino_style", "csd_style", "leakage"}
         assert (meta["scores"]["clip_content"] is None) == (meta["content"] is None)

@@ -134,6 +134,8 @@ class RBModGenerator:
             steps=settings.stage_b_steps,
             guidance_scale=settings.stage_b_guidance_scale,
             batch_invariant=self._batch_invariant(settings),
+            cfg_rescale=settings.stage_b_cfg_rescale,
+            scale_factor=settings.stage_a_scale_factor,
         )
         return [
             GenerationResult(image=image, params=self._params(item, settings, image, side))
@@ -205,6 +207,8 @@ class RBModGenerator:
             "style_weights": item.weights,
             "stage_b_steps": settings.stage_b_steps,
             "stage_b_guidance_scale": settings.stage_b_guidance_scale,
+            "stage_b_cfg_rescale": settings.stage_b_cfg_rescale,
+            "stage_a_scale_factor": settings.stage_a_scale_factor,
         }
 
 

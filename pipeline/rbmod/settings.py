@@ -2,7 +2,8 @@
 
 Fields left `None` depend on the mode or the preset and are filled by `resolve`: steps (preset's Stage C
 steps: 20 for stable-cascade), lambda_proximal (1 stylization / 0 composition), sampler (DDIM
-stylization / DDPM composition), resolution and the Stage B steps/CFG (preset defaults).
+stylization / DDPM composition), resolution, the Stage B steps/CFG and the Stage A scale factor (preset
+defaults).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["stylization", "composition"]
 
+# `cfg_rho`: the official sampler's default; the app passes it for neither Stage C nor Stage B
+OFFICIAL_CFG_RESCALE = 0.7
+
 
 class RBModSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -21,7 +25,7 @@ class RBModSettings(BaseModel):
     # Stage C schedule and guidance
     steps: int | None = Field(None, ge=1)  # T
     guidance_scale: float = Field(4.0, ge=0)  # w
-    cfg_rescale: float = Field(0.7, ge=0, le=1)  # rho
+    cfg_rescale: float = Field(OFFICIAL_CFG_RESCALE, ge=0, le=1)  # rho
     shift: float = Field(2.0, gt=0)
     sampler: Literal["ddim", "ddpm"] | None = None
     # SOC
@@ -37,6 +41,8 @@ class RBModSettings(BaseModel):
     resolution: int | None = Field(None, ge=1)  # square images; None: the preset's image_size
     stage_b_steps: int | None = Field(None, ge=1)
     stage_b_guidance_scale: float | None = Field(None, ge=0)
+    stage_b_cfg_rescale: float = Field(OFFICIAL_CFG_RESCALE, ge=0, le=1)  # the app leaves cfg_rho at 0.7
+    stage_a_scale_factor: float | None = Field(None, gt=0)  # None: the preset's (0.43, official StageA)
     # execution: requests per batch, and whether each request runs as its own batch (bit-identical
     # results whatever the batching; default: on CPU, where batched GEMMs/convs round differently)
     max_batch_size: int = Field(8, ge=1)
@@ -58,6 +64,7 @@ class RBModSettings(BaseModel):
                 stage_b_guidance_scale=config.stage_b_guidance_scale
                 if self.stage_b_guidance_scale is None
                 else self.stage_b_guidance_scale,
+                stage_a_scale_factor=self.stage_a_scale_factor or config.stage_a_scale_factor,
             )
         )
 

@@ -193,9 +193,10 @@ def rule_counts(rows: pa.Table) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
-def failure_reasons(store, shard_ids) -> list[tuple[str, int]]:
-    """Failed rows per reason in these shards' parquets, most frequent first (reads two columns)."""
-    rows, _ = read_shard_tables(store, shard_ids, keep=lambda name: name in ("status", "reason"))
+def failure_reasons(store, markers: dict) -> list[tuple[str, int]]:
+    """Failed rows per reason in these shards' parquets (`markers`: shard id -> commit marker), most
+    frequent first (reads two columns)."""
+    rows, _ = read_shard_tables(store, markers, keep=lambda name: name in ("status", "reason"))
     counts = Counter(str(reason or "?").strip() for reason in _column(with_status(rows, "failed"), "reason"))
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 

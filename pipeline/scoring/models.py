@@ -1,12 +1,20 @@
-"""Scoring presets and the once-per-process loader for the CLIP and DINO scoring models.
+"""Scoring presets and the once-per-process loaders of the scoring models.
 
 Two presets share one loading path (`from_pretrained` through `AutoModel`, `AutoTokenizer`,
-`AutoImageProcessor`), so the tiny preset exercises exactly the code the real one runs:
+`AutoImageProcessor`, `AutoModelForImageClassification`; the aesthetic head's state dict by key name),
+so the tiny preset exercises exactly the code the real one runs:
 
-- `tiny`: random-weight CLIP (32 px, width 32) and DINOv2 (32 px) built from small configs with a fixed
-  seed, written once into a cache folder with `save_pretrained`, then loaded back by path.
-- `real`: `openai/clip-vit-large-patch14` (the paper's CLIP-T / CLIP-I family) and `facebook/dinov2-base`.
-  Any hub id or local folder can be configured instead.
+- `tiny`: random-weight CLIP (32 px, width 32), DINOv2 (32 px), aesthetic MLP (on the tiny CLIP's
+  32-dim embedding) and ViT safety classifier (32 px, labels normal/nsfw) built from small configs with
+  a fixed seed, written once into a cache folder, then loaded back by path.
+- `real`: `openai/clip-vit-large-patch14` (the paper's CLIP-T / CLIP-I family), `facebook/dinov2-base`,
+  the LAION improved aesthetic predictor `sac+logos+ava1-l14-linearMSE` (an MLP on normalised CLIP
+  ViT-L/14 image embeddings; a torch state dict, `.pth`, keys `layers.{0,2,4,6,7}.{weight,bias}`; the
+  hub copy `trl-lib/ddpo-aesthetic-predictor`, file `aesthetic-model.pth`; upstream
+  github.com/christophschuhmann/improved-aesthetic-predictor, Apache-2.0) and the safety classifier
+  `Falconsai/nsfw_image_detection` (ViT-B/16 fine-tuned on normal/nsfw, safetensors, Apache-2.0).
+  Any hub id or local folder (or, for the aesthetic head, a local `.pth`/`.safetensors` file) can be
+  configured instead through `scoring.options`.
 
 On CUDA the models run in float16 by default (`dtype="auto"`); on CPU in float32.
 """
@@ -22,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.scoring.registry import DEFAULT_SCORERS
 from pipeline.tiny_tokenizer import vocabulary_key
 
 if TYPE_CHECKING:
@@ -29,7 +38,9 @@ if TYPE_CHECKING:
 
 REAL_CLIP = "openai/clip-vit-large-patch14"
 REAL_DINO = "facebook/dinov2-base"
-TINY_FOLDER = f"tiny-scoring-v1-{vocabulary_key()}"  # bump v1 when the tiny configs change
+REAL_AESTHETIC, AESTHETIC_FILE = "trl-lib/ddpo-aesthetic-predictor", "aesthetic-model.pth"
+REAL_NSFW = "Falconsai/nsfw_image_detection"
+TINY_FOLDER = f"tiny-scoring-v2-{vocabulary_key()}"  # bump v2 when the tiny configs change
 DEFAULT_CACHE_DIR = Path(os.environ.get("STYLEGEN_CACHE_DIR", "~/.cache/stylegen")).expanduser()
 
 
@@ -43,6 +54,12 @@ class ScoringConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="images per forward pass")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     reference_cache_size: int = Field(4096, ge=0, description="reference images whose embeddings are kept")
+    scorers: tuple[str, ...] = Field(DEFAULT_SCORERS, description="scorer names, built-in or entry points")
+    aesthetic_model: str = Field(REAL_AESTHETIC, description="hub id, local folder or state-dict file")
+    aesthetic_file: str = Field(AESTHETIC_FILE, description="the state-dict file inside aesthetic_model")
+    nsfw_model: str = Field(REAL_NSFW, description="an image-classification model: hub id or folder")
+    nsfw_labels: tuple[str, ...] = Field(("nsfw",), description="labels whose probabilities sum to nsfw")
+    scorer_options: dict[str, dict[str, Any]] = Field({}, description="options per third-party scorer")
 
 
 PRESETS = ("tiny", "real", "stable-cascade")  # stable-cascade (the generation preset) scores with `real`
@@ -55,16 +72,22 @@ def scoring_preset(name: str, cache_dir: Path | str | None = None, **overrides: 
     """
     if name == "tiny":
         folder = build_tiny_scoring_models(Path(cache_dir or DEFAULT_CACHE_DIR) / TINY_FOLDER)
-        fields = {"clip_model": str(folder / "clip"), "dino_model": str(folder / "dino")}
+        fields = {
+            "clip_model": str(folder / "clip"),
+            "dino_model": str(folder / "dino"),
+            "aesthetic_model": str(folder / "aesthetic"),
+            "nsfw_model": str(folder / "nsfw"),
+        }
     elif name in ("real", "stable-cascade"):
-        fields = {"clip_model": REAL_CLIP, "dino_model": REAL_DINO}
+        fields = {"clip_model": REAL_CLIP, "dino_model": REAL_DINO}  # the other models' defaults are real
     else:
         raise ValueError(f"unknown scoring preset {name!r}; choose one of {', '.join(PRESETS)}")
     return ScoringConfig(**{**fields, **overrides})
 
 
 def build_tiny_scoring_models(folder: Path) -> Path:
-    """Write the tiny CLIP (+ tokenizer, processor) and DINOv2 (+ processor) into `folder` once.
+    """Write the tiny CLIP (+ tokenizer, processor), DINOv2 (+ processor), aesthetic head and safety
+    classifier (+ processor) into `folder` once.
 
     The folder is built under a temporary name and renamed into place, so concurrent workers never see
     a half-written model (two racing builders produce identical files; the loser discards its copy).
@@ -134,6 +157,41 @@ def _write_tiny_models(folder: Path) -> None:
         image_std=[0.229, 0.224, 0.225],
     ).save_pretrained(folder / "dino")
     shutil.rmtree(folder / "clip" / "_bpe", ignore_errors=True)  # raw BPE files; tokenizer.json has them
+    _write_tiny_safety_models(folder, projection_dim=32)
+
+
+def _write_tiny_safety_models(folder: Path, projection_dim: int) -> None:
+    """The aesthetic head (the real checkpoint's layout at small widths, saved as a `.pth` state dict like
+    the real one) and a ViT normal/nsfw classifier saved like Falconsai/nsfw_image_detection."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    from pipeline.scoring.aesthetic import AestheticMLP
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        head = AestheticMLP((projection_dim, 48, 16, 8, 4))
+        for parameter in head.parameters():  # default init gives scores near 0; spread them out
+            torch.nn.init.normal_(parameter, std=0.5)
+        classifier = ViTForImageClassification(
+            ViTConfig(
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+                id2label={0: "normal", 1: "nsfw"},
+                label2id={"normal": 0, "nsfw": 1},
+            )
+        )
+    (folder / "aesthetic").mkdir(parents=True, exist_ok=True)
+    torch.save(head.state_dict(), folder / "aesthetic" / AESTHETIC_FILE)
+    classifier.save_pretrained(folder / "nsfw")
+    # Same recipe as the real classifier (plain resize to the input size, mean = std = 0.5), at 32 px.
+    ViTImageProcessorPil(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(folder / "nsfw")
 
 
 @dataclass
@@ -206,3 +264,46 @@ def _from_pretrained(loader: Any, model_id: str, what: str, **kwargs: Any) -> An
         return loader.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load the {what} from {model_id!r}: {error}") from error
+
+
+# --- the aesthetic head and the safety classifier (loaded only when their scorer is configured) -----
+
+_HEADS: dict[tuple, Any] = {}
+
+
+def load_aesthetic_head(config: ScoringConfig, device: torch.device) -> Any:
+    """The aesthetic MLP on `device` in float32 (it is tiny), once per process per source."""
+    from pipeline.scoring.aesthetic import load_aesthetic_mlp
+
+    key = ("aesthetic", config.aesthetic_model, config.aesthetic_file, str(device))
+    if key not in _HEADS:
+        _HEADS[key] = load_aesthetic_mlp(config.aesthetic_model, config.aesthetic_file).to(device)
+    return _HEADS[key]
+
+
+def load_safety_classifier(config: ScoringConfig, device: torch.device, dtype: torch.dtype) -> tuple:
+    """(classifier, image processor, label ids counted as unsafe), once per process per source."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    key = ("nsfw", config.nsfw_model, config.nsfw_labels, str(device), str(dtype))
+    if key not in _HEADS:
+        model = _from_pretrained(
+            AutoModelForImageClassification, config.nsfw_model, "nsfw classifier", dtype=dtype
+        )
+        labels = {str(name).lower(): int(index) for index, name in model.config.id2label.items()}
+        wanted = [label.lower() for label in config.nsfw_labels]
+        missing = [label for label in wanted if label not in labels]
+        if missing or not wanted:
+            raise ValueError(
+                f"nsfw classifier {config.nsfw_model!r} has no label {missing or wanted}; "
+                f"its labels: {sorted(labels)} (set scoring.options.nsfw_labels)"
+            )
+        processor = _from_pretrained(
+            AutoImageProcessor, config.nsfw_model, "nsfw image processor", backend="pil"
+        )
+        _HEADS[key] = (
+            model.to(device).eval().requires_grad_(False),
+            processor,
+            [labels[label] for label in wanted],
+        )
+    return _HEADS[key]

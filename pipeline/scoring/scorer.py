@@ -1,6 +1,10 @@
-"""Scorer: per-sample similarity scores of generated images against their prompt and references.
+"""Scorer: runs the configured scorers (pipeline.scoring.registry) over batches of generated images.
 
-Scores (all cosine similarities in [-1, 1], computed in float32 from L2-normalised embeddings):
+The host computes what scorers share once per batch: the CLIP image/text, DINO and CSD embeddings of the
+outputs (`ScoringBatch.embedding`) and the reference embeddings, cached by pixel hash
+(`ScoringBatch.references`). Each scorer reads what it declared in `needs` and returns its scores and
+embeddings. The built-in similarity scores (all cosine similarities in [-1, 1], computed in float32 from
+L2-normalised embeddings; pipeline.scoring.builtins has the others: aesthetic, nsfw, embeddings):
 
 - `clip_t`: CLIP image embedding of the output vs CLIP text embedding of the prompt (the paper's
   CLIP-T). Prompts longer than the text model's window (77 tokens for CLIP) are truncated.
@@ -16,7 +20,13 @@ Scores (all cosine similarities in [-1, 1], computed in float32 from L2-normalis
   mixes style and content. The two have different scales, so leakage thresholds are per preset.
 
 Reference embeddings (style and content images) are cached by pixel hash, so a style repeated across
-a shard is embedded once. Every image is made RGB first (transparency composited onto white). CLIP and
+a shard is embedded once. Scores are batch-invariant: a reference is always embedded alone, so its
+embedding does not depend on which references an earlier call embedded with it (or left in the
+cache); on CPU every sample is also scored alone (MKL/oneDNN round differently by batch shape, as in
+generation), so a sample's scores are bit-identical whatever else is in its batch. On GPU the
+generated images and prompts are batched (`batch_size`) for speed.
+
+Every image is made RGB first (transparency composited onto white). CLIP and
 DINO images then go through each checkpoint's own image processor (PIL backend: bicubic shortest-edge
 resize, centre crop, rescale, normalise: the recipe the checkpoint was trained with). CSD images go
 through the shared torch `image_ops.clip_preprocess` at the module's input size, the transform
@@ -36,13 +46,15 @@ import torch
 from PIL import Image
 
 from pipeline.scoring.models import ScoringConfig, load_scoring_models
+from pipeline.scoring.registry import INPUTS, ScoreModule, ScorerContext, ScorerError, resolve_scorers
 
-SCORE_NAMES = ("clip_t", "clip_content", "dino_style", "csd_style", "leakage")
 Scores = dict[str, list[float | None]]
+Embeddings = dict[str, np.ndarray]  # name -> (samples, dim) float16, a row of NaN where not computed
 
 
 class Scorer:
-    """Scores batches of generated images; models are loaded once per process and shared.
+    """Scores batches of generated images with the configured scorers; models are loaded once per
+    process and shared.
 
     `csd`, when given, is the shared CSD module (`forward(pixel_values) -> (feature, content, style)`,
     unit-norm content and style); it is only read here, never modified.
@@ -53,8 +65,15 @@ class Scorer:
         self.models = load_scoring_models(config, device)
         self.device = self.models.device
         self.csd = csd
-        self.names: tuple[str, ...] = tuple(n for n in SCORE_NAMES if n != "csd_style" or csd is not None)
+        scorers = resolve_scorers(config.scorers)
+        self.modules: list[ScoreModule] = [
+            cls(ScorerContext(config, self.models, csd, dict(config.scorer_options.get(cls.name, {}))))
+            for cls in scorers.classes
+        ]
+        self.names: tuple[str, ...] = tuple(name for module in self.modules for name in module.produces)
+        self.embedding_names: tuple[str, ...] = scorers.embeddings
         self._cache = _ReferenceCache(config.reference_cache_size)
+        self.batch_invariant = self.device.type == "cpu"  # one sample per forward pass (see above)
         self._embedders: dict[str, Callable[[list[Image.Image]], torch.Tensor]] = {
             "clip": self._clip_images,
             "dino": self._dino_images,
@@ -72,43 +91,49 @@ class Scorer:
 
         `styles[i]` is sample i's style reference; with several weighted references, pass the first
         (highest-weight) one. `contents[i]` is None in stylization mode. Use `score_rows` for one dict
-        per sample.
+        per sample, `score_with_embeddings` for the embeddings too.
         """
+        return self.score_with_embeddings(images, prompts, styles, contents)[0]
+
+    def score_with_embeddings(self, images, prompts, styles, contents) -> tuple[Scores, Embeddings]:
+        """`score`'s scores and `{name: (samples, dim) float16}` for every name in `embedding_names`."""
         _check_inputs(images, prompts, styles, contents)
         scores: Scores = {name: [] for name in self.names}
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.embedding_names}
         digests: dict[int, bytes] = {}  # id(image) -> pixel hash, valid while the inputs are alive
-        step = self.config.batch_size
+        step = 1 if self.batch_invariant else self.config.batch_size
         for start in range(0, len(images), step):
             part = slice(start, start + step)
-            chunk = self._score_chunk(images[part], prompts[part], styles[part], contents[part], digests)
+            batch = ScoringBatch(self, images[part], prompts[part], styles[part], contents[part], digests)
+            chunk_scores, chunk_embeddings = self._score_chunk(batch)
             for name in self.names:
-                scores[name] += chunk[name]
-        return scores
+                scores[name] += chunk_scores[name]
+            for name in self.embedding_names:
+                parts[name].append(chunk_embeddings[name])
+        embeddings = {
+            name: np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float16)
+            for name, arrays in parts.items()
+        }
+        return scores, embeddings
 
     # --- one batch ---------------------------------------------------------------------------------
 
-    def _score_chunk(self, images, prompts, styles, contents, digests) -> Scores:
-        images = [_as_rgb(image) for image in images]
+    def _score_chunk(self, batch: ScoringBatch) -> tuple[Scores, Embeddings]:
+        scores: Scores = {}
+        embeddings: Embeddings = {}
         with torch.inference_mode(), self._autocast():
-            output_clip = self._clip_images(images)
-            scores: Scores = {
-                "clip_t": _cosines(output_clip, self._clip_texts(prompts)),
-                "dino_style": _cosines(self._dino_images(images), self._references("dino", styles, digests)),
-                "clip_content": [None] * len(images),
-            }
-            composed = [i for i, content in enumerate(contents) if content is not None]
-            if composed:
-                content_clip = self._references("clip", [contents[i] for i in composed], digests)
-                for i, value in zip(composed, _cosines(output_clip[composed], content_clip), strict=True):
-                    scores["clip_content"][i] = value
-            if self.csd is not None:
-                output_csd = self._csd_images(images)  # (B, 2, D): content, style
-                style_csd = self._references("csd", styles, digests)
-                scores["csd_style"] = _cosines(output_csd[:, 1], style_csd[:, 1])
-                scores["leakage"] = _cosines(output_csd[:, 0], style_csd[:, 0])
-            else:
-                scores["leakage"] = _cosines(output_clip, self._references("clip", styles, digests))
-        return scores
+            for module in self.modules:
+                result = module.score(batch.view(module.needs))
+                expected = set(module.produces) | set(module.embeddings)
+                if set(result) != expected:
+                    raise ScorerError(
+                        f"scorer {module.name!r} returned {sorted(result)}, expected {sorted(expected)}"
+                    )
+                for name in module.produces:
+                    scores[name] = _score_list(module.name, name, result[name], len(batch))
+                for name in module.embeddings:
+                    embeddings[name] = _embedding_array(module.name, name, result[name], len(batch))
+        return scores, embeddings
 
     def _autocast(self):
         if self.device.type == "cuda" and self.models.dtype in (torch.float16, torch.bfloat16):
@@ -166,16 +191,101 @@ class Scorer:
                     missing[key] = image
                 else:
                     found[key] = cached
-        if missing:
-            embedded = self._embedders[kind]([_as_rgb(image) for image in missing.values()])
-            for key, embedding in zip(missing, embedded, strict=True):
-                found[key] = embedding
-                self._cache.put(key, embedding)
+        for key, image in missing.items():  # one at a time: the value never depends on the others
+            found[key] = self._embedders[kind]([_as_rgb(image)])[0]
+            self._cache.put(key, found[key])
         return torch.stack([found[key] for key in keys])
 
     @property
     def cached_references(self) -> int:
         return len(self._cache)
+
+
+class ScoringBatch:
+    """One chunk of samples as the scorers see it: the RGB outputs, prompts, references, and the shared
+    embeddings, each computed at most once per chunk whichever scorers ask. A scorer gets a view limited
+    to the inputs it declared (`needs`), so an undeclared dependency fails at once, naming the input."""
+
+    def __init__(self, host: Scorer, images, prompts, styles, contents, digests, needs=INPUTS, memo=None):
+        self._host = host
+        self._images = [_as_rgb(image) for image in images] if memo is None else images
+        self._prompts, self._styles, self._contents = list(prompts), list(styles), list(contents)
+        self._digests = digests
+        self._needs = frozenset(needs)
+        self._memo: dict[str, torch.Tensor] = {} if memo is None else memo
+
+    def view(self, needs) -> ScoringBatch:
+        return ScoringBatch(
+            self._host,
+            self._images,
+            self._prompts,
+            self._styles,
+            self._contents,
+            self._digests,
+            needs,
+            self._memo,
+        )
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def _need(self, what: str) -> None:
+        if what not in self._needs:
+            raise ScorerError(
+                f"a scorer read {what!r} without declaring it in `needs` ({sorted(self._needs)})"
+            )
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The generated images, RGB."""
+        self._need("image")
+        return self._images
+
+    @property
+    def prompts(self) -> list[str]:
+        self._need("prompt")
+        return self._prompts
+
+    @property
+    def styles(self) -> list[Image.Image]:
+        self._need("style")
+        return self._styles
+
+    @property
+    def contents(self) -> list[Image.Image | None]:
+        """Content references; None in stylization mode."""
+        self._need("content")
+        return self._contents
+
+    def embedding(self, kind: str) -> torch.Tensor:
+        """Shared embeddings of the batch, L2-normalised float32: `clip_image` (B, D), `clip_text` (B, D),
+        `dino_image` (B, D), `csd_image` (B, 2, D: content, style heads)."""
+        self._need(kind)
+        if kind not in self._memo:
+            host = self._host
+            if kind == "clip_text":
+                self._memo[kind] = host._clip_texts(self._prompts)
+            elif kind in ("clip_image", "dino_image", "csd_image"):
+                if kind == "csd_image" and host.csd is None:
+                    raise ScorerError("csd_image needs a CSD module (the generation preset has none)")
+                self._memo[kind] = host._embedders[kind.removesuffix("_image")](self._images)
+            else:
+                raise ScorerError(f"{kind!r} is not a shared embedding")
+        return self._memo[kind]
+
+    def references(self, kind: str, images: list[Image.Image]) -> torch.Tensor:
+        """`kind` ("clip", "dino", "csd") embeddings of reference images (style or content), computed
+        once per distinct image and cached across batches."""
+        self._need(f"{kind}_image")
+        return self._host._references(kind, images, self._digests)
+
+
+def per_sample(forward: Callable[[Any], torch.Tensor], items: Any, device: torch.device) -> torch.Tensor:
+    """`forward(items)`, batch-invariantly: on CPU one sample per call (BLAS kernels round differently by
+    batch size there), on GPU the whole batch (its kernels are chosen per shape, not per batch size)."""
+    if device.type != "cpu" or len(items) <= 1:
+        return forward(items)
+    return torch.cat([forward(items[i : i + 1]) for i in range(len(items))])
 
 
 def csd_from_preset(models: Any) -> torch.nn.Module | None:
@@ -248,6 +358,25 @@ def _pooled(output: Any) -> torch.Tensor:
 
 def _unit(embeddings: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(embeddings.float(), dim=-1)
+
+
+def _score_list(scorer: str, name: str, values: Any, count: int) -> list[float | None]:
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    if len(values) != count:
+        raise ScorerError(f"scorer {scorer!r} gave {len(values)} {name} values for {count} samples")
+    try:
+        return [None if value is None else float(value) for value in values]
+    except (TypeError, ValueError) as error:
+        raise ScorerError(f"scorer {scorer!r}: a {name} value is not a number ({error})") from None
+
+
+def _embedding_array(scorer: str, name: str, values: Any, count: int) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
+    array = np.asarray(values, dtype=np.float16)
+    if array.ndim != 2 or array.shape[0] != count:
+        raise ScorerError(f"scorer {scorer!r}: embedding {name!r} must be (samples, dim), got {array.shape}")
+    return array
 
 
 def _cosines(a: torch.Tensor, b: torch.Tensor) -> list[float]:

@@ -5,6 +5,8 @@ Columns, in this order:
   the filter rule and value for rejected rows, the error for failed ones),
   score_<name> (float64, null when absent) for every score seen in the shard or named by `schema`,
   time_<name> (float64 seconds, null when absent) for every timing seen in the shard or named by `schema`,
+  embedding_<name> (list<halffloat>, null when absent) for every per-sample embedding (near-duplicate
+  search: `stylegen dedup`), float16 to keep it compact (1.5 KB per sample for a 768-dim embedding),
   then every metadata key (sorted): scalars as their own column, lists/dicts as canonical JSON strings.
 A run passes one `schema` for all its shards, so every shard parquet has the same columns and types (an
 all-failed shard has no scores, an all-null column no type of its own) and readers can concatenate them.
@@ -25,10 +27,12 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
 from pipeline.shards.keys import canonical_json, validate_uid
 
 ROW_STATUSES = ("kept", "rejected", "failed")
 _CORE_COLUMNS = ("uid", "shard_id", "status", "reason")
+EMBEDDING_TYPE = pa.list_(pa.float16())
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class ShardRow:
     scores: Mapping[str, float | None] = field(default_factory=dict)
     timings: Mapping[str, float | None] = field(default_factory=dict)  # seconds
     meta: Mapping[str, Any] = field(default_factory=dict)
+    embeddings: Mapping[str, Any] = field(default_factory=dict)  # name -> 1-d float vector or None
 
     def __post_init__(self) -> None:
         validate_uid(self.uid)
@@ -77,6 +82,25 @@ def _float_column(rows: list[ShardRow], attribute: str, name: str) -> pa.Array:
     return pa.array(values, type=pa.float64())
 
 
+def _embedding_column(rows: list[ShardRow], name: str) -> pa.Array:
+    """One list<halffloat> column: each row's vector (any float dtype, stored as float16) or null."""
+    import numpy as np
+
+    vectors, offsets, valid = [], [0], []
+    for row in rows:
+        value = row.embeddings.get(name)
+        vector = None if value is None else np.asarray(value, dtype=np.float16)
+        if vector is not None and vector.ndim != 1:
+            raise ValueError(f"row {row.uid}: embedding {name!r} must be a vector, got shape {vector.shape}")
+        if vector is not None:
+            vectors.append(vector)
+        offsets.append(offsets[-1] + (0 if vector is None else len(vector)))
+        valid.append(vector is not None)
+    flat = np.concatenate(vectors) if vectors else np.zeros(0, np.float16)
+    mask = pa.array([not ok for ok in valid], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat), mask=mask)
+
+
 def _meta_column(rows: list[ShardRow], name: str, shard_id: int, schema: pa.Schema | None) -> pa.Array:
     values = [_meta_value(row.meta.get(name)) for row in rows]
     target = schema.field(name).type if schema is not None and name in schema.names else None
@@ -96,14 +120,19 @@ def build_shard_table(rows: Iterable[ShardRow], shard_id: int, schema: pa.Schema
         if previous.uid == row.uid:
             raise ValueError(f"shard {shard_id}: row uid {row.uid} appears twice")
     fixed = [n for n in (schema.names if schema is not None else []) if n not in _CORE_COLUMNS]
-    scored = {n.removeprefix("score_") for n in fixed if n.startswith("score_")}
-    timed = {n.removeprefix("time_") for n in fixed if n.startswith("time_")}
-    described = {n for n in fixed if not n.startswith(("score_", "time_"))}
+    scored = {n.removeprefix(SCORE_PREFIX) for n in fixed if n.startswith(SCORE_PREFIX)}
+    timed = {n.removeprefix(TIME_PREFIX) for n in fixed if n.startswith(TIME_PREFIX)}
+    embedded = {n.removeprefix(EMBEDDING_PREFIX) for n in fixed if n.startswith(EMBEDDING_PREFIX)}
+    described = {n for n in fixed if not n.startswith((SCORE_PREFIX, TIME_PREFIX, EMBEDDING_PREFIX))}
     meta_names = sorted({name for row in ordered for name in row.meta} | described)
     score_names = sorted({name for row in ordered for name in row.scores} | scored)
     timing_names = sorted({name for row in ordered for name in row.timings} | timed)
+    embedding_names = sorted({name for row in ordered for name in row.embeddings} | embedded)
     clashes = set(meta_names) & (
-        set(_CORE_COLUMNS) | {f"score_{n}" for n in score_names} | {f"time_{n}" for n in timing_names}
+        set(_CORE_COLUMNS)
+        | {f"{SCORE_PREFIX}{n}" for n in score_names}
+        | {f"{TIME_PREFIX}{n}" for n in timing_names}
+        | {f"{EMBEDDING_PREFIX}{n}" for n in embedding_names}
     )
     if clashes:
         raise ValueError(f"shard {shard_id}: metadata keys {sorted(clashes)} clash with table columns")
@@ -118,6 +147,8 @@ def build_shard_table(rows: Iterable[ShardRow], shard_id: int, schema: pa.Schema
         columns[f"score_{name}"] = _float_column(ordered, "scores", name)
     for name in timing_names:
         columns[f"time_{name}"] = _float_column(ordered, "timings", name)
+    for name in embedding_names:
+        columns[f"{EMBEDDING_PREFIX}{name}"] = _embedding_column(ordered, name)
     for name in meta_names:
         columns[name] = _meta_column(ordered, name, shard_id, schema)
     return pa.table(columns)

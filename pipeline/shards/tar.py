@@ -1,4 +1,5 @@
-"""The WebDataset tar of a shard: `{uid}.{png|jpg|webp}` + `{uid}.json` per sample, byte-reproducible.
+"""The WebDataset tar of a shard: `{uid}.{png|jpg|webp}` + `{uid}.json` (+ `{uid}.txt`, the caption) per
+sample, byte-reproducible.
 
 Samples are sorted by uid and each sample's members are written together in extension order; since
 '.' sorts before every hex digit this is also plain member-name order. Every header field that could
@@ -29,16 +30,17 @@ _TAR_MODE = 0o444
 
 @dataclass(frozen=True)
 class ShardSample:
-    """One kept (or rejected) sample: encoded image bytes plus the metadata for its `.json` member.
+    """One kept (or rejected) sample: encoded image bytes, the metadata for its `.json` member and its
+    caption for the `.txt` member (none when None).
 
-    `meta` is whatever the worker records (user id and extra manifest columns, prompt, style/content
-    URIs, seed, preset/model ids/revisions, sampler parameters, scores, status, timings, versions).
-    It is written as canonical JSON with `uid` added."""
+    `meta` is whatever the worker records (pipeline.worker.ShardFiles.sample_metadata). It is written
+    as canonical JSON with `uid` added; the caption as UTF-8."""
 
     uid: str
     image: bytes
     ext: str
     meta: Mapping[str, Any] = field(default_factory=dict)
+    caption: str | None = None
 
     def __post_init__(self) -> None:
         validate_uid(self.uid)
@@ -48,6 +50,10 @@ class ShardSample:
             )
         if not isinstance(self.image, bytes | bytearray) or not self.image:
             raise ValueError(f"sample {self.uid}: image must be non-empty encoded bytes")
+        if self.caption is not None and not isinstance(self.caption, str):
+            raise ValueError(
+                f"sample {self.uid}: caption must be a string, got {type(self.caption).__name__}"
+            )
         if "uid" in self.meta and self.meta["uid"] != self.uid:
             raise ValueError(f"sample {self.uid}: meta['uid'] is {self.meta['uid']!r}, not the sample uid")
 
@@ -95,6 +101,8 @@ def write_tar(samples: Iterable[ShardSample], path: str | Path) -> TarStats:
             )
             for sample in ordered:
                 members = {sample.ext: bytes(sample.image), "json": sample.json_bytes()}
+                if sample.caption is not None:
+                    members["txt"] = sample.caption.encode("utf-8")
                 writer.write({"__key__": sample.uid, **members})
             writer.close()
             file.flush()

@@ -99,6 +99,7 @@ class Store(ABC):
         summary: Mapping[str, Any],
         attempt_id: str | None = None,
         progress: Progress | None = None,
+        legacy_layout: bool = False,
     ) -> commit.CommitResult:
         """Upload a shard's finished local files and commit them atomically (see pipeline.storage.commit)."""
         return commit.commit_shard(
@@ -110,6 +111,7 @@ class Store(ABC):
             summary=summary,
             attempt_id=attempt_id,
             progress=progress,
+            legacy_layout=legacy_layout,
         )
 
     def read_marker(self, shard_id: int) -> commit.ShardMarker | None:

@@ -37,9 +37,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.storage.layout import (
     ATTEMPTS_PREFIX,
+    FINAL_PREFIXES,
     MARKER_PREFIX,
-    REJECTED_PREFIX,
-    SHARDS_PREFIX,
     attempt_key,
     attempt_of,
     attempt_prefix,
@@ -122,11 +121,13 @@ def commit_shard(
     summary: Mapping[str, Any],
     attempt_id: str | None = None,
     progress: Progress | None = None,
+    legacy_layout: bool = False,
 ) -> CommitResult:
     """Commit a shard's finished local files (see the module docstring). Raises StorageError (or a
-    subclass) when the store fails; the caller retries with a new attempt id."""
+    subclass) when the store fails; the caller retries with a new attempt id. `legacy_layout` puts the
+    parquet next to the tar, as format-1 outputs have it (pipeline.storage.layout)."""
     attempt_id = validate_attempt_id(attempt_id or uuid.uuid4().hex)
-    files = {tar_key(shard_id): tar, table_key(shard_id): table}
+    files = {tar_key(shard_id): tar, table_key(shard_id, legacy=legacy_layout): table}
     if rejected is not None:
         files[rejected_key(shard_id)] = rejected
     summary = dict(summary)
@@ -251,7 +252,7 @@ def finalize(store: Store) -> list[int]:
     for info in store.list(ATTEMPTS_PREFIX):
         if (parsed := attempt_of(info.key)) is not None:
             uploads[parsed].add(info.key)
-    finals = {info.key: info for info in store.list(SHARDS_PREFIX) + store.list(REJECTED_PREFIX)}
+    finals = {info.key: info for prefix in FINAL_PREFIXES for info in store.list(prefix)}
     completed = []
     for shard_id, marker in sorted(markers.items()):
         leftovers = uploads.get((shard_id, marker.attempt_id), set())
@@ -267,13 +268,13 @@ def finalize(store: Store) -> list[int]:
 def remove_orphans(store: Store, older_than: timedelta = timedelta(hours=1)) -> list[str]:
     """Delete, among objects older than `older_than`:
     - attempt objects of attempts no marker names (lost, crashed or killed attempts);
-    - final-name objects (shards/, rejected/) that no marker accounts for.
+    - final-name objects (shards/, metadata/, rejected/) that no marker accounts for.
     The winners' own attempt keys are left to finalize. An attempt that is still uploading has no
     marker yet, so while writers run keep `older_than` above the longest commit; older_than=0 is for
     when no writer is active. Returns the deleted keys."""
     cutoff = datetime.now(timezone.utc) - older_than
     attempts = store.list(ATTEMPTS_PREFIX)
-    finals = store.list(SHARDS_PREFIX) + store.list(REJECTED_PREFIX)
+    finals = [info for prefix in FINAL_PREFIXES for info in store.list(prefix)]
     # Markers are read after the listings: a shard publishes only after its marker exists, so every
     # final name listed has its marker read here, even if it was committed during the listing (a local
     # publish keeps the upload's mtime, so the age cutoff alone would not protect it).

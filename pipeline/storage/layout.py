@@ -1,11 +1,16 @@
 """Object keys of an output, relative to its root (a folder or s3://bucket/prefix).
 
-run.json, plan.parquet, summary.json, report.html   written by the driver through a Store
+run.json, plan.parquet, summary.json, report.html, README.md   written by the driver through a Store
 shards/shard-NNNNNN.tar                       kept samples
-shards/shard-NNNNNN.parquet                   every planned row of the shard
+metadata/shard-NNNNNN.parquet                 every planned row of the shard (its own folder, so a
+                                              directory reader takes them as one table)
 rejected/shard-NNNNNN.tar                     optional: rejected samples, same layout
 _SUCCESS/shard-NNNNNN.json                    the commit marker: the only truth for "done"
 _attempts/shard-NNNNNN/<attempt_id>/<final key>   an attempt's uploads before (and until) publish
+
+Outputs of format 1 (run.json "format": "stylegen-run/1" or "stylegen-select/1") kept the shard
+parquets next to the tars (shards/shard-NNNNNN.parquet). Readers take each shard's parquet key from its
+commit marker, so both layouts read the same; a resumed format-1 output keeps writing its own layout.
 """
 
 from __future__ import annotations
@@ -18,11 +23,17 @@ SUMMARY_KEY = "summary.json"
 REPORT_KEY = "report.html"
 MARKER_PREFIX = "_SUCCESS/"
 ATTEMPTS_PREFIX = "_attempts/"
+CARD_KEY = "README.md"  # the Hugging Face dataset card
 SHARDS_PREFIX = "shards/"
+METADATA_PREFIX = "metadata/"
 REJECTED_PREFIX = "rejected/"
+FINAL_PREFIXES = (SHARDS_PREFIX, METADATA_PREFIX, REJECTED_PREFIX)  # committed shard files live here
+LEGACY_FORMATS = frozenset({"stylegen-run/1", "stylegen-select/1"})  # shard parquets under shards/
 
+RUN_FILES = (RUN_KEY, PLAN_KEY, SUMMARY_KEY, REPORT_KEY, CARD_KEY)
+_LOG_KEY = re.compile(r"logs/run-\d{8}T\d{12}Z\.log")
 _ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_SHARD_FILE = re.compile(r"(?:shards|rejected|_SUCCESS)/shard-(\d{6,})\.(?:tar|parquet|json)")
+_SHARD_FILE = re.compile(r"(?:shards|metadata|rejected|_SUCCESS)/shard-(\d{6,})\.(?:tar|parquet|json)")
 _ATTEMPT_KEY = re.compile(r"_attempts/shard-(\d{6,})/([A-Za-z0-9_-]{1,64})/.+")
 
 
@@ -36,8 +47,22 @@ def tar_key(shard_id: int) -> str:
     return f"{SHARDS_PREFIX}{shard_name(shard_id)}.tar"
 
 
-def table_key(shard_id: int) -> str:
-    return f"{SHARDS_PREFIX}{shard_name(shard_id)}.parquet"
+def table_key(shard_id: int, *, legacy: bool = False) -> str:
+    """The shard parquet's key: metadata/ (format 2), or next to the tar in a format-1 output."""
+    return f"{SHARDS_PREFIX if legacy else METADATA_PREFIX}{shard_name(shard_id)}.parquet"
+
+
+def uses_legacy_layout(run_record: object) -> bool:
+    """Whether an output's run.json (parsed) is of format 1, whose shard parquets live under shards/."""
+    return isinstance(run_record, dict) and run_record.get("format") in LEGACY_FORMATS
+
+
+def table_key_of(shard_id: int, files: object) -> str:
+    """The parquet key a commit marker names (`files`: its final keys), whatever the layout."""
+    for key in files:
+        if key.endswith(".parquet") and shard_id_of(key) == shard_id:
+            return key
+    return table_key(shard_id)
 
 
 def rejected_key(shard_id: int) -> str:
@@ -46,6 +71,21 @@ def rejected_key(shard_id: int) -> str:
 
 def marker_key(shard_id: int) -> str:
     return f"{MARKER_PREFIX}{shard_name(shard_id)}.json"
+
+
+def log_key(when) -> str:
+    """The log of a run started at `when` (a UTC datetime)."""
+    return f"logs/run-{when.strftime('%Y%m%dT%H%M%S%fZ')}.log"
+
+
+def is_run_output_key(key: str) -> bool:
+    """Whether `key` is one that `stylegen run` writes (what --restart may delete; nothing else)."""
+    return (
+        key in RUN_FILES
+        or shard_id_of(key) is not None
+        or attempt_of(key) is not None
+        or _LOG_KEY.fullmatch(key) is not None
+    )
 
 
 def validate_attempt_id(attempt_id: str) -> str:

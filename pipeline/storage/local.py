@@ -7,19 +7,50 @@ import errno
 import hashlib
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.storage.base import Progress, Store
 from pipeline.storage.layout import validate_key, validate_prefix
-from pipeline.storage.objects import ObjectInfo, ObjectNotFound, ShardIntegrityError
+from pipeline.storage.objects import ObjectInfo, ObjectNotFound, ShardIntegrityError, StorageError
 
 _CHUNK = 8 * 1024 * 1024
 _TEMP_MARK = ".tmp-"  # temp files are named .<name>.tmp-<uuid>; keys may not start with '.'
 # errnos of filesystems without hard links; there the marker falls back to O_EXCL.
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+
+
+_WHAT_TO_DO = {
+    errno.ENOSPC: "free some space on that filesystem (or choose another --output)",
+    errno.EDQUOT: "free some space within your disk quota (or choose another --output)",
+    errno.EROFS: "the filesystem is read-only: remount it read-write or choose another --output",
+    errno.EXDEV: "keep the whole output folder on one filesystem (no mount or symlink inside it)",
+    errno.EACCES: "no permission to write there: fix the folder's permissions or choose another --output",
+    errno.EPERM: "no permission to write there: fix the folder's permissions or choose another --output",
+}
+
+
+def os_error_message(error: OSError, path: str | Path) -> str:
+    """One line: the path, the system's reason and what to do; the rerun resumes where this stopped."""
+    name = errno.errorcode.get(error.errno or 0, "")
+    reason = error.strerror or str(error)
+    what = _WHAT_TO_DO.get(error.errno or 0, "fix the cause")
+    name = f" ({name})" if name else ""
+    return f"cannot write {path}: {reason}{name}; {what}, then rerun the same command to resume"
+
+
+@contextmanager
+def _os_errors(path: Path) -> Iterator[None]:
+    """OSError from the filesystem -> StorageError naming the path (a missing object stays as it is)."""
+    try:
+        yield
+    except (FileNotFoundError, StorageError):
+        raise
+    except OSError as error:
+        raise StorageError(os_error_message(error, path)) from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -46,17 +77,18 @@ class LocalStore(Store):
 
     def _write_atomically(self, key: str, fill: Callable[[BinaryIO], None]) -> Path:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex}")
-        try:
-            with open(temp, "wb") as file:
-                fill(file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        with _os_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex}")
+            try:
+                with open(temp, "wb") as file:
+                    fill(file)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temp, path)
+            finally:
+                temp.unlink(missing_ok=True)
+            _fsync_dir(path.parent)
         return path
 
     # --- plain object operations -----------------------------------------------------------------
@@ -129,7 +161,8 @@ class LocalStore(Store):
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
             path = self._path(key)
-            path.unlink(missing_ok=True)
+            with _os_errors(path):
+                path.unlink(missing_ok=True)
             self._prune_empty_folders(path.parent)
 
     def _prune_empty_folders(self, folder: Path) -> None:
@@ -148,24 +181,25 @@ class LocalStore(Store):
         to the key (link() fails if the key exists), so the key never exists half-written; on
         filesystems without hard links it falls back to O_CREAT|O_EXCL on the key itself."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex}")
-        try:
-            with open(temp, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
+        with _os_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex}")
             try:
-                os.link(temp, path)
-            except FileExistsError:
-                return False
-            except OSError as error:
-                if error.errno not in _NO_HARD_LINKS:
-                    raise
-                return self._create_exclusive(path, data)
-        finally:
-            temp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+                with open(temp, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                try:
+                    os.link(temp, path)
+                except FileExistsError:
+                    return False
+                except OSError as error:
+                    if error.errno not in _NO_HARD_LINKS:
+                        raise
+                    return self._create_exclusive(path, data)
+            finally:
+                temp.unlink(missing_ok=True)
+            _fsync_dir(path.parent)
         return True
 
     @staticmethod
@@ -188,12 +222,13 @@ class LocalStore(Store):
             raise ObjectNotFound(f"{self.url(source)} does not exist") from None
         if actual != size:
             raise ShardIntegrityError(f"{self.url(source)} has {actual} bytes, the marker says {size}")
-        destination_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(source_path, destination_path)
-        except FileNotFoundError:
-            raise ObjectNotFound(f"{self.url(source)} does not exist") from None
-        _fsync_dir(destination_path.parent)
+        with _os_errors(destination_path):
+            destination_path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(source_path, destination_path)
+            except FileNotFoundError:
+                raise ObjectNotFound(f"{self.url(source)} does not exist") from None
+            _fsync_dir(destination_path.parent)
         self._prune_empty_folders(source_path.parent)
 
     def abort_stale_multipart_uploads(self, older_than: timedelta = timedelta(hours=1)) -> int:
