@@ -178,6 +178,7 @@ class GeneratorPool:
         driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.progress = ProgressActor.options(name=progress_name, scheduling_strategy=driver_node).remote()
         self.slots: list[ActorSlot] = []
+        self._forgets: list = []  # forget calls that may not have run yet
         now = time.monotonic()
         for index in range(size):
             handle = GeneratorActor.options(num_gpus=gpus_per_actor).remote(
@@ -197,14 +198,20 @@ class GeneratorPool:
             slot.info, slot.probe = ray.get(slot.probe), None
         return [slot.info for slot in self.slots]
 
+    def forget(self, attempt_id: str) -> None:
+        """Drop an ended attempt's heartbeat. The call is kept until it has run (see shutdown)."""
+        if self._forgets:
+            _, self._forgets = ray.wait(self._forgets, num_returns=len(self._forgets), timeout=0)
+        self._forgets.append(self.progress.forget.remote([attempt_id]))
+
     def shutdown(self) -> None:
-        """Generator actors first; the heartbeat actor once the `forget` calls this driver queued have run
-        (calls from one caller run in order, so one answered snapshot means they have). Killed with calls
-        pending, Ray would report each as a failed task on the console."""
+        """Generator actors first; the heartbeat actor once the `forget` calls sent to it have run. Killed
+        with calls pending, Ray reports each as a failed task, on the console of whoever started Ray."""
         for slot in self.slots:
             ray.kill(slot.handle, no_restart=True)
-        with contextlib.suppress(RayError):  # dead or slow: nothing left to wait for
-            ray.get(self.progress.snapshot.remote(), timeout=10)
+        if self._forgets:
+            with contextlib.suppress(RayError):  # a dead or hung heartbeat actor: nothing to wait for
+                ray.wait(self._forgets, num_returns=len(self._forgets), timeout=10)
         ray.kill(self.progress, no_restart=True)
 
 
@@ -304,7 +311,7 @@ class ShardScheduler:
         slot = attempt.slot
         slot.attempts.remove(attempt)
         self.hooks.on_progress(self._images_in_flight())
-        self.pool.progress.forget.remote([attempt.attempt_id])
+        self.pool.forget(attempt.attempt_id)
         try:
             result = ray.get(attempt.ref)
         except RayTaskError as error:  # the worker raised; the actor is fine

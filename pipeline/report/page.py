@@ -41,6 +41,7 @@ td.count { text-align: right; font-variant-numeric: tabular-nums; }
 .path { overflow-wrap: anywhere; } .chart h3 { margin: 2px 0 4px; font-size: 15px; }
 .chart h3 .what { font-weight: normal; color: #555; font-size: 12px; }
 .scores span { display: block; color: #333; font-variant-numeric: tabular-nums; }
+.scores span.ranked { font-weight: 700; }
 .ends { display: flex; gap: 24px; }
 .end h4 { margin: 6px 0; } .extreme { margin: 12px 0; padding: 8px; border: 1px solid #e0e0e0; }
 td.path { max-width: 420px; }
@@ -247,7 +248,7 @@ def _extremes(extremes: list[ScoreExtremes]) -> str:
     for end in extremes:
         columns = "".join(
             f'<div class="end {kind}"><h4>{label}</h4>'
-            f'<div class="tiles">{"".join(map(_tile, tiles))}</div></div>'
+            f'<div class="tiles">{"".join(_tile(tile, end.score) for tile in tiles)}</div></div>'
             for kind, label, tiles in (("best", "highest", end.best), ("worst", "lowest", end.worst))
         )
         parts.append(
@@ -313,9 +314,10 @@ def _gallery(gallery: StyleGallery) -> str:
     )
 
 
-def _tile(tile: Tile) -> str:
+def _tile(tile: Tile, ranked_by: str | None = None) -> str:
     scores = "".join(
-        f'<span data-score="{escape(name)}" data-value="{value!r}">{escape(name)} {value:.3f}</span>'
+        f'<span data-score="{escape(name)}" data-value="{value!r}"'
+        f"{' class=ranked' if name == ranked_by else ''}>{escape(name)} {value:.3f}</span>"
         for name, value in tile.scores.items()
     )
     hover = "\n".join(
