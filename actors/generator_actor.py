@@ -7,7 +7,9 @@ answered while a shard runs. Ray restarts it after a crash or a `ray.kill` (`max
 are never retried by Ray (`max_task_retries=0`): the driver resubmits, and the commit is idempotent.
 
 Heartbeats go to the async ProgressActor as fire-and-forget calls, so reporting never blocks a worker
-and the driver reads everyone's progress with one call.
+and the driver reads everyone's progress with one call. An actor also reports there the moment its
+constructor starts: until then it is waiting for a GPU (pending capacity, which the autoscaler scales
+on), after that it is loading models (which has a deadline).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ class ProgressActor:
 
     def __init__(self):
         self._attempts: dict[str, dict] = {}
+        self._starts: dict[int, dict] = {}  # actor index -> its latest constructor start
+
+    async def actor_starting(self, actor_index: int, pid: int, node_id: str) -> None:
+        self._starts[actor_index] = {"pid": pid, "node_id": node_id, "at": time.time()}
+
+    async def starts(self) -> dict[int, dict]:
+        return dict(self._starts)
 
     async def report(self, attempt_id: str, shard_id: int, images_done: int, actor_index: int) -> None:
         self._attempts[attempt_id] = {
@@ -55,6 +64,9 @@ class GeneratorActor:
         # By name, not handle: a handle argument would live in the object store, which Ray warns makes
         # restarts fragile; plain arguments are inlined into the actor's creation spec.
         self._progress = ray.get_actor(progress_name)
+        context = ray.get_runtime_context()
+        self._progress.actor_starting.remote(actor_index, os.getpid(), context.get_node_id())
+        placement = {"node_id": context.get_node_id(), "actor_id": context.get_actor_id()}
         from pipeline.run_config import RunConfig
         from pipeline.worker import ShardWorker
 
@@ -67,7 +79,9 @@ class GeneratorActor:
             torch.set_num_threads(torch_threads)
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = device
-        self._worker = ShardWorker.from_config(config, output, device=device, heartbeat=self._heartbeat)
+        self._worker = ShardWorker.from_config(
+            config, output, device=device, heartbeat=self._heartbeat, placement=placement
+        )
         self._load_s = time.time() - self._started
 
     def _heartbeat(self, attempt_id: str, shard_id: int, images_done: int) -> None:
@@ -81,6 +95,7 @@ class GeneratorActor:
             "actor_index": self._index,
             "pid": os.getpid(),
             "node_id": context.get_node_id(),
+            "actor_id": context.get_actor_id(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "device": self._device,

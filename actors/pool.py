@@ -2,13 +2,20 @@
 
 - `start_ray` connects to a cluster (`--address` / RAY_ADDRESS, code shipped with a runtime_env) or
   starts a local instance whose GPUs are logical on a CPU machine, so one code path runs everywhere.
-- `GeneratorPool` keeps one GeneratorActor per GPU and at most two shards in flight per actor, so an
-  actor always has its next shard queued (no idle GPU between shards) and a finished shard uploads while
-  the next one generates.
-- `ShardScheduler.run` is the `ray.wait` loop. Every wait has a timeout; a shard that runs past its
-  deadline gets its actor killed (Ray restarts it) and is resubmitted; a shard that failed
-  `max_attempts` times is handed back as failed; dead actors are detected with a health probe and
-  dropped, and the run stops with an error once no actor is left. It never loops forever.
+- `GeneratorPool` is elastic: it requests its target number of GeneratorActors (one GPU each) at once,
+  whether or not the GPUs exist yet. Ray keeps the ones it cannot place pending, and pending GPU demand
+  is exactly what the Ray autoscaler and KubeRay add nodes for. At most two shards are in flight per
+  actor, so an actor always has its next shard queued (no idle GPU between shards) and a finished shard
+  uploads while the next one generates.
+- `ShardScheduler.run` is the `ray.wait` loop. Shards go only to actors that answered their probe
+  (ready); an actor whose node joins gets work on the next turn of the loop. Every wait has a timeout; a
+  shard that runs past its deadline gets its actor killed (Ray restarts it) and is resubmitted; a shard
+  that failed `max_attempts` times is handed back as failed. A lost node's shards are resubmitted
+  without being charged, and Ray restarts its actors at once (`max_restarts=-1`): pending until capacity
+  returns, with no per-actor wait. An actor waiting for a GPU has no deadline, one loading models has
+  `actor_start_timeout_s`; with no actor ready for `capacity_timeout_s` the run stops (CapacityTimeout)
+  and a rerun resumes. A stop request drains: no new shards, commits in progress get `drain_s`. It
+  never loops forever, and never waits for a pending actor once nothing is left to do.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ HEARTBEAT_POLL_S = 0.5
 
 class PoolError(RuntimeError):
     """The run cannot go on: no generator actor is alive (the message says why)."""
+
+
+class CapacityTimeout(PoolError):
+    """No actor was ready for `capacity_timeout_s` while shards were waiting (no GPUs came)."""
 
 
 # --- Ray connection --------------------------------------------------------------------------------
@@ -155,10 +166,17 @@ class ActorSlot:
     dead_reason: str | None = None
     restarts: int = 0
     killed_pid: int | None = None  # a probe answered by this pid came from the instance being killed
+    loading: tuple | None = None  # (node id, pid) of an instance whose constructor runs, not yet ready
+    loading_since: float | None = None  # then the actor start deadline applies (not while it waits for a GPU)
 
     @property
     def usable(self) -> bool:
+        """Ready: answered its probe and nothing is wrong with it; only such actors get shards."""
         return self.dead_reason is None and self.probe is None and self.reprobe_at is None
+
+    @property
+    def instance(self) -> tuple:
+        return (self.info.get("node_id"), self.info.get("pid"))
 
 
 class GeneratorPool:
@@ -172,19 +190,37 @@ class GeneratorPool:
     ):
         if size < 1:
             raise PoolError("the pool needs at least one actor")
-        threads = torch_threads  # never derived from `size`: the thread count changes CPU results
-        progress_name = f"stylegen-progress-{uuid.uuid4().hex}"
+        self._arguments = (config_json, output)
+        self.gpus_per_actor = gpus_per_actor
+        self._threads = torch_threads  # never derived from `size`: the thread count changes CPU results
+        self._progress_name = f"stylegen-progress-{uuid.uuid4().hex}"
         # Heartbeats and deadlines live here: pin it to the driver's node, which outlives any GPU node.
         driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.progress = ProgressActor.options(name=progress_name, scheduling_strategy=driver_node).remote()
-        self.slots: list[ActorSlot] = []
+        self.progress = ProgressActor.options(
+            name=self._progress_name, scheduling_strategy=driver_node
+        ).remote()
         self._forgets: list = []  # forget calls that may not have run yet
-        now = time.monotonic()
-        for index in range(size):
-            handle = GeneratorActor.options(num_gpus=gpus_per_actor).remote(
-                config_json, output, index, progress_name, threads
-            )
-            self.slots.append(ActorSlot(index, handle, probe=handle.ready.remote(), probe_since=now))
+        # Every actor is requested now, GPUs or not: the ones Ray cannot place yet stay pending.
+        self.slots = [self._new_slot(index) for index in range(size)]
+
+    def _new_slot(self, index: int) -> ActorSlot:
+        handle = GeneratorActor.options(num_gpus=self.gpus_per_actor).remote(
+            *self._arguments, index, self._progress_name, self._threads
+        )
+        return ActorSlot(index, handle, probe=handle.ready.remote(), probe_since=time.monotonic())
+
+    def replace(self, slot: ActorSlot) -> ActorSlot:
+        """A fresh actor in a dead actor's place (same index), pending until Ray places it."""
+        ray.kill(slot.handle, no_restart=True)
+        fresh = self._new_slot(slot.index)
+        self.slots[self.slots.index(slot)] = fresh
+        return fresh
+
+    def counts(self) -> tuple[int, int]:
+        """(ready, pending) actors: pending ones wait for a GPU, load models or restart."""
+        alive = [slot for slot in self.slots if slot.dead_reason is None]
+        ready = sum(1 for slot in alive if slot.usable)
+        return ready, len(alive) - ready
 
     def wait_ready(self, timeout_s: float) -> list[dict]:
         """Block until every actor answered its first probe (tests and benchmarks use this)."""
@@ -226,6 +262,7 @@ class SchedulerHooks:
     # never counted both in flight and committed
     on_progress: Callable[[dict[int, int]], None] = lambda in_flight: None
     on_event: Callable[[str], None] = lambda message: None  # retries, kills, restarts: for the log
+    on_actors: Callable[[int, int], None] = lambda ready, pending: None  # whenever the counts change
 
 
 class ShardScheduler:
@@ -237,11 +274,18 @@ class ShardScheduler:
         actor_start_timeout_s: float,
         hooks: SchedulerHooks | None = None,
         poll_s: float = 0.1,
+        *,
+        capacity_timeout_s: float = 1800.0,
+        drain_s: float = 20.0,
+        should_stop: Callable[[], bool] = lambda: False,
     ):
         self.pool = pool
         self.policy = policy
         self.max_attempts = max_attempts
         self.actor_start_timeout_s = actor_start_timeout_s
+        self.capacity_timeout_s = capacity_timeout_s
+        self.drain_s = drain_s
+        self.should_stop = should_stop
         self.hooks = hooks or SchedulerHooks()
         self.poll_s = poll_s
         self._errors: dict[int, list[str]] = defaultdict(list)
@@ -249,20 +293,78 @@ class ShardScheduler:
         self.unfinished_attempts: list[tuple[int, str]] = []
         self._tries: dict[int, int] = defaultdict(int)
         self._last_heartbeat_poll = 0.0
+        self._replacements = 0
+        self._ever_ready = False
+        self._last_ready = time.monotonic()
+        # (monotonic time, ready, pending) whenever the actor counts change: summary.json and benches
+        self.actor_timeline: list[tuple[float, int, int]] = []
+        self.stopped = False  # run() returned because should_stop() said so (after draining)
 
     def run(self, shard_rows: dict[int, int]) -> None:
-        """Run every shard in `shard_rows` (shard id -> planned rows) to a commit or a final failure."""
+        """Run every shard in `shard_rows` (shard id -> planned rows) to a commit or a final failure,
+        or until `should_stop()`: then drain and return with `stopped` set."""
         self._rows = shard_rows
         self._pending: deque[int] = deque(sorted(shard_rows))
+        self._last_ready = max(self._last_ready, time.monotonic() - self.poll_s)
         while self._pending or self._attempts():
+            if self.should_stop():
+                self._drain()
+                return
             self._fill()
             self._wait_and_collect()
             self._poll_heartbeats()
             self._enforce_deadlines()
             self._check_probes()
+            self._track_actors()
             if all(slot.dead_reason for slot in self.pool.slots):
                 reasons = "; ".join(f"actor {s.index}: {s.dead_reason}" for s in self.pool.slots)
                 raise PoolError(f"no generator actor is alive ({reasons})")
+            self._check_capacity()
+
+    # -- actors over time, capacity --
+
+    def _track_actors(self) -> None:
+        ready, pending = self.pool.counts()
+        if ready:
+            self._last_ready, self._ever_ready = time.monotonic(), True
+        if not self.actor_timeline or self.actor_timeline[-1][1:] != (ready, pending):
+            self.actor_timeline.append((time.monotonic(), ready, pending))
+            self.hooks.on_actors(ready, pending)
+
+    def _check_capacity(self) -> None:
+        waited = time.monotonic() - self._last_ready
+        if waited <= self.capacity_timeout_s:
+            return
+        import ray
+
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        _, pending = self.pool.counts()
+        raise CapacityTimeout(
+            f"no generator actor was ready for {self.capacity_timeout_s:g} s (execution.capacity_timeout_s); "
+            f"{pending} actor(s) x {self.pool.gpus_per_actor:g} GPU still waiting for a GPU or loading, "
+            f"the cluster has {gpus:g} GPUs now; rerun the same command to resume"
+        )
+
+    # -- graceful stop --
+
+    def _drain(self) -> None:
+        """No new shards; shards whose images are all done (committing) get up to `drain_s` to land.
+        Whatever is still running after that is left unfinished (the rerun does it)."""
+        self.stopped = True
+        self._pending.clear()
+        deadline = time.monotonic() + self.drain_s
+        self._poll_heartbeats(force=True)
+        while time.monotonic() < deadline and self._committing():
+            self._wait_and_collect()
+            self._poll_heartbeats()
+            self._pending.clear()  # a retry queued meanwhile is not started
+        for slot in self.pool.slots:
+            for attempt in list(slot.attempts):
+                slot.attempts.remove(attempt)
+                self.unfinished_attempts.append((attempt.shard_id, attempt.attempt_id))
+
+    def _committing(self) -> list[Attempt]:
+        return [a for a in self._attempts() if a.started_at and a.images_done >= self._rows[a.shard_id]]
 
     # -- submission --
 
@@ -405,21 +507,29 @@ class ShardScheduler:
             slot.reprobe_at = time.monotonic() + PROBE_RETRY_S
             return
         slot.killed_pid = None
-        if slot.info and info.get("pid") != slot.info.get("pid"):
+        restarted = bool(slot.info) and info.get("pid") != slot.info.get("pid")
+        if restarted:
             slot.restarts += 1
-            self.hooks.on_event(f"actor {slot.index}: restarted as pid {info.get('pid')}")
         slot.info, slot.probe_since, slot.idle_since = info, 0.0, time.monotonic()
+        slot.loading = slot.loading_since = None
+        ready, _ = self.pool.counts()
+        how = f"restarted as pid {info.get('pid')}" if restarted else "ready"
+        self.hooks.on_event(
+            f"actor {slot.index}: {how} on node {str(info.get('node_id'))[:12]} "
+            f"({ready} of {len(self.pool.slots)} ready)"
+        )
 
     def _check_probes(self) -> None:
         now = time.monotonic()
-        for slot in self.pool.slots:
+        for slot in list(self.pool.slots):
             if slot.dead_reason:
                 continue
             if slot.reprobe_at is not None and now >= slot.reprobe_at:
                 self._start_probe(slot)
             waiting = slot.probe is not None or slot.reprobe_at is not None
-            if waiting and now - slot.probe_since > self.actor_start_timeout_s:
-                self._declare_dead(slot, f"not ready after {self.actor_start_timeout_s:.0f} s")
+            # Only a constructor that runs has a deadline; waiting for a GPU is the autoscaler's business.
+            if waiting and slot.loading_since and now - slot.loading_since > self.actor_start_timeout_s:
+                self._declare_dead(slot, f"still loading after {self.actor_start_timeout_s:.0f} s")
 
     def _declare_dead(self, slot: ActorSlot, reason: str) -> None:
         slot.dead_reason, slot.probe, slot.reprobe_at = reason, None, None
@@ -430,18 +540,29 @@ class ShardScheduler:
             self.unfinished_attempts.append((attempt.shard_id, attempt.attempt_id))
             self._tries[attempt.shard_id] -= 1
             self._pending.appendleft(attempt.shard_id)
+        # Keep the pool at its target: once some actor has worked (so the config is fine), a dead one is
+        # a bad node or a hung load; a fresh actor goes wherever Ray places it. Bounded, so a fault that
+        # kills every new actor cannot churn forever.
+        if self._ever_ready and self._replacements < len(self.pool.slots):
+            self._replacements += 1
+            fresh = self.pool.replace(slot)
+            self.hooks.on_event(f"actor {slot.index}: replaced by a new actor (pending until placed)")
+            fresh.probe_since = time.monotonic()
 
     # -- heartbeats and deadlines --
 
-    def _poll_heartbeats(self) -> None:
+    def _poll_heartbeats(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_heartbeat_poll < HEARTBEAT_POLL_S:
+        if now - self._last_heartbeat_poll < HEARTBEAT_POLL_S and not force:
             return
         self._last_heartbeat_poll = now
         try:
-            beats = ray.get(self.pool.progress.snapshot.remote(), timeout=10)
+            beats, starts = ray.get(
+                [self.pool.progress.snapshot.remote(), self.pool.progress.starts.remote()], timeout=10
+            )
         except (GetTimeoutError, RayActorError):
             return
+        self._note_loading(starts, now)
         for attempt in self._attempts():
             beat = beats.get(attempt.attempt_id)
             if beat is None:
@@ -454,6 +575,18 @@ class ShardScheduler:
 
     def _images_in_flight(self) -> dict[int, int]:
         return {attempt.shard_id: attempt.images_done for attempt in self._attempts()}
+
+    def _note_loading(self, starts: dict[int, dict], now: float) -> None:
+        """An actor that is not ready but whose constructor started (a new node id / pid) is loading:
+        from now on its start deadline runs."""
+        for slot in self.pool.slots:
+            start = starts.get(slot.index)
+            if slot.dead_reason or slot.usable or not start:
+                continue
+            instance = (start["node_id"], start["pid"])
+            if instance != slot.instance and instance != slot.loading:
+                slot.loading, slot.loading_since = instance, now
+                log.info("actor %d: loading on node %s", slot.index, str(start["node_id"])[:12])
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()

@@ -8,8 +8,10 @@ import typer
 
 from manifests.cli import manifest_app
 from manifests.cli_format import StylegenCommand, StylegenGroup
+from pipeline.card_cli import card
 from pipeline.dedup import dedup
 from pipeline.demo import demo_command
+from pipeline.model_stage import models_app
 from pipeline.report.command import report
 from pipeline.run_cli import run
 from pipeline.select import select
@@ -43,6 +45,7 @@ def main(
 
 
 app.add_typer(manifest_app, name="manifest")
+app.add_typer(models_app, name="models")
 for name, command in (
     ("run", run),
     ("demo", demo_command),
@@ -50,6 +53,7 @@ for name, command in (
     ("select", select),
     ("dedup", dedup),
     ("report", report),
+    ("card", card),
 ):
     app.command(name, cls=StylegenCommand)(command)
 

@@ -111,14 +111,14 @@ def read_embeddings(store, markers: dict, dedup: Dedup, scratch: Path, memory_li
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.storage.layout import table_key
+    from pipeline.storage.layout import table_key_of
 
     wanted = {"uid", "shard_id", "status", dedup.column}
     wanted |= {dedup.within} if dedup.within else set()
     wanted |= {SCORE_PREFIX + dedup.prefer.removeprefix(SCORE_PREFIX)} if dedup.prefer else set()
 
     def read(shard_id: int):
-        key = table_key(shard_id)
+        key = table_key_of(shard_id, markers[shard_id].files)  # either layout (pipeline.storage.layout)
         try:
             parquet = pq.ParquetFile(io.BytesIO(store.get_bytes(key)))
             schema = parquet.schema_arrow

@@ -1,8 +1,9 @@
 """`stylegen demo`: synthetic inputs -> manifest -> validation -> plan -> a full run on local Ray with the
 tiny preset (generate, score, filter, commit shards, report), with no download.
 
-Inputs go under `<output>/inputs/`, the run's output (run.json, plan.parquet, shards/, _SUCCESS/,
-rejected/, report.html) under `<output>/run/`. Running the demo again resumes: nothing is redone.
+Inputs go under `<output>/inputs/`, the run's output (run.json, plan.parquet, README.md, shards/,
+metadata/, _SUCCESS/, rejected/, report.html) under `<output>/run/`. Running the demo again resumes:
+nothing is redone.
 """
 
 from __future__ import annotations
@@ -143,7 +144,11 @@ def print_where(summary) -> None:
     from manifests.cli_format import make_console
 
     console = make_console()
-    console.print(f"shards:  {summary.output}/shards/shard-*.tar  (kept samples: {{uid}}.png + {{uid}}.json)")
+    console.print(
+        f"shards:  {summary.output}/shards/shard-*.tar  (kept samples: {{uid}}.png + .txt caption + .json)"
+    )
+    console.print(f"rows:    {summary.output}/metadata/shard-*.parquet  (every planned row, one table)")
+    console.print(f"card:    {summary.card_uri}  (datasets.load_dataset('{summary.output}'))")
     console.print(f"report:  {summary.report_uri}")
     console.print(f"status:  stylegen status {summary.output}")
     if shutil.which("stylegen") is None:  # `make demo` installs it into .venv, which is not on the PATH

@@ -9,11 +9,14 @@
 3. one LIST of the commit markers gives the shards already done; the rest run on the Ray actor pool
    (actors/pool.py), with deadlines, retries and failed-shard records;
 4. finalize: remove orphaned attempt objects, write `summary.json`, print the summary table.
-The log of each run goes to `logs/run-<UTC timestamp>.log` under the output.
+The log of each run goes to `logs/run-<UTC timestamp>.log` under the output (for s3:// every
+`execution.log_upload_s` during the run, and at its end). SIGTERM/SIGINT stop it gracefully
+(pipeline/stop.py): no new shards, commits in progress drain, the log is uploaded, RunStopped is raised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,8 +32,10 @@ from typing import Any
 from rich.console import Console
 
 from manifests.cli_format import make_console
+from pipeline.log_upload import PeriodicLogUpload
 from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
 from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint, describe_errors
+from pipeline.stop import RunStopped, StopSignals
 from pipeline.storage.layout import PLAN_KEY, REPORT_KEY, RUN_KEY, SUMMARY_KEY
 from pipeline.storage.layout import log_key as run_log_key
 from pipeline.worker import commit_failed_shard, package_versions
@@ -60,16 +65,36 @@ class RunSummary:
     images_this_run: int
     elapsed_s: float
     images_per_s: float
-    actors: int
+    actors: int  # the pool's target size (actors requested)
     config_fingerprint: str
     plan_fingerprint: str
     gpus_per_actor: float = 1.0
     log_uri: str | None = None
     report_uri: str | None = None
+    card_uri: str | None = None
     failed_shard_errors: dict[int, list[str]] = field(default_factory=dict)
+    actors_peak: int = 0  # most actors ready at once
+    actors_final: int = 0  # actors ready when the last shard finished
+    # [seconds since the run started, actors ready, actors pending] at every change
+    actor_timeline: list[tuple[float, int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class PoolStats:
+    """What the actor pool did: its target size and the ready/pending counts over time."""
+
+    target: int = 0
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (monotonic s, ready, pending)
+    stopped: bool = False  # a stop signal ended the scheduling (after draining)
+
+    def peak(self) -> int:
+        return max((ready for _, ready, _ in self.timeline), default=0)
+
+    def final(self) -> int:
+        return self.timeline[-1][1] if self.timeline else 0
 
 
 def run_job(
@@ -81,6 +106,7 @@ def run_job(
     gpus_per_actor: float = 1.0,
     address: str | None = None,
     restart: bool = False,
+    append: bool = False,
     console: Console | None = None,
     live: bool | None = None,
 ) -> RunSummary:
@@ -89,10 +115,10 @@ def run_job(
     actors: pool size (default: every GPU, or one logical GPU on a CPU machine); gpus_per_actor may be
     fractional; address: an existing Ray cluster (else RAY_ADDRESS, else a local instance; an already
     initialized Ray is reused and left running); restart: delete the output's objects first;
-    live: draw the progress bar (default: when the console is a terminal)."""
-    from pipeline.storage import StorageError, open_store
-    from pipeline.storage.local import os_error_message
-
+    append: `manifest` holds every row of the output's run and more: plan the new rows into new shards
+    after the existing ones (pipeline.append); live: draw the progress bar (default: when the console is
+    a terminal; else key=value lines). Raises RunStopped after SIGTERM/SIGINT (graceful: see
+    pipeline/stop.py)."""
     console = console or make_console(stderr=True)
     started = time.monotonic()
     # Everything that can refuse the run happens before anything is written or Ray starts.
@@ -100,9 +126,33 @@ def run_job(
     # hold folders the driver's machine does not; there the actors report them).
     remote = bool(address) or os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
     check_config(config, local_models=not remote)
+    check_staged_models(config)
+    with StopSignals() as stop:  # planning stops at once on a signal, scheduling drains
+        return _run_logged(
+            manifest,
+            output,
+            config,
+            actors,
+            gpus_per_actor,
+            address,
+            restart,
+            append,
+            console,
+            live,
+            started,
+            stop,
+        )
+
+
+def _run_logged(
+    manifest, output, config, actors, gpus_per_actor, address, restart, append, console, live, started, stop
+) -> RunSummary:
+    from pipeline.storage import StorageError, open_store
+    from pipeline.storage.local import os_error_message
+
     store = open_store(output, **config.storage)
     plan, record = plan_run(manifest, config)
-    prior = prepare_output(store, record, restart)
+    prior = prepare_output(store, record, restart, append=append, plan=plan)
     if prior is None:  # run.json first: from then on the output is provably ours
         store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     if prior is None or not store.exists(PLAN_KEY):  # also after a crash between the two
@@ -113,20 +163,24 @@ def run_job(
         handler = open_run_log(log_path)
     except OSError as error:
         raise StorageError(os_error_message(error, log_path)) from None
+    uploads = None
+    if not _is_local(store):
+        uploads = PeriodicLogUpload(store, log_key, log_path, handler, config.execution.log_upload_s)
+        uploads.__enter__()
     try:
         summary = _run(
             manifest,
             store,
             config,
-            plan,
-            record,
-            prior,
+            prior or record,
+            prior is not None,
             actors,
             gpus_per_actor,
             address,
             console,
             live,
             started,
+            stop,
             log_path,
         )
         summary.log_uri = store.url(log_key)
@@ -135,6 +189,7 @@ def run_job(
             summary.report_uri = store.url(REPORT_KEY) if store.exists(REPORT_KEY) else None
             console.print(nothing_to_do(summary), markup=False)
             return summary
+        summary.card_uri = write_card(store)
         summary.report_uri = write_run_report(store, summary)
         store.put_bytes(
             SUMMARY_KEY, (json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n").encode()
@@ -143,10 +198,15 @@ def run_job(
         if summary.failed:
             console.print(failed_rows_note(store, summary), markup=False)
         return summary
+    except RunStopped as error:
+        log.warning("run %s", error)
+        raise
     except BaseException as error:
         log.error("run stopped: %s: %s", type(error).__name__, error)
         raise
     finally:
+        if uploads is not None:
+            uploads.stop()
         close_run_log(handler)
         if not _is_local(store):
             try:
@@ -156,10 +216,14 @@ def run_job(
                 console.print(f"warning: the run log stays at {log_path}: upload failed ({error})")
 
 
-def prepare_output(store, record: dict[str, Any], restart: bool) -> dict[str, Any] | None:
+def prepare_output(
+    store, record: dict[str, Any], restart: bool, *, append: bool = False, plan=None
+) -> dict[str, Any] | None:
     """The output's earlier run record when this run resumes it, else None (a new run). Refuses a
     different run, and any output that no stylegen run record proves is ours: --restart deletes only
-    such an output's own files, and a new run only starts in an empty folder or prefix."""
+    such an output's own files, and a new run only starts in an empty folder or prefix. With `append`,
+    a bigger manifest is planned into new shards after the run's (the record returned is the updated
+    one); a manifest that drops or changes rows of the run is refused, naming them."""
     if restart:
         clear_output(store)
         return None
@@ -171,8 +235,36 @@ def prepare_output(store, record: dict[str, Any], restart: bool) -> dict[str, An
                 "could overwrite its files; choose an empty or new --output"
             )
         return None
+    if append and prior.get("manifest", {}).get("fingerprint") != record["manifest"]["fingerprint"]:
+        from pipeline.append import AppendRefused, append_run
+
+        ensure_same_run(prior, record, store.uri, same_manifest=False)
+        try:
+            appended = append_run(store, prior, plan, record)
+        except AppendRefused as error:
+            raise RunRefused(str(error)) from None
+        added = appended["generations"][-1]
+        log.info("append: %d new rows in %d new shards from shard %d on", added["rows"], added["shards"],
+                 added["first_shard"])  # fmt: skip
+        return appended
     ensure_same_run(prior, record, store.uri)
     return prior
+
+
+def write_card(store) -> str | None:
+    """README.md, the Hugging Face dataset card (pipeline.dataset_card), so `datasets.load_dataset(output)`
+    reads the shards with declared types. Like the report, a failure here is a warning."""
+    from pipeline.dataset_card import write_dataset_card
+
+    try:
+        return write_dataset_card(store)
+    except Exception as error:
+        log.warning(
+            "README.md (dataset card) not written (%s: %s); `stylegen card` can retry",
+            type(error).__name__,
+            error,
+        )
+        return None
 
 
 def write_run_report(store, summary: RunSummary | None = None) -> str | None:
@@ -224,29 +316,30 @@ def _run(
     manifest,
     store,
     config,
-    plan,
     record,
-    prior,
+    resuming,
     actors,
     gpus_per_actor,
     address,
     console,
     live,
     started,
-    log_path,
+    stop=None,
+    log_path=None,
 ) -> RunSummary:
-    log.info(
-        "run %s -> %s: %d rows in %d shards", manifest, store.uri, record["manifest"]["rows"], plan.num_shards
-    )
-    if prior is not None:
+    """Run the shards `record` (the output's run.json) plans that are not committed yet."""
+    from pipeline.append import shard_sizes
+
+    sizes = shard_sizes(record)
+    log.info("run %s -> %s: %d rows in %d shards", manifest, store.uri, sum(sizes.values()), len(sizes))
+    if resuming:
         log.info("resuming: run.json matches (config %s)", record["config_fingerprint"][:12])
 
-    sizes = dict(enumerate(plan.shard_sizes))
     done = store.committed_shards()
     pending = {shard_id: rows for shard_id, rows in sizes.items() if shard_id not in done}
     kept, rejected, _ = _counts(done.values())
     progress = RunProgress(
-        plan.num_shards,
+        len(sizes),
         sum(sizes.values()),
         done_shards=len(done),
         done_images=sum(sizes[s] for s in done if s in sizes),
@@ -254,18 +347,37 @@ def _run(
         rejected=rejected,
         console=console,
         live=live,
+        interval_s=config.execution.progress_interval_s,
     )
     log.info("%d shards committed before this run, %d to run", len(done), len(pending))
     failed_errors: dict[int, list[str]] = {}
     unfinished: list[tuple[int, str]] = []
-    pool_size = 0
+    pool = PoolStats()
     if pending:
         from actors.ray_output import ray_output_to
 
-        with ray_output_to(log_path, progress.console), progress:
-            pool_size = execute(
-                store, config, pending, progress, failed_errors, unfinished, actors, gpus_per_actor, address
+        if stop is not None:
+            stop.interruptible = False  # from here on the scheduler drains on a signal
+        quiet = ray_output_to(log_path, console) if log_path is not None else contextlib.nullcontext()
+        with quiet, progress:
+            pool = execute(
+                store,
+                config,
+                pending,
+                progress,
+                failed_errors,
+                unfinished,
+                actors,
+                gpus_per_actor,
+                address,
+                stop=stop,
             )
+    if pool.stopped:
+        raise RunStopped(
+            f"stopped by {stop.signal_name}: {progress.done_shards} of {len(sizes)} shards committed "
+            f"({progress.done_shards - len(done)} by this run); rerun the same command to resume",
+            stop.exit_code,
+        )
     finalize(store, unfinished, since_s=time.monotonic() - started)
     final = store.committed_shards()
     kept, rejected, failed = _counts(final.values())
@@ -273,7 +385,7 @@ def _run(
     elapsed = time.monotonic() - started
     return RunSummary(
         output=store.uri,
-        shards_planned=plan.num_shards,
+        shards_planned=len(sizes),
         shards_resumed=len(done),
         shards_committed=len(set(final) - set(done)),
         shards_failed=sum(1 for marker in final.values() if marker.summary.get("shard_failed")),
@@ -284,11 +396,14 @@ def _run(
         images_this_run=fresh,
         elapsed_s=elapsed,
         images_per_s=fresh / elapsed if elapsed > 0 else 0.0,
-        actors=pool_size,
+        actors=pool.target,
         gpus_per_actor=gpus_per_actor,
         config_fingerprint=record["config_fingerprint"],
         plan_fingerprint=record["plan"]["fingerprint"],
         failed_shard_errors=failed_errors,
+        actors_peak=pool.peak(),
+        actors_final=pool.final(),
+        actor_timeline=[(round(t - started, 3), ready, waiting) for t, ready, waiting in pool.timeline],
     )
 
 
@@ -320,7 +435,7 @@ def check_config(config: RunConfig, *, local_models: bool = False) -> None:
         try:
             RBModSettings.model_validate(config.rbmod)
         except ValidationError as error:
-            raise ConfigError(describe_errors(error, RBModSettings, prefix="rbmod.")) from None
+            raise ConfigError(_problems("rbmod", error, RBModSettings)) from None
     if config.scoring.enabled:
         _check_scoring(config)
     if config.generator.kind == "rbmod" and local_models:
@@ -358,6 +473,24 @@ def _check_model_paths(paths: dict[str, str]) -> None:
             raise ConfigError(
                 f"model_paths.{key}: local {kind} {source} does not exist (a hub id reads 'org/name')"
             )
+
+
+def check_staged_models(config: RunConfig) -> None:
+    """Every s3:// model source (model_paths, scorer models) has staged objects: one LIST each, so a
+    wrong URI is one error here instead of one per actor."""
+    if config.generator.kind != "rbmod":
+        return
+    from pipeline.model_cache import ModelCacheError, is_s3_uri, staged_objects
+
+    sources = {f"model_paths.{key}": value for key, value in config.model_paths.items()}
+    if config.scoring.enabled:
+        sources |= {f"scoring.options.{key}": value for key, value in config.scoring.options.items()}
+    for where, source in sources.items():
+        if is_s3_uri(source):
+            try:
+                staged_objects(source, config.storage)
+            except ModelCacheError as error:
+                raise ConfigError(f"{where}: {error}") from None
 
 
 def _problems(section: str, error, model) -> str:
@@ -443,8 +576,13 @@ _NOT_RESUMABLE = (
 )
 
 
-def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) -> None:
-    """Refuse to resume a different run, naming exactly what changed."""
+def ensure_same_run(
+    prior: dict[str, Any], record: dict[str, Any], output: str, *, same_manifest: bool = True
+) -> None:
+    """Refuse to resume a different run, naming exactly what changed (`same_manifest=False`: all but the
+    manifest, for --append, which checks the rows itself)."""
+    from pipeline.append import generations
+
     if prior.get("format") not in READABLE_FORMATS:
         raise RunRefused(
             f"{output} holds a run.json of another kind (format {prior.get('format')!r}, "
@@ -452,7 +590,8 @@ def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) 
         )
     problems = []
     old_manifest, new_manifest = prior["manifest"], record["manifest"]
-    if old_manifest["fingerprint"] != new_manifest["fingerprint"]:
+    manifest_changed = old_manifest["fingerprint"] != new_manifest["fingerprint"]
+    if manifest_changed and same_manifest:
         problems.append(
             f"the manifest changed: fingerprint {old_manifest['fingerprint'][:16]} -> "
             f"{new_manifest['fingerprint'][:16]} (rows {old_manifest['rows']} -> {new_manifest['rows']}; "
@@ -462,16 +601,23 @@ def ensure_same_run(prior: dict[str, Any], record: dict[str, Any], output: str) 
     if config_fingerprint(prior_config) != record["config_fingerprint"]:
         changes = changed_keys(prior_config, record["config"])
         problems.append("the config changed: " + "; ".join(changes))
-    if not problems and prior["plan"]["fingerprint"] != record["plan"]["fingerprint"]:
+    planned = generations(prior)[-1]["plan_fingerprint"]  # the latest manifest's own plan
+    if not problems and same_manifest and planned != record["plan"]["fingerprint"]:
         problems.append(
-            f"the plan changed: fingerprint {prior['plan']['fingerprint'][:16]} -> "
+            f"the plan changed: fingerprint {planned[:16]} -> "
             f"{record['plan']['fingerprint'][:16]} (planner version?)"
         )
     if problems:
+        grow = (
+            " If the new manifest only adds rows, rerun with --append to plan them into new shards."
+            if manifest_changed and same_manifest
+            else ""
+        )
         raise RunRefused(
             f"{output} already holds a different run: "
             + " and ".join(problems)
             + ". Rerun with --restart to delete it and start over, or choose another --output."
+            + grow
         )
 
 
@@ -562,56 +708,64 @@ def execute(
     actors: int | None,
     gpus_per_actor: float,
     address: str | None,
-) -> int:
-    """Run the pending shards on a pool of generator actors; returns the pool size."""
+    stop: StopSignals | None = None,
+) -> PoolStats:
+    """Run the pending shards on an elastic pool of generator actors (see actors/pool.py)."""
     import ray
 
+    from actors.metrics import RunMetrics
     from actors.pool import (
         DeadlinePolicy,
         GeneratorPool,
-        PoolError,
         SchedulerHooks,
         ShardScheduler,
         detect_gpus,
         start_ray,
     )
 
+    execution = config.execution
+    wanted = actors or execution.max_actors
     known_models = set((read_run_record(store) or {}).get("models") or {})
     local_gpus = None
     if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         # Logical GPUs on a CPU machine, so the same scheduling code runs everywhere.
-        local_gpus = detect_gpus() or math.ceil((actors or 1) * gpus_per_actor)
+        local_gpus = detect_gpus() or math.ceil((wanted or 1) * gpus_per_actor)
     started_ray = start_ray(address, local_gpus)
+    if stop is not None:
+        stop.install()  # ray.init put its own SIGTERM handlers in place of ours
     pool = None
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
-        capacity = int(cluster_gpus / gpus_per_actor + 1e-9)
-        size = actors or capacity
-        if size < 1 or size * gpus_per_actor > cluster_gpus + 1e-9:
-            raise PoolError(
-                f"{size or 1} actor(s) x {gpus_per_actor} GPU need more than the {cluster_gpus:g} GPUs "
-                "this Ray cluster has; lower --actors or --gpus-per-actor"
-            )
-        if size > len(pending):  # an actor without a shard would only load models
+        size = pool_target(wanted, gpus_per_actor, cluster_gpus, len(pending))
+        if wanted and size < wanted:
             progress.console.print(
-                f"running {len(pending)} actor(s), not {size}: only {len(pending)} shard(s) left to run "
-                "and an actor without a shard would only load models",
-                highlight=False,
+                f"running {size} actor(s), not {wanted}: only {len(pending)} shard(s) left to run and an "
+                "actor without a shard would only load models",
+                markup=False,
             )
-            size = len(pending)
-        execution = config.execution
         pool = GeneratorPool(
             config.model_dump_json(), store.uri, size, gpus_per_actor, execution.torch_threads
         )
-        log.info("pool: %d actors x %g GPU (cluster GPUs: %g)", size, gpus_per_actor, cluster_gpus)
+        log.info(
+            "pool: %d actors x %g GPU requested (cluster GPUs now: %g)", size, gpus_per_actor, cluster_gpus
+        )
+        if size * gpus_per_actor > cluster_gpus + 1e-9:
+            progress.console.print(
+                f"requesting {size} actors x {gpus_per_actor:g} GPU; the cluster has {cluster_gpus:g} GPUs "
+                "now: the rest stay pending until GPU nodes join (an autoscaler adds them)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        metrics = RunMetrics(store.uri)
 
         def committed(shard_id: int, result: dict) -> None:
             record_models(store, result.get("models") or {}, known_models)
             progress.shard_done(
                 shard_id, result["rows"], result["kept"], result["rejected"], result["failed"]
             )
+            metrics.shard_committed(result)
             log.info(
-                "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s",
+                "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s on node %s",
                 shard_id,
                 result["attempt_id"],
                 "ours" if result["committed"] else "an earlier attempt's",
@@ -619,6 +773,7 @@ def execute(
                 result["rejected"],
                 result["failed"],
                 result["seconds"],
+                str(result.get("node_id"))[:12],
             )
 
         def failed(shard_id: int, errors: list[str]) -> None:
@@ -626,32 +781,62 @@ def execute(
             commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
             rows = pending[shard_id]
             progress.shard_done(shard_id, rows, 0, 0, rows)
+            metrics.shard_failed(rows)
             log.error("shard %d recorded as failed (all %d rows): %s", shard_id, rows, " | ".join(errors))
 
         def event(message: str) -> None:
             log.warning(message)
             progress.console.print(message, style="dim", markup=False)
 
+        def actors_changed(ready: int, waiting: int) -> None:
+            progress.actors(ready, waiting)
+            metrics.actors(ready, waiting)
+
         hooks = SchedulerHooks(
-            on_committed=committed, on_failed=failed, on_progress=progress.images_in_flight, on_event=event
+            on_committed=committed,
+            on_failed=failed,
+            on_progress=progress.images_in_flight,
+            on_event=event,
+            on_actors=actors_changed,
         )
         policy = DeadlinePolicy(
             execution.deadline_factor, execution.first_deadline_s, execution.min_deadline_s
         )
         scheduler = ShardScheduler(
-            pool, policy, execution.max_attempts, execution.actor_start_timeout_s, hooks
+            pool,
+            policy,
+            execution.max_attempts,
+            execution.actor_start_timeout_s,
+            hooks,
+            capacity_timeout_s=execution.capacity_timeout_s,
+            drain_s=execution.drain_s,
+            should_stop=lambda: stop is not None and stop.requested,
         )
         try:
             scheduler.run(pending)
         finally:
             unfinished += scheduler.unfinished_attempts
         progress.stop()  # the bar is done; shutting the pool down takes a moment
-        return size
+        return PoolStats(size, scheduler.actor_timeline, scheduler.stopped)
     finally:
         if pool is not None:
             pool.shutdown()
         if started_ray:
             ray.shutdown()
+
+
+def pool_target(wanted: int | None, gpus_per_actor: float, cluster_gpus: float, shards: int) -> int:
+    """How many actors to request: `wanted` (--actors / execution.max_actors), else one per GPU the
+    cluster has now; never more than there are shards (an actor without a shard would only load)."""
+    from actors.pool import PoolError
+
+    size = wanted or int(cluster_gpus / gpus_per_actor + 1e-9)
+    if size < 1:
+        raise PoolError(
+            f"this Ray cluster has no GPUs now ({cluster_gpus:g}); pass --actors N (or set "
+            "execution.max_actors) to request N actors: they wait for GPU nodes, which an autoscaler adds"
+        )
+    return min(size, shards)
 
 
 # --- helpers ---------------------------------------------------------------------------------------

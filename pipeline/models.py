@@ -9,6 +9,10 @@
 * `tiny`: random weights from small configs, built once (seeded) into a cache folder with exactly that
   layout, then loaded by the very same loader. For tests and the demo on CPU.
 
+Any source may also be an `s3://bucket/prefix/` folder with the hub layout (or, for CSD, one file), as
+written by `stylegen models stage`: it is copied once per node into the model cache (pipeline.model_cache)
+and loaded from there; recorded metadata keeps the S3 URI.
+
 Every component is checked for presence before anything heavy loads, so a missing folder or an
 uncached hub id fails in well under a second with a message naming the component and the path.
 """
@@ -110,11 +114,17 @@ class Models:
 
 
 def load_preset(
-    name: str, *, device: str | None = None, paths: dict | None = None, cache_dir: Path | None = None
+    name: str,
+    *,
+    device: str | None = None,
+    paths: dict | None = None,
+    cache_dir: Path | None = None,
+    s3_options: dict | None = None,
 ) -> Models:
-    """Load a preset. `paths` overrides sources: prior / decoder (hub id or local folder), their
-    `_revision` and `_subfolder`, `csd` (file or None), `variant`. `cache_dir` is where `tiny` is built
-    (default: $STYLEGEN_CACHE, else ~/.cache/stylegen)."""
+    """Load a preset. `paths` overrides sources: prior / decoder (hub id, local folder or s3:// folder),
+    their `_revision` and `_subfolder`, `csd` (file, s3:// file or None), `variant`. `cache_dir` is where
+    `tiny` is built and s3:// sources are copied (default: $STYLEGEN_CACHE, else ~/.cache/stylegen);
+    `s3_options` are the run config's `storage` options for those copies."""
     paths = dict(paths or {})
     unknown = sorted(set(paths) - PATH_KEYS)
     if unknown:
@@ -129,16 +139,29 @@ def load_preset(
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in paths.items()}
     fields = {**base.model_dump(), **overrides}
     fields["descriptor"] = "csd" if fields["csd"] else "clip"
-    return load_models(PresetConfig.model_validate(fields), device=device)
+    config = PresetConfig.model_validate(fields)
+    return load_models(config, device=device, cache_dir=cache_dir, s3_options=s3_options)
 
 
 def is_local_source(source: str) -> bool:
-    """A local folder or file rather than a hub id ('org/name')."""
+    """A local folder or file rather than a hub id ('org/name') or a staged s3:// folder."""
+    if source.startswith("s3://"):
+        return False
     return source.startswith(("/", ".", "~")) or os.path.exists(source) or source.count("/") != 1
 
 
-def _locate(source: str, relpath: str, revision: str | None, component: str) -> tuple[str, str | None]:
-    """Check that `relpath` exists under `source` (folder or hub repo) -> (local file path, commit)."""
+def _locate(
+    source: str, relpath: str, revision: str | None, component: str, copy: str | None = None
+) -> tuple[str, str | None]:
+    """Check that `relpath` exists under `source` (folder or hub repo; an s3:// folder through its local
+    `copy`) -> (local file path, commit)."""
+    if copy is not None:
+        path = Path(copy) / relpath
+        if not path.exists():
+            raise PresetError(
+                f"{component}: {source.rstrip('/')}/{relpath} not found (staged folder {source!r})"
+            )
+        return str(path), None
     if is_local_source(source):
         path = Path(source).expanduser() / relpath
         if not path.exists():
@@ -169,14 +192,10 @@ def _pick_variant(source: str, subfolder: str, variant: str | None) -> str | Non
     return variant if any(f".{variant}." in p.name for p in folder.iterdir()) else None
 
 
-def load_models(config: PresetConfig, *, device: str | None = None) -> Models:
-    """The one loader for every preset: check all components, then load them."""
-    import torch
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # 1. presence of every component first (fast, clear failure)
+def required_files(config: PresetConfig) -> dict[str, tuple[str, str, str | None]]:
+    """component -> (source, file that must exist under it, revision): what the loader checks first."""
     pr, dr = config.prior_revision, config.decoder_revision
-    wanted = {
+    return {
         "prior": (config.prior, f"{config.prior_subfolder}/config.json", pr),
         "text_encoder": (config.prior, "text_encoder/config.json", pr),
         "tokenizer": (config.prior, "tokenizer/tokenizer_config.json", pr),
@@ -189,16 +208,55 @@ def load_models(config: PresetConfig, *, device: str | None = None) -> Models:
         "effnet": (config.decoder, "effnet_encoder.safetensors", dr),
         "previewer": (config.decoder, "previewer.safetensors", dr),
     }
+
+
+def _staged_copies(config: PresetConfig, cache_dir: Path | None, s3_options: dict | None) -> dict[str, str]:
+    """s3:// source -> this node's local copy (downloaded once per node; see pipeline.model_cache)."""
+    from pipeline.model_cache import ModelCacheError, is_s3_uri, local_copy
+
+    copies = {}
+    for component in ("prior", "decoder", "csd"):
+        source = getattr(config, component)
+        if is_s3_uri(source) and source not in copies:
+            try:
+                copies[source] = str(local_copy(source, cache_dir, s3_options))
+            except ModelCacheError as error:
+                raise PresetError(f"{component}: {error}") from None
+    return copies
+
+
+def load_models(
+    config: PresetConfig,
+    *,
+    device: str | None = None,
+    cache_dir: Path | None = None,
+    s3_options: dict | None = None,
+) -> Models:
+    """The one loader for every preset: check all components, then load them."""
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # 1. presence of every component first (fast, clear failure); s3:// sources are copied first
+    copies = _staged_copies(config, cache_dir, s3_options)
     files, components = {}, {}
-    for component, (source, relpath, revision) in wanted.items():
-        files[component], commit = _locate(source, relpath, revision, component)
+    for component, (source, relpath, revision) in required_files(config).items():
+        files[component], commit = _locate(source, relpath, revision, component, copies.get(source))
         components[component] = {"source": source, "path": relpath, "revision": revision, "commit": commit}
     if config.csd:
-        csd_path = Path(config.csd).expanduser()
+        csd_path = Path(copies.get(config.csd, config.csd)).expanduser()
         if not csd_path.is_file():
             raise PresetError(f"csd: checkpoint file {csd_path} not found")
-        components["csd"] = {"source": str(csd_path), "size": csd_path.stat().st_size}
+        source = config.csd if config.csd in copies else str(csd_path)
+        components["csd"] = {"source": source, "size": csd_path.stat().st_size}
     config = config.model_copy(update={"components": components})
+    # the loaders read the local copies; the returned config keeps the S3 URIs (metadata, no node paths)
+    local = config.model_copy(
+        update={
+            key: copies[value]
+            for key in ("prior", "decoder", "csd")
+            if (value := getattr(config, key)) in copies
+        }
+    )
 
     # 2. load
     dtype = torch.float32
@@ -213,7 +271,9 @@ def load_models(config: PresetConfig, *, device: str | None = None) -> Models:
         else:
             log.warning("stable-cascade on %s runs in fp32: possible, but impractically slow", device)
     with quiet_progress_bars(config.name == "tiny"):  # tiny loads happen in every test and actor
-        return _load_components(config, files, device, dtype)
+        models = _load_components(local, files, device, dtype)
+    models.config = config
+    return models
 
 
 @contextmanager

@@ -18,7 +18,11 @@ def run(
     config: Path | None = typer.Option(None, "--config", help="YAML run config (flags below override it)."),
     preset: str | None = typer.Option(None, "--preset", help="Model preset: tiny | stable-cascade."),
     actors: int | None = typer.Option(
-        None, "--actors", min=1, help="Generator actors (default: one per GPU)."
+        None,
+        "--actors",
+        min=1,
+        help="Target pool size (default: execution.max_actors, else one per GPU present). Actors "
+        "beyond the GPUs present wait for nodes an autoscaler adds.",
     ),
     gpus_per_actor: float = typer.Option(1.0, "--gpus-per-actor", min=0.01, help="GPUs each actor holds."),
     shard_size: int | None = typer.Option(None, "--shard-size", min=1, help="Rows per shard."),
@@ -27,14 +31,28 @@ def run(
     ),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Also write rejected samples' tars."),
     restart: bool = typer.Option(False, "--restart", help="Delete this output's old run and start over."),
+    append: bool = typer.Option(
+        False,
+        "--append",
+        help="MANIFEST holds every row of the output's run and more: run only the new rows.",
+    ),
     dedupe: bool = typer.Option(False, "--dedupe", help="Keep the first of rows with the same uid."),
+    progress_interval: float | None = typer.Option(
+        None,
+        "--progress-interval",
+        min=0.1,
+        help="Seconds between key=value progress lines when stderr is not a terminal (default 30).",
+    ),
 ) -> None:
-    """Generate, score, filter and commit every shard of MANIFEST into OUTPUT; rerun to resume."""
+    """Generate, score, filter and commit every shard of MANIFEST into OUTPUT; rerun to resume.
+
+    SIGTERM / Ctrl-C stop gracefully (commits in progress finish, exit 143 / 130); rerun to resume."""
     from rich.markup import escape
 
     from manifests.cli_format import make_console
     from pipeline.driver import RunRefused, run_job
     from pipeline.run_config import ConfigError, RunConfig
+    from pipeline.stop import RunStopped
 
     console = make_console(stderr=True)
     overrides = {}
@@ -46,6 +64,8 @@ def run(
         overrides["keep_rejected"] = True
     if dedupe:
         overrides["dedupe"] = True
+    if progress_interval is not None:
+        overrides["execution.progress_interval_s"] = progress_interval
     try:
         run_config = RunConfig.load(config, overrides)
         summary = run_job(
@@ -56,8 +76,12 @@ def run(
             gpus_per_actor=gpus_per_actor,
             address=address,
             restart=restart,
+            append=append,
             console=console,
         )
+    except RunStopped as error:
+        console.print(f"stylegen: {error}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
     except (ConfigError, RunRefused) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
@@ -65,7 +89,7 @@ def run(
         from pipeline.storage.local import os_error_message
 
         message = os_error_message(error, error.filename or output)
-        console.print(f"[red]error:[/red] {message}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(message)}")
         raise typer.Exit(1) from None
     except Exception as error:
         if type(error).__name__ not in _USER_ERRORS:

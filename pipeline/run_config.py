@@ -106,7 +106,14 @@ class ExecutionSection(_Section):
     deadline_factor: float = Field(4.0, ge=1.0)  # deadline = factor x observed s/image x rows
     first_deadline_s: float = Field(1800.0, gt=0)  # before any shard finished (includes warm-up)
     min_deadline_s: float = Field(120.0, gt=0)  # floor once per-image times are known
-    actor_start_timeout_s: float = Field(900.0, gt=0)  # an actor with work that never starts it
+    actor_start_timeout_s: float = Field(900.0, gt=0)  # model loading; a shard never started
+    # The pool's target size (`--actors` wins); default: every GPU the cluster has at the start. Actors
+    # beyond the GPUs present stay pending: the demand the Ray autoscaler / KubeRay add GPU nodes for.
+    max_actors: int | None = Field(None, ge=1)
+    capacity_timeout_s: float = Field(1800.0, gt=0)  # no actor ready this long with work left: stop
+    drain_s: float = Field(20.0, ge=0)  # on SIGTERM/SIGINT, how long commits in progress may finish
+    progress_interval_s: float = Field(30.0, gt=0)  # one key=value progress line when not a terminal
+    log_upload_s: float = Field(60.0, gt=0)  # the run log reaches a remote output this often
     upload_queue_shards: int = Field(1, ge=1, le=4)  # finished shards waiting for upload, per actor
     # Fixed, not derived from the pool size: on CPU, torch rounds differently with another thread count,
     # so a run with 1 actor and one with 2 would otherwise make different images.

@@ -162,6 +162,8 @@ def write_subset(
 ) -> SelectSummary:
     """Write the `chosen` uids of the source's kept `rows` (uid, shard_id) to fresh shards of the output,
     recording `selection` (what chose them) in its run.json; resumes an identical earlier write."""
+    from pipeline.dataset_card import write_dataset_card
+
     shard_size = shard_size or _source_shard_size(source_run)
     if shard_size < 1:
         raise SelectError(f"--shard-size must be at least 1, got {shard_size}")
@@ -186,6 +188,7 @@ def write_subset(
         list(pool.map(write_one, todo))  # re-raises the first shard's error
     output_store.finalize()
     output_store.remove_orphans()
+    write_dataset_card(output_store)  # the new dataset loads like a run's
     return SelectSummary(
         source=source_store.uri,
         output=output_store.uri,
@@ -373,6 +376,7 @@ def selection_record(source_store, source_run, markers, selection, shard_size, s
         # The samples were generated under the source's config: the report reads its filters here.
         "config": source_run.get("config"),
         "config_fingerprint": source_run.get("config_fingerprint"),
+        "models": source_run.get("models") or {},  # what each sample's `model` fingerprint names
         "versions": package_versions(),
     }
 

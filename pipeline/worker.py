@@ -47,6 +47,7 @@ log = logging.getLogger("stylegen.worker")
 
 TIMING_NAMES = ("generate_s", "score_s")
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "stylegen")
+PLACEMENT_COLUMNS = ("node_id", "actor_id")  # the Ray node and actor that wrote a shard (null without Ray)
 
 Heartbeat = Callable[[str, int, int], None]  # (attempt_id, shard_id, images done in this shard)
 
@@ -82,6 +83,8 @@ class ShardResult:
     generate_s: float = 0.0
     commit_s: float = 0.0
     models: dict[str, Any] = field(default_factory=dict)  # fingerprint -> public model info (run.json)
+    node_id: str | None = None  # where it ran (see ShardWorker.placement)
+    actor_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +103,7 @@ class ShardWorker:
         heartbeat: Heartbeat | None = None,
         inputs: InputLoader | None = None,
         work_dir: Path | None = None,
+        placement: dict[str, str] | None = None,
     ):
         self.generator = generator
         self.scorer = scorer
@@ -111,6 +115,8 @@ class ShardWorker:
         self.inputs = inputs or InputLoader(max_input_bytes=config.execution.max_input_mib * 2**20)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="stylegen-worker-"))
         self.files = ShardFiles(config, self.model_info)
+        # Where this worker runs ({"node_id", "actor_id"} under Ray): recorded in each shard's parquet.
+        self.files.placement = dict(placement or {})
         self._generation_lock = threading.Lock()
         self._uploads: queue.Queue = queue.Queue(maxsize=config.execution.upload_queue_shards)
         self._uploader = threading.Thread(target=self._upload_loop, name="shard-uploader", daemon=True)
@@ -118,7 +124,13 @@ class ShardWorker:
 
     @classmethod
     def from_config(
-        cls, config: RunConfig, output: str, *, device: str | None = None, heartbeat: Heartbeat | None = None
+        cls,
+        config: RunConfig,
+        output: str,
+        *,
+        device: str | None = None,
+        heartbeat: Heartbeat | None = None,
+        placement: dict[str, str] | None = None,
     ) -> ShardWorker:
         """Load everything named by the config once (models, scorer, rules, store)."""
         parts = build_parts(config, output, device=device)
@@ -130,6 +142,7 @@ class ShardWorker:
             config,
             model_info=parts.model_info,
             heartbeat=heartbeat,
+            placement=placement,
         )
 
     # --- one shard ---------------------------------------------------------------------------------
@@ -310,6 +323,8 @@ class ShardWorker:
             commit_s=time.monotonic() - started,
             seconds=0.0,
             models=self.files.models_record(),
+            node_id=self.files.placement.get("node_id"),
+            actor_id=self.files.placement.get("actor_id"),
             **counts,
         )
 
@@ -329,6 +344,7 @@ class ShardFiles:
         self.model_info = public_model_info(model_info)  # no local paths: it is published in run.json
         self.model = model_fingerprint(self.model_info)  # what each sample carries instead
         self.plan_schema: pa.Schema | None = None  # set from the plan: types of the manifest's extras
+        self.placement: dict[str, str] = {}  # node_id / actor_id of the process writing the shard
         self.legacy_layout = False  # a resumed format-1 output keeps its parquets under shards/
 
     def models_record(self) -> dict[str, Any]:
@@ -355,7 +371,12 @@ class ShardFiles:
                     reason=outcome.reason,
                     scores=outcome.scores,
                     timings=outcome.timings,
-                    meta={**_table_meta(meta), "caption": outcome.caption, "attempt_id": attempt_id},
+                    meta={
+                        **_table_meta(meta),
+                        "caption": outcome.caption,
+                        "attempt_id": attempt_id,
+                        **self._placement_columns(),
+                    },
                     embeddings=outcome.embeddings,
                 )
             )
@@ -368,6 +389,10 @@ class ShardFiles:
             files["rejected"] = folder / "rejected.tar"
             write_tar(samples["rejected"], files["rejected"])
         return files
+
+    def _placement_columns(self) -> dict[str, str | None]:
+        """Where the shard ran, like the attempt id only in the parquet (the tar stays reproducible)."""
+        return {name: self.placement.get(name) for name in PLACEMENT_COLUMNS}
 
     def sample_metadata(self, outcome: RowOutcome, shard_id: int) -> dict[str, Any]:
         """The sample's `.json` member: its own fields, the preset, the model fingerprint (the models
@@ -455,7 +480,7 @@ def shard_table_schema(plan_schema: pa.Schema | None, scorers: Sequence[str] = (
             ("row", integer), ("id", string), ("prompt", string), ("style", string), ("content", string),
             ("seed", integer), ("manifest_seed", integer), ("caption", string), ("preset", string),
             ("model", string), ("params", string), ("filter_rule", string), ("filter_value", number),
-            ("attempt_id", string),
+            ("attempt_id", string), ("node_id", string), ("actor_id", string),
         ]
     ]  # fmt: skip
     for extra in plan_schema or []:
@@ -534,24 +559,31 @@ def build_parts(config: RunConfig, output: str, *, device: str | None = None) ->
         from pipeline.scoring.scorer import csd_from_preset
 
         models = load_preset(
-            config.preset, device=device, paths=config.model_paths or None, cache_dir=cache_dir
+            config.preset,
+            device=device,
+            paths=config.model_paths or None,
+            cache_dir=cache_dir,
+            s3_options=config.storage,
         )
         generator = RBModGenerator(models, RBModSettings(**config.rbmod))
         model_info = {"generator": "rbmod", **models.config.model_dump(mode="json")}
         csd = csd_from_preset(models)  # the loaded CSD is shared with the scorer (None: CLIP fallback)
     scorer = rules = None
     if config.scoring.enabled:
+        from pipeline.model_cache import with_local_copies
         from pipeline.scoring.models import scoring_preset
         from pipeline.scoring.rules import FilterRules
         from pipeline.scoring.scorer import Scorer
 
+        # s3:// scorer models (clip_model, dino_model) load from this node's copy; metadata keeps the URIs
+        options = with_local_copies(config.scoring.options, cache_dir, config.storage)
         scoring = scoring_preset(
             config.scoring.preset or config.preset,
             cache_dir,
             scorers=config.scoring.scorers,
-            **config.scoring.options,
+            **options,
         )
         scorer = Scorer(scoring, device=device, csd=csd)
         rules = FilterRules.parse(list(config.scoring.filters), set(scorer.names))
-        model_info["scoring"] = scoring.model_dump(mode="json")
+        model_info["scoring"] = scoring.model_copy(update=config.scoring.options).model_dump(mode="json")
     return WorkerParts(generator, scorer, rules, store, model_info)

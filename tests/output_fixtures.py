@@ -93,9 +93,11 @@ def build_output(
     commit_shards: list[int] | None = None,
     image_size: int = 32,
     scorer=None,
+    config_overrides: dict[str, Any] | None = None,
 ) -> FinishedOutput:
     """Build a finished output at `uri` (default: folder/"output"); inputs go under folder/"inputs".
-    `commit_shards` limits which shards get committed (a partial output)."""
+    `commit_shards` limits which shards get committed (a partial output); `config_overrides` (dotted
+    keys, e.g. {"image.format": "jpg"}) go into the run config."""
     from pipeline.driver import RUN_KEY, plan_run, write_plan
     from pipeline.fake_generator import FakeGenerator
     from pipeline.scoring.rules import FilterRules
@@ -119,6 +121,7 @@ def build_output(
             "generator.fake.fail_prompts": [FAIL_MARK],
             "scoring.enabled": True,
             "scoring.filters": list(FILTERS),
+            **(config_overrides or {}),
         },
     )
     plan, record = plan_run(str(manifest), config)

@@ -124,3 +124,36 @@ def local_ray():
     yield ray
     if started:
         ray.shutdown()
+
+
+def recording_pools(monkeypatch) -> list:
+    """Every GeneratorPool the driver builds, so the test can read the actors' ready() answers."""
+    import actors.pool
+
+    pools: list[actors.pool.GeneratorPool] = []
+
+    class RecordingPool(actors.pool.GeneratorPool):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(actors.pool, "GeneratorPool", RecordingPool)
+    return pools
+
+
+def reference_tars(tmp_path: Path, manifest: Path, config, shards: int) -> dict[str, bytes]:
+    """Every shard's tar made by one ShardWorker in this process, without Ray and without latency."""
+    from pipeline.driver import plan_run, write_plan
+    from pipeline.storage import open_store
+    from pipeline.worker import ShardWorker
+
+    store = open_store(tmp_path / "reference")
+    plan, _ = plan_run(str(manifest), config)
+    write_plan(store, plan)
+    worker = ShardWorker.from_config(config, store.uri)
+    try:
+        for shard_id in range(shards):
+            worker.run_shard(shard_id, f"reference-{shard_id}")
+    finally:
+        worker.close()
+    return {p.name: p.read_bytes() for p in sorted((tmp_path / "reference" / "shards").glob("*.tar"))}

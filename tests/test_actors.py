@@ -55,10 +55,17 @@ def test_actors_that_cannot_start_stop_the_run_with_the_reason(ray_cluster, tmp_
     assert message.count("its constructor raised") == 2 and "no-clip-here" in message
 
 
-def test_asking_for_more_gpus_than_the_cluster_has_is_a_clear_error(ray_cluster, tmp_path):
-    manifest = build_manifest(tmp_path, rows=6)
-    with pytest.raises(PoolError, match=r"5 actor\(s\) x 1.0 GPU need more than the 4 GPUs"):
-        run_job(str(manifest), str(tmp_path / "out"), fake_config(), actors=5, live=False)
+def test_the_pool_target_is_the_flag_else_every_gpu_never_more_than_the_shards():
+    from pipeline.driver import pool_target
+
+    assert pool_target(None, 1.0, 4.0, shards=10) == 4  # a fixed cluster: every GPU
+    assert pool_target(None, 0.5, 3.0, shards=10) == 6
+    assert pool_target(8, 1.0, 2.0, shards=10) == 8  # more than the GPUs present: the rest pend
+    assert pool_target(8, 1.0, 2.0, shards=3) == 3
+    with pytest.raises(
+        PoolError, match=r"no GPUs now \(0\); pass --actors N \(or set execution.max_actors\)"
+    ):
+        pool_target(None, 1.0, 0.0, shards=3)
 
 
 @pytest.mark.slow

@@ -22,13 +22,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from run_fixtures import build_manifest, fake_config
+from run_fixtures import build_manifest, fake_config, recording_pools, reference_tars
 
-import actors.pool
 from manifests.read import read_manifest
-from pipeline.driver import plan_run, run_job, write_plan
-from pipeline.storage import open_store
-from pipeline.worker import ShardWorker
+from pipeline.driver import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -60,33 +57,6 @@ def cluster(monkeypatch):
             ray.shutdown()
         cluster.shutdown()  # this cluster's own processes only; never `ray stop`
         shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def recording_pools(monkeypatch) -> list[actors.pool.GeneratorPool]:
-    """Every GeneratorPool the driver builds, so the test can read the actors' ready() answers."""
-    pools: list[actors.pool.GeneratorPool] = []
-
-    class RecordingPool(actors.pool.GeneratorPool):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            pools.append(self)
-
-    monkeypatch.setattr(actors.pool, "GeneratorPool", RecordingPool)
-    return pools
-
-
-def reference_tars(tmp_path: Path, manifest: Path, config, shards: int) -> dict[str, bytes]:
-    """Every shard's tar made by one ShardWorker in this process, without Ray and without latency."""
-    store = open_store(tmp_path / "reference")
-    plan, _ = plan_run(str(manifest), config)
-    write_plan(store, plan)
-    worker = ShardWorker.from_config(config, store.uri)
-    try:
-        for shard_id in range(shards):
-            worker.run_shard(shard_id, f"reference-{shard_id}")
-    finally:
-        worker.close()
-    return {p.name: p.read_bytes() for p in sorted((tmp_path / "reference" / "shards").glob("*.tar"))}
 
 
 def test_a_run_spreads_over_two_gpu_nodes_and_survives_losing_one(cluster, tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ class ObjectInfo:
     size: int
     modified: datetime  # timezone-aware
     sha256: str | None = None  # hex, when the store keeps one (S3 object metadata); None otherwise
+    etag: str | None = None  # S3's ETag without quotes (an MD5 for single-part uploads); None locally
 
 
 @dataclass(frozen=True)

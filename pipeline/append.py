@@ -1,0 +1,186 @@
+"""`stylegen run BIGGER_MANIFEST --output EXISTING --append`: grow a run without redoing it.
+
+A run's shards are planned in *generations*: the first run plans its manifest into shards 0..n-1; each
+append plans only the rows the run does not have yet into new shards after the last one (in the plan's
+order, with the run's shard size). Committed shards, and the plan rows of shards not yet run, stay as
+they are, so a sample's shard never changes. plan.parquet holds every generation's rows (its metadata's
+num_shards is the total) and run.json lists the generations (`generations`: manifest, plan fingerprint,
+first shard, shards, rows), with `manifest` the latest one: a plain rerun with the latest manifest
+resumes, and status, select and report see one dataset. A run.json without `generations` has one, the
+whole plan.
+
+The new manifest must hold every row of the run unchanged: a row dropped (its uid is missing) or changed
+(same uid, another id or extra value, or another set of columns) is refused, naming the rows. The config
+must be the same, as for a resume.
+
+The same mechanism, "more shards after the plan", serves anything that adds rows to a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from manifests.plan import METADATA_KEY, ROW_GROUP_TARGET_ROWS
+from pipeline.storage.layout import PLAN_KEY, RUN_KEY
+
+SHOWN = 5  # rows named in a refusal
+
+
+class AppendRefused(RuntimeError):
+    """The new manifest drops or changes rows of the run; the message names them."""
+
+
+def generations(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's generations, oldest first (one, the whole plan, for a run never appended)."""
+    if record.get("generations"):
+        return record["generations"]
+    plan = record["plan"]
+    return [
+        {
+            "manifest": record["manifest"],
+            "plan_fingerprint": plan["fingerprint"],
+            "first_shard": 0,
+            "shards": plan["shards"],
+            "rows": record["manifest"]["rows"] - plan.get("dropped_rows", 0),
+            "shard_size": plan["shard_size"],
+        }
+    ]
+
+
+def shard_sizes(record: dict[str, Any]) -> dict[int, int]:
+    """shard id -> planned rows, over every generation of the run."""
+    sizes = {}
+    for generation in generations(record):
+        full, rest = divmod(generation["rows"], generation["shard_size"])
+        counts = [generation["shard_size"]] * full + ([rest] if rest else [])
+        sizes.update({generation["first_shard"] + index: rows for index, rows in enumerate(counts)})
+    return sizes
+
+
+def append_run(store, prior: dict[str, Any], plan, record: dict[str, Any]) -> dict[str, Any]:
+    """Plan `plan`'s new rows (the fresh plan of the bigger manifest) after the run's shards; write
+    plan.parquet, then run.json (the commit point: a crash before it leaves run.json as it was, and the
+    append can be redone). Returns the new run record. Raises AppendRefused naming dropped/changed rows."""
+    total = len(shard_sizes(prior))
+    with store.open(PLAN_KEY) as handle:
+        stored = pq.ParquetFile(handle)
+        old = stored.read()
+        old_schema = stored.schema_arrow
+    old = old.filter(pc.less(old.column("shard_id"), total))  # a crashed append's rows are not the run's
+    fresh = plan.table
+    check_contains(old, fresh, prior["manifest"]["uri"], record["manifest"]["uri"])
+
+    is_new = pc.invert(pc.is_in(fresh.column("uid"), value_set=old.column("uid")))
+    new = fresh.filter(is_new)  # in the fresh plan's order
+    shard_size = plan.shard_size
+    new_ids = (total + np.arange(new.num_rows) // shard_size).astype(np.int32)
+    new = new.set_column(
+        0, old_schema.field("shard_id"), pa.array(new_ids, old_schema.field("shard_id").type)
+    )
+    entry = {
+        "manifest": record["manifest"],
+        "plan_fingerprint": record["plan"]["fingerprint"],
+        "first_shard": total,
+        "shards": -(-new.num_rows // shard_size),
+        "rows": new.num_rows,
+        "shard_size": shard_size,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    history = [*generations(prior), entry]
+    combined = hashlib.sha256(
+        b"stylegen-append-v1" + json.dumps([g["plan_fingerprint"] for g in history]).encode()
+    ).hexdigest()
+    shards = total + entry["shards"]
+    updated = {
+        **prior,
+        "manifest": record["manifest"],
+        "plan": {**prior["plan"], "fingerprint": combined, "shards": shards},
+        "generations": history,
+    }
+    info = {
+        **json.loads((old_schema.metadata or {}).get(METADATA_KEY, b"{}")),
+        "fingerprint": combined,
+        "num_rows": old.num_rows + new.num_rows,
+        "num_shards": shards,
+        "generations": len(history),
+    }
+    write_plan(store, old, new, old_schema, info, shard_size)
+    store.put_bytes(RUN_KEY, (json.dumps(updated, indent=2, sort_keys=True) + "\n").encode())
+    return updated
+
+
+def check_contains(old: pa.Table, fresh: pa.Table, old_uri: str, new_uri: str) -> None:
+    """Refuse a new plan that lacks a row of the old one, or holds it with other values."""
+    columns = [name for name in old.column_names if name not in ("shard_id", "row")]
+    old_columns = {f.name: f.type for f in old.schema if f.name in columns}
+    new_columns = {f.name: f.type for f in fresh.schema if f.name not in ("shard_id", "row")}
+    if old_columns != new_columns:
+        differ = sorted(
+            f"{name} ({old_columns.get(name, 'absent')} -> {new_columns.get(name, 'absent')})"
+            for name in old_columns.keys() | new_columns.keys()
+            if old_columns.get(name) != new_columns.get(name)
+        )
+        raise AppendRefused(
+            f"--append: {new_uri} has other columns than the run's manifest {old_uri}: {', '.join(differ)}; "
+            "every row must stay as it was"
+        )
+    present = pc.is_in(old.column("uid"), value_set=fresh.column("uid"))
+    dropped = old.filter(pc.invert(present))
+    problems = []
+    if dropped.num_rows:
+        shown = "; ".join(
+            f"uid {row['uid']} (row {row['row']}, prompt {row['prompt']!r})"
+            for row in dropped.slice(0, SHOWN).to_pylist()
+        )
+        problems.append(f"{dropped.num_rows} row(s) of the run are missing: {shown}")
+    kept_old = old.filter(present).sort_by("uid")
+    same_new = fresh.filter(pc.is_in(fresh.column("uid"), value_set=old.column("uid"))).sort_by("uid")
+    changed: dict[str, list[str]] = {}
+    for name in columns:
+        for index in np.flatnonzero(~_equal(kept_old.column(name), same_new.column(name))):
+            changed.setdefault(kept_old.column("uid")[int(index)].as_py(), []).append(name)
+    if changed:
+        rows = dict(zip(same_new.column("uid").to_pylist(), same_new.column("row").to_pylist(), strict=True))
+        shown = "; ".join(
+            f"uid {uid} (row {rows[uid]}: {', '.join(names)})"
+            for uid, names in sorted(changed.items())[:SHOWN]
+        )
+        problems.append(f"{len(changed)} row(s) of the run changed: {shown}")
+    if problems:
+        raise AppendRefused(
+            f"--append: {new_uri} must contain every row of the run's manifest {old_uri} unchanged, but "
+            + " and ".join(problems)
+            + ". Append with a manifest that keeps every old row, or start another output."
+        )
+
+
+def _equal(a: pa.ChunkedArray, b: pa.ChunkedArray) -> np.ndarray:
+    """Element-wise equality with null == null."""
+    if pa.types.is_nested(a.type):
+        return np.array([x == y for x, y in zip(a.to_pylist(), b.to_pylist(), strict=True)], dtype=bool)
+    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+    same = pc.fill_null(pc.equal(a, b), False)
+    return pc.or_(same, both_null).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def write_plan(store, old: pa.Table, new: pa.Table, schema: pa.Schema, info: dict, shard_size: int) -> None:
+    """plan.parquet with the old rows as they were, then the new ones; row groups of whole shards."""
+    schema = schema.with_metadata({**(schema.metadata or {}), METADATA_KEY: json.dumps(info, sort_keys=True)})
+    with tempfile.TemporaryDirectory(prefix="stylegen-append-") as folder:
+        path = Path(folder) / PLAN_KEY
+        with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+            for part in (old, new.cast(schema)):
+                if part.num_rows:
+                    group = shard_size * max(1, ROW_GROUP_TARGET_ROWS // shard_size)
+                    writer.write_table(part.replace_schema_metadata(schema.metadata), row_group_size=group)
+        store.put_file(PLAN_KEY, path)

@@ -1,0 +1,24 @@
+"""`stylegen card OUTPUT`: (re)write an output's Hugging Face dataset card, README.md (pipeline.dataset_card).
+
+Every run, selection and dedup writes it at the end; this command is for an output whose card could not
+be written then (a warning), or one made before cards existed (format 1). Only typer is imported here."""
+
+from __future__ import annotations
+
+import typer
+
+
+def card(output: str = typer.Argument(..., help="The output: a folder or s3://bucket/prefix.")) -> None:
+    """Write README.md, the dataset card, so `datasets.load_dataset(OUTPUT)` reads the shards typed."""
+    from pipeline.dataset_card import write_dataset_card
+    from pipeline.storage import ObjectNotFound, StorageError, open_store
+
+    try:
+        where = write_dataset_card(open_store(output))
+    except ObjectNotFound as error:
+        typer.echo(f"error: no stylegen output at {output} ({error})", err=True)
+        raise typer.Exit(2) from None
+    except (StorageError, ValueError) as error:  # also a run.json that is not JSON
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(where)

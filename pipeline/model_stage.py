@@ -1,0 +1,307 @@
+"""`stylegen models stage`: copy a preset's weights to object storage once, so cluster nodes never call
+the hub (pipeline.model_cache copies them from there, once per node).
+
+Each component becomes a folder under `--to` with the hub repo's layout, holding only the files the
+loaders read (the bf16 UNets of stable-cascade, safetensors only), or one file for the CSD checkpoint.
+Every object carries its sha256 (the nodes verify their copies against it); an object already staged
+with the same bytes is not uploaded again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from manifests.cli_format import StylegenCommand, StylegenGroup
+
+PRESETS = ("stable-cascade", "tiny")
+# component -> where its staged URI goes in a run config
+CONFIG_KEYS = {
+    "prior": ("model_paths", "prior"),
+    "decoder": ("model_paths", "decoder"),
+    "csd": ("model_paths", "csd"),
+    "clip": ("scoring.options", "clip_model"),
+    "dino": ("scoring.options", "dino_model"),
+    "aesthetic": ("scoring.options", "aesthetic_model"),
+    "nsfw": ("scoring.options", "nsfw_model"),
+}
+SCORER_MODELS = ("clip", "dino", "aesthetic", "nsfw")
+DEFAULT_SCORER_MODELS = ("clip", "dino")  # what the default scorers (clip, dino, csd, leakage) load
+# weights the loaders never read (safetensors only) and the files the hub keeps for git
+_NOT_LOADED = ["*.bin", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.ckpt", "*.pt", "*.pth", ".*"]
+_TRANSFORMERS_FOLDERS = ("text_encoder", "tokenizer", "image_encoder", "feature_extractor")
+
+
+class StageError(RuntimeError):
+    """Staging cannot go on; the message names the component and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    component: str  # prior | decoder | csd | clip | dino
+    path: Path  # a local folder with the hub layout, or the CSD file
+    name: str  # its folder (or file) name under --to
+    origin: str  # where it came from: hub id or local path (for the printout)
+
+
+def hub_patterns(component: str, variant: str | None = "bf16") -> tuple[list[str], list[str]]:
+    """(allow, ignore) patterns for snapshot_download: the files the stable-cascade loaders read."""
+    if component == "prior":
+        allow = ["prior/config.json", f"prior/*.{variant}*", "image_encoder/*", "feature_extractor/*"]
+    elif component == "decoder":
+        allow = ["decoder/config.json", f"decoder/*.{variant}*", "vqgan/*"]
+        allow += ["effnet_encoder.safetensors", "previewer.safetensors"]
+    elif component == "aesthetic":  # the LAION MLP head: one state-dict file
+        from pipeline.scoring.models import AESTHETIC_FILE
+
+        return [AESTHETIC_FILE], [".*"]
+    else:  # a scorer model (transformers folder)
+        return ["*.json", "*.txt", "*.safetensors"], ["*.*16.*", *_NOT_LOADED]
+    # the transformers parts and the VQGAN load their plain files; other variants would add gigabytes
+    ignore = [f"{folder}/*.*16.*" for folder in (*_TRANSFORMERS_FOLDERS, "vqgan")]
+    return allow + ["text_encoder/*", "tokenizer/*"], ignore + _NOT_LOADED
+
+
+def _from_hub(component: str, repo: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    allow, ignore = hub_patterns(component)
+    try:
+        return Path(snapshot_download(repo, allow_patterns=allow, ignore_patterns=ignore))
+    except Exception as error:  # gated repo without a token, offline, no network: say what to do
+        first_line = str(error).splitlines()[0][:300] if str(error) else ""
+        raise StageError(
+            f"{component}: cannot download {repo} from the hub ({type(error).__name__}: {first_line}). "
+            f"Gated repos need their licence accepted on https://huggingface.co/{repo} and HF_TOKEN set "
+            f"(or `hf auth login`); without hub access pass --from {component}=LOCAL_DIR"
+        ) from None
+
+
+def _default_sources(preset: str, cache_dir: Path | None, scorers: tuple[str, ...]) -> dict[str, str | Path]:
+    """component -> hub id or local path for the preset."""
+    from pipeline.models import DECODER_REPO, PRIOR_REPO, ensure_tiny_cache
+    from pipeline.scoring import models as scoring
+
+    if preset == "tiny":
+        root = ensure_tiny_cache(cache_dir)
+        sources: dict[str, str | Path] = {
+            "prior": root / "stable-cascade-prior",
+            "decoder": root / "stable-cascade",
+            "csd": root / "csd" / "csd.safetensors",
+        }
+        tiny_scoring = scoring.scoring_preset("tiny", cache_dir) if scorers else None  # built on first use
+        for name in scorers:
+            sources[name] = Path(getattr(tiny_scoring, CONFIG_KEYS[name][1]))
+        return sources
+    sources = {"prior": PRIOR_REPO, "decoder": DECODER_REPO}
+    if os.environ.get("STYLEGEN_CSD"):
+        sources["csd"] = Path(os.environ["STYLEGEN_CSD"])
+    hub = {"clip": scoring.REAL_CLIP, "dino": scoring.REAL_DINO}
+    hub |= {"aesthetic": scoring.REAL_AESTHETIC, "nsfw": scoring.REAL_NSFW}
+    return sources | {name: hub[name] for name in scorers}
+
+
+def resolve_sources(
+    preset: str,
+    overrides: dict[str, str],
+    cache_dir: Path | None = None,
+    scorers: tuple[str, ...] = DEFAULT_SCORER_MODELS,
+) -> list[Source]:
+    """Every component to stage as a local folder (hub repos are downloaded into the hub cache first)."""
+    if preset not in PRESETS:
+        raise StageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    unknown = sorted(set(overrides) - set(CONFIG_KEYS))
+    if unknown:
+        raise StageError(
+            f"--from {unknown[0]}=...: unknown component; expected one of {', '.join(CONFIG_KEYS)}"
+        )
+    unknown = sorted(set(scorers) - set(SCORER_MODELS))
+    if unknown:
+        raise StageError(f"--scorers {unknown[0]}: unknown scorer model; expected some of {SCORER_MODELS}")
+    wanted = {**_default_sources(preset, cache_dir, scorers), **overrides}
+    resolved = []
+    for component, origin in wanted.items():
+        if isinstance(origin, str) and component not in overrides:  # a hub id
+            local, name = _from_hub(component, origin), origin.rsplit("/", 1)[-1]
+        else:
+            local = Path(origin).expanduser()
+            if not local.exists():
+                raise StageError(f"{component}: {origin} does not exist")
+            name = local.name
+        name = f"csd/{name}" if component == "csd" else name
+        resolved.append(Source(component, local, name, str(origin)))
+    _check_layout(preset, resolved)
+    names = [source.name for source in resolved]
+    if len(set(names)) != len(names):
+        raise StageError(f"two components would be staged under the same name: {sorted(names)}")
+    return resolved
+
+
+def _check_layout(preset: str, sources: list[Source]) -> None:
+    """The prior and decoder folders hold every file the loader checks for (before anything uploads)."""
+    from pipeline.models import PresetConfig, required_files
+
+    by_component = {source.component: source for source in sources}
+    config = PresetConfig(
+        name=preset,  # type: ignore[arg-type]
+        prior=str(by_component["prior"].path),
+        decoder=str(by_component["decoder"].path),
+    )
+    for component, (folder, relpath, _) in required_files(config).items():
+        if not (Path(folder) / relpath).exists():
+            owner = "prior" if folder == config.prior else "decoder"
+            raise StageError(
+                f"{component}: {relpath} missing in {by_component[owner].origin} "
+                f"(a {owner} folder needs the hub repo's layout)"
+            )
+    for owner, subfolder in (("prior", config.prior_subfolder), ("decoder", config.decoder_subfolder)):
+        if not any((by_component[owner].path / subfolder).glob("*.safetensors")):
+            origin = by_component[owner].origin
+            raise StageError(f"{owner}: no .safetensors weights in {subfolder}/ of {origin}")
+    for source in sources:
+        if source.component == "csd" and not source.path.is_file():
+            raise StageError(f"csd: {source.origin} is not a checkpoint file")
+        if source.component != "csd" and not source.path.is_dir():
+            raise StageError(f"{source.component}: {source.origin} is not a folder with the hub layout")
+
+
+@dataclass
+class StageResult:
+    uris: dict[str, str]  # component -> staged URI
+    uploaded: int  # files
+    skipped: int  # files already staged with the same sha256
+    bytes_uploaded: int
+
+
+def stage(sources: list[Source], to: str, s3_options: dict | None = None, echo=print) -> StageResult:
+    """Upload each source under `to` (s3://bucket/prefix/); skip objects already holding the same bytes."""
+    from pipeline.storage import LocalFile, open_store
+
+    if not to.startswith("s3://"):
+        raise StageError(f"--to {to!r}: expected an s3://bucket/prefix/ URI")
+    store = open_store(to, **(s3_options or {}))
+    result = StageResult({}, 0, 0, 0)
+    for source in sources:
+        files = [source.path] if source.path.is_file() else _files(source.path)
+        for path in files:
+            key = (
+                source.name
+                if source.path.is_file()
+                else f"{source.name}/{path.relative_to(source.path).as_posix()}"
+            )
+            local = LocalFile.from_path(path)
+            staged = store.head(key)
+            if staged is not None and staged.size == local.size and staged.sha256 == local.sha256:
+                result.skipped += 1
+                continue
+            echo(f"uploading {store.url(key)} ({local.size / 1e6:.1f} MB)")
+            store.put_file(key, path, sha256=local.sha256)  # verifies the stored size and sha256
+            result.uploaded += 1
+            result.bytes_uploaded += local.size
+        uri = store.url(source.name) + ("" if source.path.is_file() else "/")
+        result.uris[source.component] = uri
+        if source.path.is_dir():
+            expected = {f"{source.name}/{p.relative_to(source.path).as_posix()}" for p in files}
+            extra = [info.key for info in store.list(f"{source.name}/") if info.key not in expected]
+            if extra:
+                echo(
+                    f"warning: {len(extra)} other object(s) under {uri} (e.g. {extra[0]}) are not part of "
+                    "this staging; every node would copy them too: remove them if they are stale"
+                )
+    return result
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every file under `folder` except hidden ones (.gitattributes, .cache/ of a hub download)."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def config_snippet(preset: str, uris: dict[str, str]) -> str:
+    """The run-config YAML that points every staged component at its S3 copy."""
+    import yaml
+
+    config: dict = {"preset": preset}
+    for component, uri in uris.items():
+        section, key = CONFIG_KEYS[component]
+        target = config
+        for part in section.split("."):
+            target = target.setdefault(part, {})
+        target[key] = uri
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+models_app = typer.Typer(
+    cls=StylegenGroup, help="Stage model weights in object storage for cluster runs.", no_args_is_help=True
+)
+
+
+STAGE_HELP = (
+    "Copy a preset's weights to S3 once (from a machine with hub access, or from local folders) and print "
+    "the run-config lines (`model_paths`, `scoring.options`) that make every node load them from there: "
+    "each node downloads each folder once into its model cache and never calls the hub.\n\n"
+    "Licence: the Stable Cascade weights (stabilityai/stable-cascade-prior, stabilityai/stable-cascade) are "
+    "released under the stable-cascade-nc-community licence (non-commercial use). The repos are gated: "
+    "accept the terms on their hub pages first, then set HF_TOKEN (or run `hf auth login`) on the machine "
+    "that stages. The CSD checkpoint is not on the hub: pass --from csd=FILE (or set STYLEGEN_CSD).\n\n"
+    "S3 credentials come from the standard AWS chain; the endpoint and addressing style from "
+    "AWS_ENDPOINT_URL and STYLEGEN_S3_* variables. Rerunning uploads only what changed."
+)
+
+
+@models_app.command("stage", help=STAGE_HELP, cls=StylegenCommand)
+def stage_command(
+    to: str = typer.Option(..., "--to", help="Where to stage: s3://bucket/models/"),
+    preset: str = typer.Option("stable-cascade", "--preset", help="stable-cascade | tiny"),
+    sources: list[str] = typer.Option(
+        None,
+        "--from",
+        metavar="COMPONENT=PATH...",
+        help="COMPONENT=LOCAL_PATH instead of the hub: prior, decoder (folders with the hub layout), "
+        "csd (checkpoint file), clip, dino (scorer model folders). Repeatable.",
+    ),
+    scorers: list[str] = typer.Option(
+        list(DEFAULT_SCORER_MODELS),
+        "--scorers",
+        metavar="NAME...",
+        help="Scorer models to stage too: clip, dino (the default scorers), aesthetic, nsfw; 'none' for none",
+    ),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Where the tiny preset is built"),
+) -> None:
+    from rich.console import Console
+
+    overrides = {}
+    for item in sources or []:
+        component, sep, path = item.partition("=")
+        if not sep or not path:
+            Console(stderr=True).print(f"[bold red]error:[/] --from {item!r}: expected COMPONENT=LOCAL_PATH")
+            raise typer.Exit(2)
+        overrides[component.strip()] = path
+    from pipeline.storage import StorageError
+
+    try:
+        scorer_models = tuple(name for name in scorers if name != "none")
+        resolved = resolve_sources(preset, overrides, cache_dir, scorer_models)
+        result = stage(resolved, to, echo=lambda line: typer.echo(line, err=True))
+    except (StageError, StorageError) as error:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"# staged {len(resolved)} components under {to}: {result.uploaded} files uploaded "
+        f"({result.bytes_uploaded / 1e9:.2f} GB), {result.skipped} already there",
+        err=True,
+    )
+    if "csd" not in result.uris and preset == "stable-cascade":
+        typer.echo(
+            "# no CSD checkpoint staged (--from csd=FILE): SOC uses the CLIP fallback descriptor", err=True
+        )
+    typer.echo("# add to your run config:")
+    typer.echo(config_snippet(preset, result.uris), nl=False)
