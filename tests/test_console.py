@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def test_piped_output_is_not_cut_at_80_columns(tmp_path):
         console.print(summary_table(summary))
     text = (tmp_path / "piped.txt").read_text()
     assert summary.log_uri in text and "…" not in text
-    assert "actors x GPUs each" in text and "2 x 1" in text
+    assert re.search(r"GPUs per actor +│ +1 │", text)
 
 
 def test_a_cluster_that_wants_a_token_gets_one_line_with_the_hint():
@@ -126,10 +127,12 @@ def test_a_piped_run_prints_only_stylegen_lines(tmp_path):
     for mark in RAY_MARKS:
         assert mark not in printed, (mark, printed)
     lines = first.stderr.splitlines()
-    assert lines[0] == (
+    fewer = (
         "running 1 actor(s), not 2: only 1 shard(s) left to run and an actor without a shard would "
         "only load models"
     )
+    table_at = next(index for index, line in enumerate(lines) if "stylegen run: " in line)
+    assert fewer in lines[:table_at]
     assert str(output / "logs") in first.stderr  # the log path whole, not cut at 80 columns
     assert "2 row(s) failed; most frequent reasons:" in first.stderr
     reason = " x generation: InjectedFailure: fake generator: injected failure for uid "
