@@ -38,11 +38,14 @@ class ProgressActor:
     async def starts(self) -> dict[int, dict]:
         return dict(self._starts)
 
-    async def report(self, attempt_id: str, shard_id: int, images_done: int, actor_index: int) -> None:
+    async def report(
+        self, attempt_id: str, shard_id: int, images_done: int, actor_index: int, running: str | None = None
+    ) -> None:
         self._attempts[attempt_id] = {
             "shard_id": shard_id,
             "images_done": images_done,
             "actor_index": actor_index,
+            "running": running,  # isolation mode: the uid of the row that runs now
             "at": time.time(),
         }
 
@@ -80,12 +83,21 @@ class GeneratorActor:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = device
         self._worker = ShardWorker.from_config(
-            config, output, device=device, heartbeat=self._heartbeat, placement=placement
+            config,
+            output,
+            device=device,
+            heartbeat=self._heartbeat,
+            row_started=self._row_started,
+            placement=placement,
         )
         self._load_s = time.time() - self._started
 
     def _heartbeat(self, attempt_id: str, shard_id: int, images_done: int) -> None:
         self._progress.report.remote(attempt_id, shard_id, images_done, self._index)
+
+    def _row_started(self, attempt_id: str, shard_id: int, images_done: int, uid: str) -> None:
+        """Isolation mode: wait until the progress actor has it, so a crash right after cannot lose it."""
+        ray.get(self._progress.report.remote(attempt_id, shard_id, images_done, self._index, uid), timeout=60)
 
     def ready(self) -> dict:
         """Where this actor runs and what it holds; also the driver's health probe after a failure."""
@@ -104,5 +116,5 @@ class GeneratorActor:
             "load_s": round(self._load_s, 3),
         }
 
-    def run_shard(self, shard_id: int, attempt_id: str) -> dict:
-        return self._worker.run_shard(shard_id, attempt_id).to_dict()
+    def run_shard(self, shard_id: int, attempt_id: str, culprits: dict[str, str] | None = None) -> dict:
+        return self._worker.run_shard(shard_id, attempt_id, culprits).to_dict()

@@ -10,12 +10,15 @@
 - `ShardScheduler.run` is the `ray.wait` loop. Shards go only to actors that answered their probe
   (ready); an actor whose node joins gets work on the next turn of the loop. Every wait has a timeout; a
   shard that runs past its deadline gets its actor killed (Ray restarts it) and is resubmitted; a shard
-  that failed `max_attempts` times is handed back as failed. A lost node's shards are resubmitted
-  without being charged, and Ray restarts its actors at once (`max_restarts=-1`): pending until capacity
-  returns, with no per-actor wait. An actor waiting for a GPU has no deadline, one loading models has
-  `actor_start_timeout_s`; with no actor ready for `capacity_timeout_s` the run stops (CapacityTimeout)
-  and a rerun resumes. A stop request drains: no new shards, commits in progress get `drain_s`. It
-  never loops forever, and never waits for a pending actor once nothing is left to do.
+  that failed `max_attempts` times is rerun one row at a time to isolate the rows that cause it
+  (pipeline/faults.py) and handed back as failed only when no row can be blamed; an attempt that failed
+  on storage is not charged but resubmitted after a back-off, and the run stops if storage stays down.
+  A lost node's shards are resubmitted without being charged, and Ray restarts its actors at once
+  (`max_restarts=-1`): pending until capacity returns, with no per-actor wait. An actor waiting for a
+  GPU has no deadline, one loading models has `actor_start_timeout_s`; with no actor ready for
+  `capacity_timeout_s` the run stops (CapacityTimeout) and a rerun resumes. A stop request drains: no
+  new shards, commits in progress get `drain_s`. It never loops forever, and never waits for a pending
+  actor once nothing is left to do.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayEr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.generator_actor import GeneratorActor, ProgressActor
+from pipeline.faults import CulpritSearch, StorageOutage, is_storage_error
 
 log = logging.getLogger("stylegen.pool")
 
@@ -151,6 +155,9 @@ class Attempt:
     deadline_exceeded: bool = False  # this attempt's actor was killed because of this attempt
     deadline_s: float = 0.0  # the deadline it exceeded
     collateral: bool = False  # its actor died because of another attempt: not charged
+    culprits: dict | None = None  # isolation mode: the rows it records failed without running them
+    running: str | None = None  # isolation mode: the uid of the row running now (from its heartbeat)
+    progress_at: float | None = None  # isolation mode: when its last row started (a per-row deadline)
 
 
 @dataclass
@@ -278,6 +285,8 @@ class ShardScheduler:
         capacity_timeout_s: float = 1800.0,
         drain_s: float = 20.0,
         should_stop: Callable[[], bool] = lambda: False,
+        storage_outage_s: float = 300.0,
+        isolate_culprits: bool = True,
     ):
         self.pool = pool
         self.policy = policy
@@ -299,6 +308,9 @@ class ShardScheduler:
         # (monotonic time, ready, pending) whenever the actor counts change: summary.json and benches
         self.actor_timeline: list[tuple[float, int, int]] = []
         self.stopped = False  # run() returned because should_stop() said so (after draining)
+        self.outage = StorageOutage(storage_outage_s)
+        self.search = CulpritSearch() if isolate_culprits else None
+        self._later: list[tuple[float, int]] = []  # (when, shard id): resubmissions after a back-off
 
     def run(self, shard_rows: dict[int, int]) -> None:
         """Run every shard in `shard_rows` (shard id -> planned rows) to a commit or a final failure,
@@ -306,7 +318,8 @@ class ShardScheduler:
         self._rows = shard_rows
         self._pending: deque[int] = deque(sorted(shard_rows))
         self._last_ready = max(self._last_ready, time.monotonic() - self.poll_s)
-        while self._pending or self._attempts():
+        while self._pending or self._attempts() or self._later:
+            self._release_due()
             if self.should_stop():
                 self._drain()
                 return
@@ -352,6 +365,7 @@ class ShardScheduler:
         Whatever is still running after that is left unfinished (the rerun does it)."""
         self.stopped = True
         self._pending.clear()
+        self._later.clear()  # storage back-offs: the rerun does those shards
         deadline = time.monotonic() + self.drain_s
         self._poll_heartbeats(force=True)
         while time.monotonic() < deadline and self._committing():
@@ -367,6 +381,13 @@ class ShardScheduler:
         return [a for a in self._attempts() if a.started_at and a.images_done >= self._rows[a.shard_id]]
 
     # -- submission --
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        due = [item for item in self._later if item[0] <= now]
+        for item in due:
+            self._later.remove(item)
+            self._pending.append(item[1])
 
     def _attempts(self) -> list[Attempt]:
         return [attempt for slot in self.pool.slots for attempt in slot.attempts]
@@ -386,9 +407,19 @@ class ShardScheduler:
             attempt_id = f"{number}-{uuid.uuid4().hex[:12]}"
             if not slot.attempts:
                 slot.idle_since = time.monotonic()
-            ref = slot.handle.run_shard.remote(shard_id, attempt_id)
+            culprits = self.search.isolating(shard_id) if self.search else None
+            ref = slot.handle.run_shard.remote(shard_id, attempt_id, culprits)
             slot.attempts.append(
-                Attempt(shard_id, number, attempt_id, slot, ref, time.monotonic(), incarnation=slot.restarts)
+                Attempt(
+                    shard_id,
+                    number,
+                    attempt_id,
+                    slot,
+                    ref,
+                    time.monotonic(),
+                    incarnation=slot.restarts,
+                    culprits=None if culprits is None else dict(culprits),
+                )
             )
 
     # -- results --
@@ -413,12 +444,17 @@ class ShardScheduler:
         slot = attempt.slot
         slot.attempts.remove(attempt)
         self.hooks.on_progress(self._images_in_flight())
+        if attempt.culprits is not None:  # the row that was running when it ended (before forgetting)
+            attempt.running = self._latest_beat(attempt).get("running", attempt.running)
         self.pool.forget(attempt.attempt_id)
         try:
             result = ray.get(attempt.ref)
         except RayTaskError as error:  # the worker raised; the actor is fine
             self.unfinished_attempts.append((attempt.shard_id, attempt.attempt_id))
-            self._charge(attempt, f"attempt {attempt.number}: {_cause(error)}")
+            if is_storage_error(getattr(error, "cause", None)):
+                self._wait_for_storage(attempt, _cause(error))
+            else:
+                self._charge(attempt, f"attempt {attempt.number}: {_cause(error)}")
             return
         except RayActorError as error:
             self.unfinished_attempts.append((attempt.shard_id, attempt.attempt_id))
@@ -448,20 +484,50 @@ class ShardScheduler:
             self._actor_failed(slot, error)  # probe it: no new work until it answers
             self._charge(attempt, f"attempt {attempt.number}: {type(error).__name__}: {_first_line(error)}")
             return
+        self.outage.recovered()
         started = attempt.started_at or attempt.submitted_at
-        self.policy.observe(self._rows[attempt.shard_id], time.monotonic() - started)
+        if attempt.culprits is None:  # an isolation attempt runs row by row: not a normal pace
+            self.policy.observe(self._rows[attempt.shard_id], time.monotonic() - started)
         slot.idle_since = time.monotonic()
         self.hooks.on_committed(attempt.shard_id, result)
 
+    def _wait_for_storage(self, attempt: Attempt, error: str) -> None:
+        """A storage failure is not the shard's fault: resubmit it after a back-off, uncharged (and
+        stop the run with StorageDown once storage has failed for too long)."""
+        delay = self.outage.failed(f"shard {attempt.shard_id}: {error}")
+        self.hooks.on_event(
+            f"shard {attempt.shard_id}: storage failed ({error}); not charged, retrying in {delay:.0f} s"
+        )
+        self._tries[attempt.shard_id] -= 1
+        self._later.append((time.monotonic() + delay, attempt.shard_id))
+
     def _charge(self, attempt: Attempt, error: str) -> None:
-        errors = self._errors[attempt.shard_id]
+        shard_id = attempt.shard_id
+        errors = self._errors[shard_id]
         errors.append(error)
-        if len(errors) >= self.max_attempts:
-            self.hooks.on_event(f"shard {attempt.shard_id}: failed {len(errors)} times, giving up: {error}")
-            self.hooks.on_failed(attempt.shard_id, list(errors))
+        if attempt.culprits is not None:  # an isolation attempt died: blame the row that was running
+            culprit = self.search.blame(shard_id, attempt.running, error)
+            if culprit is not None:
+                self.hooks.on_event(
+                    f"shard {shard_id}: row {culprit} isolated ({error}); rerunning the others"
+                )
+                self._pending.appendleft(shard_id)
+                return
+            self.hooks.on_event(f"shard {shard_id}: no row to blame for {error}; giving up")
+            self.hooks.on_failed(shard_id, list(errors))
+        elif len(errors) >= self.max_attempts and self.search is not None:
+            self.hooks.on_event(
+                f"shard {shard_id}: failed {len(errors)} times ({error}); rerunning it one row at a time "
+                "to isolate the rows that cause it"
+            )
+            self.search.start(shard_id)
+            self._pending.appendleft(shard_id)
+        elif len(errors) >= self.max_attempts:
+            self.hooks.on_event(f"shard {shard_id}: failed {len(errors)} times, giving up: {error}")
+            self.hooks.on_failed(shard_id, list(errors))
         else:
-            self.hooks.on_event(f"shard {attempt.shard_id}: {error}; retrying")
-            self._pending.appendleft(attempt.shard_id)
+            self.hooks.on_event(f"shard {shard_id}: {error}; retrying")
+            self._pending.appendleft(shard_id)
 
     def _assign_blame(self, failed: Attempt) -> None:
         """An actor died with shards in flight. The one it was generating caused it; one waiting to
@@ -551,6 +617,12 @@ class ShardScheduler:
 
     # -- heartbeats and deadlines --
 
+    def _latest_beat(self, attempt: Attempt) -> dict:
+        try:
+            return ray.get(self.pool.progress.snapshot.remote(), timeout=10).get(attempt.attempt_id) or {}
+        except (GetTimeoutError, RayActorError):
+            return {}
+
     def _poll_heartbeats(self, force: bool = False) -> None:
         now = time.monotonic()
         if now - self._last_heartbeat_poll < HEARTBEAT_POLL_S and not force:
@@ -571,6 +643,8 @@ class ShardScheduler:
                 attempt.started_at = now
                 attempt.slot.idle_since = now
             attempt.images_done = beat["images_done"]
+            if beat.get("running") and beat["running"] != attempt.running:
+                attempt.running, attempt.progress_at = beat["running"], now
         self.hooks.on_progress(self._images_in_flight())
 
     def _images_in_flight(self) -> dict[int, int]:
@@ -596,8 +670,7 @@ class ShardScheduler:
             late = [
                 a
                 for a in slot.attempts
-                if a.started_at is not None
-                and now - a.started_at > self.policy.deadline(self._rows[a.shard_id])
+                if a.started_at is not None and now - a.started_at > self._deadline(a)
             ]
             stuck = not any(a.started_at for a in slot.attempts) and (
                 now - slot.idle_since > self.actor_start_timeout_s
@@ -607,8 +680,9 @@ class ShardScheduler:
             for attempt in slot.attempts:
                 attempt.deadline_exceeded = attempt in late or stuck
                 attempt.collateral = not attempt.deadline_exceeded
-                if attempt in late:
-                    attempt.deadline_s = self.policy.deadline(self._rows[attempt.shard_id])
+                if attempt in late:  # (in isolation mode: the one row's deadline)
+                    row_deadline = attempt.culprits is not None
+                    attempt.deadline_s = self.policy.deadline(1) if row_deadline else self._deadline(attempt)
                 elif stuck:
                     attempt.deadline_s = self.actor_start_timeout_s
             why = f"shard {late[0].shard_id} past its deadline" if late else "no shard started"
@@ -617,6 +691,13 @@ class ShardScheduler:
             slot.killed_pid = slot.info.get("pid")
             slot.probe_since = now
             slot.reprobe_at = now + PROBE_RETRY_S  # no new work until the restarted actor answers
+
+    def _deadline(self, attempt: Attempt) -> float:
+        """Seconds the attempt may run; in isolation mode, each row gets one row's deadline (counted
+        from when it started), so the deadline names the row that hangs."""
+        if attempt.culprits is None:
+            return self.policy.deadline(self._rows[attempt.shard_id])
+        return (attempt.progress_at or attempt.started_at) - attempt.started_at + self.policy.deadline(1)
 
 
 def _cause(error: RayTaskError) -> str:

@@ -21,6 +21,14 @@ DEMO_SHARD_SIZE = 8
 DEMO_FILTERS = ("clip_t >= -0.35", "csd_style >= 0.7", "leakage < 0.93")
 
 
+def demo_scorers() -> list[str]:
+    """Every built-in scorer (tiny twins), so the demo's shards and report show every score and the
+    near-duplicate embeddings (`stylegen dedup`)."""
+    from pipeline.scoring.registry import BUILTINS
+
+    return list(BUILTINS)
+
+
 @dataclass(frozen=True)
 class DemoResult:
     inputs: object  # manifests.demo_inputs.DemoInputs
@@ -119,6 +127,7 @@ def run_demo(manifest: Path, output: Path, actors: int | None = None):
             "shard_size": DEMO_SHARD_SIZE,
             "keep_rejected": True,
             "scoring.filters": list(DEMO_FILTERS),
+            "scoring.scorers": demo_scorers(),
         },
     )
     # On a CPU machine each actor holds one logical GPU and one core.
@@ -151,6 +160,7 @@ def print_where(summary) -> None:
     console.print(f"card:    {summary.card_uri}  (datasets.load_dataset('{summary.output}'))")
     console.print(f"report:  {summary.report_uri}")
     console.print(f"status:  stylegen status {summary.output}")
+    console.print(f"dedup:   stylegen dedup {summary.output} --by dino --threshold 0.95 -o demo-deduped")
     if shutil.which("stylegen") is None:  # `make demo` installs it into .venv, which is not on the PATH
         console.print(
             "stylegen is not on your PATH: run `. .venv/bin/activate` first, or call `.venv/bin/stylegen`"

@@ -107,6 +107,7 @@ def run_job(
     address: str | None = None,
     restart: bool = False,
     append: bool = False,
+    retry_failed: bool = False,
     console: Console | None = None,
     live: bool | None = None,
 ) -> RunSummary:
@@ -116,8 +117,9 @@ def run_job(
     fractional; address: an existing Ray cluster (else RAY_ADDRESS, else a local instance; an already
     initialized Ray is reused and left running); restart: delete the output's objects first;
     append: `manifest` holds every row of the output's run and more: plan the new rows into new shards
-    after the existing ones (pipeline.append); live: draw the progress bar (default: when the console is
-    a terminal; else key=value lines). Raises RunStopped after SIGTERM/SIGINT (graceful: see
+    after the existing ones (pipeline.append); retry_failed: regenerate the failed rows of the finished
+    run into new shards after its own (pipeline.retry); live: draw the progress bar (default: when the
+    console is a terminal; else key=value lines). Raises RunStopped after SIGTERM/SIGINT (graceful: see
     pipeline/stop.py)."""
     console = console or make_console(stderr=True)
     started = time.monotonic()
@@ -141,11 +143,24 @@ def run_job(
             live,
             started,
             stop,
+            retry_failed,
         )
 
 
 def _run_logged(
-    manifest, output, config, actors, gpus_per_actor, address, restart, append, console, live, started, stop
+    manifest,
+    output,
+    config,
+    actors,
+    gpus_per_actor,
+    address,
+    restart,
+    append,
+    console,
+    live,
+    started,
+    stop,
+    retry_failed=False,
 ) -> RunSummary:
     from pipeline.storage import StorageError, open_store
     from pipeline.storage.local import os_error_message
@@ -153,6 +168,8 @@ def _run_logged(
     store = open_store(output, **config.storage)
     plan, record = plan_run(manifest, config)
     prior = prepare_output(store, record, restart, append=append, plan=plan)
+    if retry_failed:
+        prior = prepare_retry(store, prior)
     if prior is None:  # run.json first: from then on the output is provably ours
         store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     if prior is None or not store.exists(PLAN_KEY):  # also after a crash between the two
@@ -251,6 +268,36 @@ def prepare_output(
     return prior
 
 
+def prepare_retry(store, prior: dict[str, Any] | None) -> dict[str, Any]:
+    """--retry-failed: the run record with the failed rows planned into new shards (pipeline.retry);
+    refused unless the output holds a finished run."""
+    from pipeline.append import shard_sizes
+    from pipeline.retry import failed_uids, plan_retry
+
+    if prior is None:
+        raise RunRefused(f"--retry-failed: {store.uri} holds no run to retry; run it first")
+    markers = store.committed_shards()
+    missing = sorted(set(shard_sizes(prior)) - set(markers))
+    if missing:
+        raise RunRefused(
+            f"--retry-failed: the run in {store.uri} is not finished ({len(missing)} shard(s) not committed, "
+            f"e.g. shard {missing[0]}); rerun without --retry-failed to finish it first"
+        )
+    failed = failed_uids(store, markers)
+    if not failed:
+        log.info("--retry-failed: no failed rows to retry")
+        return prior
+    updated = plan_retry(store, prior, failed)
+    added = updated["generations"][-1]
+    log.info(
+        "--retry-failed: %d failed rows in %d new shards from shard %d on",
+        added["rows"],
+        added["shards"],
+        added["first_shard"],
+    )
+    return updated
+
+
 def write_card(store) -> str | None:
     """README.md, the Hugging Face dataset card (pipeline.dataset_card), so `datasets.load_dataset(output)`
     reads the shards with declared types. Like the report, a failure here is a warning."""
@@ -329,6 +376,7 @@ def _run(
 ) -> RunSummary:
     """Run the shards `record` (the output's run.json) plans that are not committed yet."""
     from pipeline.append import shard_sizes
+    from pipeline.retry import retried_rows, retry_shards
 
     sizes = shard_sizes(record)
     log.info("run %s -> %s: %d rows in %d shards", manifest, store.uri, sum(sizes.values()), len(sizes))
@@ -381,6 +429,8 @@ def _run(
     finalize(store, unfinished, since_s=time.monotonic() - started)
     final = store.committed_shards()
     kept, rejected, failed = _counts(final.values())
+    retried = retried_rows(record, final)  # each replaced one failed row: every row counts once
+    failed -= retried
     fresh = sum(sizes[s] for s in final if s not in done and s in sizes)
     elapsed = time.monotonic() - started
     return RunSummary(
@@ -389,7 +439,7 @@ def _run(
         shards_resumed=len(done),
         shards_committed=len(set(final) - set(done)),
         shards_failed=sum(1 for marker in final.values() if marker.summary.get("shard_failed")),
-        rows=sum(sizes.values()),
+        rows=sum(sizes.values()) - sum(sizes[s] for s in retry_shards(record)),
         kept=kept,
         rejected=rejected,
         failed=failed,
@@ -778,7 +828,17 @@ def execute(
 
         def failed(shard_id: int, errors: list[str]) -> None:
             failed_errors[shard_id] = errors
-            commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
+            try:
+                commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
+            except Exception as error:  # the driver never dies of one shard: the rerun redoes it
+                log.error(
+                    "shard %d: could not record its rows as failed (%s: %s); it stays uncommitted and "
+                    "the rerun redoes it",
+                    shard_id,
+                    type(error).__name__,
+                    error,
+                )
+                return
             rows = pending[shard_id]
             progress.shard_done(shard_id, rows, 0, 0, rows)
             metrics.shard_failed(rows)
@@ -811,6 +871,8 @@ def execute(
             capacity_timeout_s=execution.capacity_timeout_s,
             drain_s=execution.drain_s,
             should_stop=lambda: stop is not None and stop.requested,
+            storage_outage_s=execution.storage_outage_s,
+            isolate_culprits=execution.isolate_culprits,
         )
         try:
             scheduler.run(pending)

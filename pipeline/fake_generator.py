@@ -5,7 +5,7 @@ in composition mode, the content's), so reruns are byte-identical. Latency is a 
 the GIL, so many fake "GPUs" fit on a small CPU). Faults can be injected (FakeGeneratorConfig):
 - `fail_uids` / `fail_prompts`: generate() raises for a batch holding such a request;
 - `hang_uids`: the first time such a request runs (a flag file in `hang_flag_dir` holding the pid
-  records it, across processes), generate() sleeps `hang_s`;
+  records it, across processes), generate() sleeps `hang_s` (every time with `hang_every_time`);
 - `crash_uids`: the process exits on the spot, every time (like a CUDA fault).
 """
 
@@ -43,7 +43,7 @@ class FakeGenerator:
             if request.uid in cfg.fail_uids or any(s in request.prompt for s in cfg.fail_prompts):
                 raise InjectedFailure(f"fake generator: injected failure for uid {request.uid}")
         for request in requests:
-            if request.uid in cfg.hang_uids and self._first_time(request.uid):
+            if request.uid in cfg.hang_uids and (cfg.hang_every_time or self._first_time(request.uid)):
                 time.sleep(cfg.hang_s)
         time.sleep(cfg.batch_latency_s + cfg.latency_s * len(requests))
         return [GenerationResult(image=self._image(r), params=self._params(r)) for r in requests]

@@ -36,6 +36,11 @@ def run(
         "--append",
         help="MANIFEST holds every row of the output's run and more: run only the new rows.",
     ),
+    retry_failed: bool = typer.Option(
+        False,
+        "--retry-failed",
+        help="Regenerate the failed rows of the finished run in OUTPUT into new shards.",
+    ),
     dedupe: bool = typer.Option(False, "--dedupe", help="Keep the first of rows with the same uid."),
     progress_interval: float | None = typer.Option(
         None,
@@ -77,6 +82,7 @@ def run(
             address=address,
             restart=restart,
             append=append,
+            retry_failed=retry_failed,
             console=console,
         )
     except RunStopped as error:
@@ -113,6 +119,7 @@ _USER_ERRORS = {
     "PresetError",
     "RuleError",
     "StorageError",
+    "StorageDown",
     "ObjectNotFound",
     "ValidationError",
 }

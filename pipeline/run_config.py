@@ -31,6 +31,7 @@ OPERATIONAL_KEYS = frozenset(
         "generator.fake.hang_uids",
         "generator.fake.hang_flag_dir",
         "generator.fake.hang_s",
+        "generator.fake.hang_every_time",
     }
 )
 
@@ -55,6 +56,7 @@ class FakeGeneratorConfig(_Section):
     hang_uids: tuple[str, ...] = ()  # hang on these uids the first time (a flag file marks "done once")
     hang_flag_dir: str | None = None
     hang_s: float = Field(3600.0, ge=0.0)
+    hang_every_time: bool = False  # hang_uids hang on every run, not only the first
     crash_uids: tuple[str, ...] = ()  # exit the process on these uids, every time
 
 
@@ -118,6 +120,8 @@ class ExecutionSection(_Section):
     # Fixed, not derived from the pool size: on CPU, torch rounds differently with another thread count,
     # so a run with 1 actor and one with 2 would otherwise make different images.
     torch_threads: int = Field(2, ge=1)
+    storage_outage_s: float = Field(300.0, gt=0)  # storage failing this long stops the run (uncharged)
+    isolate_culprits: bool = True  # a shard failing every attempt reruns row by row: only culprits fail
     max_input_mib: int = Field(256, ge=1)  # a style/content file or object over this fails its row unread
 
 

@@ -60,6 +60,9 @@ def collect_status(store) -> dict[str, Any]:
         for status in SAMPLE_STATUSES:
             samples[status] += int(marker.summary.get(status, 0))
         rows_done += int(marker.summary.get("rows", sum(marker.summary.get(s, 0) for s in SAMPLE_STATUSES)))
+    retried = _retried_rows(store, markers)  # rows of --retry-failed shards: each counts once
+    samples["failed"] -= retried
+    rows_done -= retried
     return {
         "output": store.uri,
         "shards_committed": len(markers),
@@ -70,6 +73,17 @@ def collect_status(store) -> dict[str, Any]:
         "samples": samples,
         "complete": shards_planned is not None and len(markers) >= shards_planned,
     }
+
+
+def _retried_rows(store, markers) -> int:
+    from pipeline.retry import retried_rows
+    from pipeline.storage import ObjectNotFound
+
+    try:
+        record = json.loads(store.get_bytes(RUN_KEY))
+    except (ObjectNotFound, ValueError):
+        return 0
+    return retried_rows(record, markers) if isinstance(record, dict) and "generations" in record else 0
 
 
 def _table(status: dict[str, Any]):

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -50,6 +50,7 @@ VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "stylegen")
 PLACEMENT_COLUMNS = ("node_id", "actor_id")  # the Ray node and actor that wrote a shard (null without Ray)
 
 Heartbeat = Callable[[str, int, int], None]  # (attempt_id, shard_id, images done in this shard)
+RowStarted = Callable[[str, int, int, str], None]  # (attempt_id, shard_id, images done, uid): confirmed
 
 
 @dataclass
@@ -101,6 +102,7 @@ class ShardWorker:
         *,
         model_info: dict[str, Any] | None = None,
         heartbeat: Heartbeat | None = None,
+        row_started: RowStarted | None = None,
         inputs: InputLoader | None = None,
         work_dir: Path | None = None,
         placement: dict[str, str] | None = None,
@@ -112,6 +114,7 @@ class ShardWorker:
         self.config = config
         self.model_info = model_info or {}
         self.heartbeat = heartbeat or (lambda attempt_id, shard_id, done: None)
+        self.row_started = row_started or (lambda attempt_id, shard_id, done, uid: None)
         self.inputs = inputs or InputLoader(max_input_bytes=config.execution.max_input_mib * 2**20)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="stylegen-worker-"))
         self.files = ShardFiles(config, self.model_info)
@@ -130,6 +133,7 @@ class ShardWorker:
         *,
         device: str | None = None,
         heartbeat: Heartbeat | None = None,
+        row_started: RowStarted | None = None,
         placement: dict[str, str] | None = None,
     ) -> ShardWorker:
         """Load everything named by the config once (models, scorer, rules, store)."""
@@ -142,16 +146,26 @@ class ShardWorker:
             config,
             model_info=parts.model_info,
             heartbeat=heartbeat,
+            row_started=row_started,
             placement=placement,
         )
 
     # --- one shard ---------------------------------------------------------------------------------
 
-    def run_shard(self, shard_id: int, attempt_id: str) -> ShardResult:
+    def run_shard(
+        self, shard_id: int, attempt_id: str, culprits: Mapping[str, str] | None = None
+    ) -> ShardResult:
+        """Run and commit one shard. `culprits` (uid -> reason) switches to isolation mode, which the
+        scheduler uses for a shard that keeps hanging or crashing: those rows are recorded failed with
+        their reason without running, and every other row runs alone, announced (confirmed) before it
+        starts, so that if this attempt dies too, the row that was running is known."""
         started = time.monotonic()
         rows = self._read_rows(shard_id)
-        size = self.config.execution.batch_size
-        batches = [rows[i : i + size] for i in range(0, len(rows), size)]
+        if culprits is None:
+            size = self.config.execution.batch_size
+            batches = [rows[i : i + size] for i in range(0, len(rows), size)]
+        else:
+            batches = [[row] for row in rows if row["uid"] not in culprits]
         pending = self.inputs.prefetch(batches[0]) if batches else None
         outcomes: list[RowOutcome] = []
         with self._generation_lock:
@@ -161,8 +175,18 @@ class ShardWorker:
                 loaded = pending.result()
                 if index + 1 < len(batches):
                     pending = self.inputs.prefetch(batches[index + 1])  # decode while this batch runs
+                if culprits is not None:
+                    self.row_started(attempt_id, shard_id, len(outcomes), batch[0]["uid"])
                 outcomes.extend(self.run_batch(batch, loaded))
                 self.heartbeat(attempt_id, shard_id, len(outcomes))
+            if culprits is not None:  # back in plan order, with the culprits recorded failed
+                outcomes += [
+                    RowOutcome(row=row, status="failed", reason=culprits[row["uid"]])
+                    for row in rows
+                    if row["uid"] in culprits
+                ]
+                position = {row["uid"]: index for index, row in enumerate(rows)}
+                outcomes.sort(key=lambda outcome: position[outcome.row["uid"]])
             generate_s = time.monotonic() - generate_started
             job = _UploadJob(shard_id, attempt_id, outcomes, Future())
             self._uploads.put(job)  # blocks while the upload queue is full: backpressure

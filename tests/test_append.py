@@ -171,3 +171,11 @@ def test_stylegen_run_append_end_to_end(tmp_path):
         } == tars
         again = run_job(str(big), str(output), config, actors=2, live=False)
         assert (again.shards_resumed, again.images_this_run) == (4, 0)
+
+        # ray.data reads the grown run as one dataset: the tars, and the metadata/ folder as one table.
+        import ray.data
+
+        uids = sorted(read_manifest(str(big)).column("uid").to_pylist())
+        samples = ray.data.read_webdataset(str(output / "shards"), file_extensions=["tar"])
+        assert sorted(row["__key__"] for row in samples.iter_rows()) == uids
+        assert sorted(ray.data.read_parquet(str(output / "metadata")).to_pandas()["uid"]) == uids

@@ -32,6 +32,10 @@ def test_demo_runs_every_row_once_and_resumes_without_redoing_anything(tmp_path,
     table = pq.ParquetDataset(sorted(glob.glob(str(output / "metadata" / "*.parquet")))).read()
     uids = table.column("uid").to_pylist()
     assert len(uids) == len(set(uids)) == rows  # every planned row exactly once
+    for score in ("clip_t", "clip_content", "dino_style", "csd_style", "leakage", "aesthetic", "nsfw"):
+        assert table.column(f"score_{score}").null_count < rows, score  # every built-in scorer ran
+    for name in ("dino", "clip"):
+        assert table.column(f"embedding_{name}").null_count == run.failed  # every generated sample
     kept = sorted(u for u, s in zip(uids, table.column("status").to_pylist(), strict=True) if s == "kept")
     read_back = sorted(
         sample["__key__"]

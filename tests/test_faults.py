@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from run_fixtures import build_manifest, fake_config, local_ray, shard_rows
@@ -117,7 +116,7 @@ def test_a_hung_shard_is_killed_at_its_deadline_and_resubmitted(ray_cluster, tmp
     assert re.search(r"shard \d: attempt 1: deadline of \d+ s exceeded; retrying", log), log
 
 
-def test_rows_that_raise_fail_and_a_shard_that_always_crashes_is_recorded_failed(ray_cluster, tmp_path):
+def test_rows_that_raise_fail_and_a_row_that_always_crashes_its_actor_fails_alone(ray_cluster, tmp_path):
     manifest = build_manifest(tmp_path, rows=18)
     output = tmp_path / "out"
     raising = [planned_uids(manifest, 0)[1], planned_uids(manifest, 1)[4]]
@@ -133,22 +132,22 @@ def test_rows_that_raise_fail_and_a_shard_that_always_crashes_is_recorded_failed
     summary = run_job(str(manifest), str(output), config, actors=2, live=False)
 
     rows = {row["uid"]: row for row in assert_every_row_once(manifest, output)}
-    crashed = pq.read_table(output / "metadata" / "shard-000002.parquet").column("uid").to_pylist()
-    assert sorted(crashed) == sorted(planned_uids(manifest, 2))
-    for uid in crashed:
-        reason = rows[uid]["reason"]
-        assert rows[uid]["status"] == "failed"
-        assert reason.startswith("shard failed every attempt: attempt 1: actor ")
-        assert " | attempt 2: actor " in reason and "died (ActorUnavailableError)" in reason
+    # the shard failed both attempts, so it was rerun row by row: only the crashing row is failed
+    reason = rows[crasher]["reason"]
+    assert rows[crasher]["status"] == "failed"
+    assert reason.startswith("this row failed its shard every time it ran (attempt 3: actor ")
+    assert "died (ActorUnavailableError)" in reason
     for uid in raising:
         assert rows[uid]["status"] == "failed"
         assert (
             rows[uid]["reason"]
             == f"generation: InjectedFailure: fake generator: injected failure for uid {uid}"
         )
-    assert all(row["status"] == "kept" for uid, row in rows.items() if uid not in set(crashed) | set(raising))
-    assert (summary.shards_committed, summary.shards_failed, summary.failed, summary.kept) == (3, 1, 8, 10)
-    assert summary.failed_shard_errors.keys() == {2}
+    assert all(row["status"] == "kept" for uid, row in rows.items() if uid not in {crasher, *raising})
+    assert (summary.shards_committed, summary.shards_failed, summary.failed, summary.kept) == (3, 0, 3, 15)
+    assert summary.failed_shard_errors == {}
+    log = run_log(output)
+    assert "shard 2: failed 2 times (attempt 2: actor " in log and "rerunning it one row at a time" in log
 
 
 def test_sigkill_of_the_driver_then_rerun_gives_identical_tars(ray_cluster, tmp_path):

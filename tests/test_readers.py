@@ -1,7 +1,8 @@
 """The shards feed training directly, read by the usual tools with no stylegen code: webdataset (any image
 format, the caption member), a torch DataLoader with workers, Hugging Face `datasets` (the dataset card
-at the output root, and its webdataset builder given the card's features), ray.data, pandas and duckdb
-(the shard parquets under metadata/ as one table)."""
+at the output root, and its webdataset builder given the card's features), pandas and duckdb (the shard
+parquets under metadata/ as one table). ray.data is exercised in test_append's end-to-end run (it needs
+Ray started, which that test does anyway)."""
 
 from __future__ import annotations
 
@@ -172,21 +173,6 @@ def test_pandas_and_duckdb_read_the_metadata_folder_as_one_table(finished):
         f"select status, count(*) from read_parquet('{folder}/*.parquet') group by status"
     ).fetchall()
     assert dict(counts) == dict(Counter(expected.column("status").to_pylist()))
-
-
-@pytest.mark.slow
-def test_ray_data_reads_the_tars_and_the_metadata_folder(finished):
-    from run_fixtures import local_ray
-
-    for ray in local_ray():
-        import ray.data
-
-        samples = ray.data.read_webdataset(str(finished.store.root / "shards"), file_extensions=["tar"])
-        keys = sorted(row["__key__"] for row in samples.iter_rows())
-        rows = ray.data.read_parquet(str(finished.store.root / "metadata"))
-        assert keys == sorted(expected_captions(finished)) and rows.count() == len(
-            read_shard_tables(finished.store)
-        )
 
 
 def test_hf_reads_the_shard_parquets_by_path(finished, tmp_path):

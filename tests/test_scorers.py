@@ -287,18 +287,15 @@ def test_embeddings_are_the_normalised_dino_and_clip_vectors_in_float16(config):
 
 
 def test_new_scores_do_not_depend_on_the_batch(config):
-    """aesthetic and nsfw of a sample are bit-identical alone, in a batch, and at another position."""
-    from pipeline.scoring.scorer import per_sample
-
+    """aesthetic, nsfw and the embeddings of a sample are bit-identical alone, in a batch, and at
+    another position in another batch."""
     scorer = Scorer(config.model_copy(update={"batch_size": 8}), device="cpu")
     images = [random_image(500 + i, 32, 32) for i in range(6)]
-    together = scorer.score(images, ["x"] * 6, images, [None] * 6)
+    together, vectors = scorer.score_with_embeddings(images, ["x"] * 6, images, [None] * 6)
     for i in (0, 3, 5):
-        alone = scorer.score([images[i]], ["x"], [images[i]], [None])
-        assert alone["nsfw"][0] == together["nsfw"][i]
-    head = scorer.modules[ALL_BUILTINS.index("aesthetic")].head
-    embeddings = torch.nn.functional.normalize(torch.randn(7, head.input_dim), dim=-1)
-    batched = per_sample(head, embeddings, torch.device("cpu"))
-    shuffled = per_sample(head, embeddings[[6, 2, 0]], torch.device("cpu"))
-    assert [batched[6].item(), batched[2].item(), batched[0].item()] == shuffled.tolist()
-    assert batched[4].item() == head(embeddings[4:5]).item()
+        alone, alone_vectors = scorer.score_with_embeddings([images[i]], ["x"], [images[i]], [None])
+        shuffled, _ = scorer.score_with_embeddings(images[i:] + images[:i], ["x"] * 6, images, [None] * 6)
+        for name in ("aesthetic", "nsfw"):
+            assert alone[name][0] == together[name][i] == shuffled[name][0], name
+        for name in ("dino", "clip"):
+            assert np.array_equal(alone_vectors[name][0], vectors[name][i]), name

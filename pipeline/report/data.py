@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.retry import newest_rows
 from pipeline.select import SCORE_PREFIX, read_shard_tables
 from pipeline.storage.layout import RUN_KEY
 
@@ -121,6 +122,7 @@ def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = N
     if not markers and not run:
         raise ValueError(f"no stylegen output at {store.uri}: no run.json and no committed shards")
     rows, _ = read_shard_tables(store, markers, keep=_report_column)
+    rows = newest_rows(rows)  # a row retried by --retry-failed counts once: its newest result
     rows = rows.sort_by([("shard_id", "ascending"), ("uid", "ascending")]) if rows.num_rows else rows
     planned, _ = planned_counts(store)
     statuses = Counter(_column(rows, "status"))

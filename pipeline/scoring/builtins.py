@@ -14,8 +14,8 @@ Near-duplicate embeddings (stored as `embedding_<name>` float16 columns of the s
 `stylegen dedup --by <name>`): `dino_embedding` (the output's DINO CLS embedding, normalised: DINO is the
 usual copy-detection feature) and `clip_embedding` (its CLIP image embedding).
 
-The heads that run here (aesthetic MLP, safety classifier) run one sample per forward on CPU
-(`per_sample`), so a score never depends on what else is in the batch.
+Like every score, these never depend on what else is in the batch: on CPU the host hands each scorer
+one sample at a time (BLAS kernels round differently by batch size there).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.scoring.registry import ScoreModule, ScorerContext, ScorerError
-from pipeline.scoring.scorer import _cosines, _unit, per_sample
+from pipeline.scoring.scorer import _cosines, _unit
 
 
 class ClipScores(ScoreModule):
@@ -101,7 +101,7 @@ class Aesthetic(ScoreModule):
 
     def score(self, batch) -> dict[str, Any]:
         embeddings = batch.embedding("clip_image")  # already L2-normalised float32, as the head was trained
-        return {"aesthetic": per_sample(self.head, embeddings, embeddings.device)}
+        return {"aesthetic": self.head(embeddings)}
 
 
 class Nsfw(ScoreModule):
@@ -120,8 +120,8 @@ class Nsfw(ScoreModule):
     def score(self, batch) -> dict[str, Any]:
         pixels = self.processor(images=batch.images, return_tensors="pt")["pixel_values"]
         pixels = pixels.to(device=self.context.device, dtype=self.context.dtype)
-        logits = per_sample(lambda part: self.model(pixel_values=part).logits, pixels, pixels.device)
-        return {"nsfw": logits.float().softmax(dim=-1)[:, self.labels].sum(dim=-1)}
+        probabilities = self.model(pixel_values=pixels).logits.float().softmax(dim=-1)
+        return {"nsfw": probabilities[:, self.labels].sum(dim=-1)}
 
 
 class DinoEmbedding(ScoreModule):

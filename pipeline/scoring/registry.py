@@ -16,7 +16,8 @@ and implements `score(batch) -> {output name: [value per sample], embedding name
 
 Batch invariance is part of the contract: sample i's values must depend on sample i's inputs only,
 bit for bit, whatever else is in the batch (the same row must give the same bytes in every run). On
-CPU, where BLAS kernels round differently by batch size, the built-ins run one sample per forward.
+CPU, where BLAS kernels round differently by batch size, the host hands scorers one sample at a time;
+on GPU whole batches (a scorer must not mix samples, e.g. no batch statistics).
 
 Third-party scorers are found through the Python entry-point group `stylegen.scorers`, e.g. in the
 plug-in package's pyproject.toml:

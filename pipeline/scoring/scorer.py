@@ -280,14 +280,6 @@ class ScoringBatch:
         return self._host._references(kind, images, self._digests)
 
 
-def per_sample(forward: Callable[[Any], torch.Tensor], items: Any, device: torch.device) -> torch.Tensor:
-    """`forward(items)`, batch-invariantly: on CPU one sample per call (BLAS kernels round differently by
-    batch size there), on GPU the whole batch (its kernels are chosen per shape, not per batch size)."""
-    if device.type != "cpu" or len(items) <= 1:
-        return forward(items)
-    return torch.cat([forward(items[i : i + 1]) for i in range(len(items))])
-
-
 def csd_from_preset(models: Any) -> torch.nn.Module | None:
     """The CSD module inside a loaded generation preset (`pipeline.models.Models`), to share with the
     scorer; None when the preset has no CSD weights (SOC then uses the CLIP fallback descriptor)."""
