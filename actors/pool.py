@@ -612,8 +612,9 @@ class ShardScheduler:
         if self._ever_ready and self._replacements < len(self.pool.slots):
             self._replacements += 1
             fresh = self.pool.replace(slot)
+            # the dead actor's last start report (same index) is not the new actor loading
+            fresh.loading = slot.loading or slot.instance
             self.hooks.on_event(f"actor {slot.index}: replaced by a new actor (pending until placed)")
-            fresh.probe_since = time.monotonic()
 
     # -- heartbeats and deadlines --
 

@@ -783,7 +783,7 @@ def execute(
     started_ray = start_ray(address, local_gpus)
     if stop is not None:
         stop.install()  # ray.init put its own SIGTERM handlers in place of ours
-    pool = None
+    pool = metrics = None
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
         size = pool_target(wanted, gpus_per_actor, cluster_gpus, len(pending))
@@ -883,6 +883,8 @@ def execute(
     finally:
         if pool is not None:
             pool.shutdown()
+        if metrics is not None:
+            metrics.actors(0, 0)  # the pool is gone (dashboards would otherwise show its last counts)
         if started_ray:
             ray.shutdown()
 
