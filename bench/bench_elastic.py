@@ -10,7 +10,8 @@ shards of the FakeGenerator (a fixed sleep per image stands in for the GPU).
   answered its probe). Lost work (the in-flight shards of a node that left), scheduling gaps and the
   tail all lower it. Target >= 0.9.
 - join_to_first_commit_s: median seconds from a node joining (add_node returned) to the first shard
-  committed on it; join_to_ready_s: to its actor being ready (process start, imports, code shipping).
+  committed on it; join_to_ready_s: to its actor being ready (process start, imports, code shipping);
+  ready_to_first_commit_s: from ready to its first commit (the pool's part: one shard's time + hand-off).
 
     python bench/bench_elastic.py [--latency 0.05] [--shard-size 16] [--shards 120]
         [--schedule "0:+2,8:+2,16:-1,22:+1"]   (steps after the first count from the first actor ready)
@@ -166,6 +167,8 @@ def main() -> None:
         first_commit.setdefault(node, at)
     to_commit = [first_commit[node] - at for node, at in joined.items() if node in first_commit]
     to_ready = [first_ready[node] - at for node, at in joined.items() if node in first_ready]
+    # from ready to committed: the pool's part (the first shard's own time + the hand-off)
+    ready_to_commit = [first_commit[node] - first_ready[node] for node in first_ready if node in first_commit]
     print(
         f"schedule {args.schedule} (seconds:+/-nodes of 1 GPU), fake {args.latency * 1000:.0f} ms/image, "
         f"{args.shard_size} images/shard, {args.shards} shards, pool target {most}"
@@ -178,7 +181,9 @@ def main() -> None:
         print(f"  node {node[:12]} joined at {joined_at} s: ready after {ready} s, first commit {commit} s")
     print(
         f"efficiency={efficiency:.3f} join_to_first_commit_s={statistics.median(to_commit):.2f} "
-        f"join_to_ready_s={statistics.median(to_ready):.2f} images={images} gpu_seconds={gpu_seconds:.1f} "
+        f"join_to_ready_s={statistics.median(to_ready):.2f} "
+        f"ready_to_first_commit_s={statistics.median(ready_to_commit):.2f} "
+        f"images={images} gpu_seconds={gpu_seconds:.1f} "
         f"nodes_joined={len(joined)} nodes_left={left} latency_ms={args.latency * 1000:.0f}"
     )
 
