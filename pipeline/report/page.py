@@ -89,7 +89,8 @@ def _run_info(data: ReportData) -> str:
         ("shard size", plan.get("shard_size", config.get("shard_size", "?"))),
     ]
     if latest:
-        actors = f"{latest.get('actors', '?')} x {latest.get('gpus_per_actor', '?')} GPU"
+        gpus = latest.get("gpus_per_actor")
+        actors = f"{latest.get('actors', '?')} x {'?' if gpus is None else f'{float(gpus):g}'} GPU"
         pairs += [
             ("wall time (latest run)", f"{float(latest.get('elapsed_s', 0.0)):.1f} s"),
             ("actors x GPUs each (latest run)", actors),
