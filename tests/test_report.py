@@ -552,3 +552,15 @@ def test_an_interrupted_and_resumed_output_shows_each_run(tmp_path):
         rate = float(re.search(r'data-field="images_per_s" data-value="([^"]+)"', cells).group(1))
         assert rate == pytest.approx(count / seconds) and f"{seconds:.1f} s" in cells and actors in cells
     assert "1 run(s) committed nothing" in text
+
+
+def test_style_table_is_capped_with_a_count_of_the_rest(output):
+    from pipeline.report.data import gather
+    from pipeline.report.page import _style_table
+
+    built, _ = output
+    data = gather(built.store)
+    styles = sorted(frame_of(built.uri)["style"].unique())
+    table = _style_table(data, limit=2)
+    assert [html.unescape(s) for s in re.findall(r'<tr data-style="([^"]*)">', table)] == styles[:2]
+    assert f"{len(styles) - 2} more styles not listed." in table

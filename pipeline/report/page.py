@@ -215,14 +215,15 @@ def _runs(data: ReportData) -> str:
     )
 
 
-def _style_table(data: ReportData) -> str:
-    """Per style: rows by status, the kept share of its generated rows, the mean of every score."""
+def _style_table(data: ReportData, limit: int = 1000) -> str:
+    """Per style: rows by status, the kept share of its generated rows, the mean of every score (the
+    first `limit` styles by URI: a run of a million styles keeps a page a browser opens)."""
     if not data.styles:
         return ""
     names = [score.name for score in data.scores]  # the scores some sample has
     head = "".join(f"<th>mean {escape(name)}</th>" for name in names)
     rows = []
-    for stats in data.styles:
+    for stats in data.styles[:limit]:
         share = stats.kept_share
         means = "".join(
             f'<td class="count" data-score="{escape(name)}" data-value="{value!r}">'
@@ -238,7 +239,14 @@ def _style_table(data: ReportData) -> str:
         )
     return (
         '<h2>Styles at a glance</h2><table id="style-table"><tr><th>style</th><th>rows</th><th>kept</th>'
-        f"<th>rejected</th><th>failed</th><th>kept / generated</th>{head}</tr>" + "".join(rows) + "</table>"
+        f"<th>rejected</th><th>failed</th><th>kept / generated</th>{head}</tr>"
+        + "".join(rows)
+        + "</table>"
+        + (
+            f'<p class="meta">{len(data.styles) - limit} more styles not listed.</p>'
+            if len(data.styles) > limit
+            else ""
+        )
     )
 
 
