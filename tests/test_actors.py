@@ -85,7 +85,7 @@ def test_an_attempt_that_ray_fails_with_another_error_is_retried_not_fatal_to_th
     pool = GeneratorPool(config.model_dump_json(), store.uri, size=1)
     cancelled, committed, events = [], [], []
 
-    def cancel_the_first_attempt_once_it_runs(images_in_flight: int) -> None:
+    def cancel_the_first_attempt_once_it_runs(in_flight: dict[int, int]) -> None:
         attempts = pool.slots[0].attempts
         if not cancelled and attempts and attempts[0].started_at is not None:
             cancelled.append(attempts[0].attempt_id)
