@@ -8,7 +8,10 @@ Prometheus service discovery already scrapes. `infra/grafana-dashboard.json` cha
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
+
+log = logging.getLogger("stylegen.driver")
 
 
 class MetricSpec(NamedTuple):
@@ -43,9 +46,18 @@ class RunMetrics:
     """The metrics of one run; call from the driver process after Ray is connected."""
 
     def __init__(self, output: str):
+        self._tags = {"output": output}
+        try:
+            self._metrics = self._make()
+        except Exception as error:  # metrics are for watching a run, never a reason for it to fail
+            log.warning(
+                "Ray metrics unavailable (%s: %s); the run goes on without them", type(error).__name__, error
+            )
+            self._metrics = {}
+
+    def _make(self) -> dict:
         from ray.util.metrics import Counter, Gauge, Histogram
 
-        self._tags = {"output": output}
         made = {}
         for spec in METRICS:
             if spec.kind == "counter":
@@ -61,10 +73,10 @@ class RunMetrics:
                 made[spec.name] = Histogram(
                     spec.name, description=spec.description, boundaries=boundaries, tag_keys=("output",)
                 )
-        self._metrics = made
+        return made
 
     def _inc(self, name: str, value: float) -> None:
-        if value > 0:  # Ray refuses increments of 0
+        if value > 0 and name in self._metrics:  # Ray refuses increments of 0
             self._metrics[name].inc(value, tags=self._tags)
 
     def shard_committed(self, result: dict) -> None:
@@ -75,6 +87,8 @@ class RunMetrics:
         self._inc("stylegen_images_failed", result["failed"])
         self._inc("stylegen_shards_committed", 1)
         generated = result["kept"] + result["rejected"]
+        if not self._metrics:
+            return
         if generated and result.get("generate_s"):
             self._metrics["stylegen_seconds_per_image"].observe(
                 result["generate_s"] / generated, tags=self._tags
@@ -88,5 +102,7 @@ class RunMetrics:
         self._inc("stylegen_shards_committed", 1)
 
     def actors(self, ready: int, pending: int) -> None:
+        if not self._metrics:
+            return
         self._metrics["stylegen_actors_ready"].set(ready, tags=self._tags)
         self._metrics["stylegen_actors_pending"].set(pending, tags=self._tags)

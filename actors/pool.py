@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -78,12 +79,31 @@ def start_ray(address: str | None, num_gpus: float | None, num_cpus: int | None 
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     if address:
         modules = [str(p) for p in project_packages()]
-        ray.init(address=address, runtime_env={"py_modules": modules}, **common)
+        try:
+            ray.init(address=address, runtime_env={"py_modules": modules}, **common)
+        except (ConnectionError, RuntimeError, RayError) as error:
+            raise PoolError(connection_failure(address, error)) from None
     else:
         # "local": a fresh instance of our own. A bare ray.init() would attach to the latest cluster
         # anyone started on this machine with `ray start` (Ray reads its address from the temp folder).
         ray.init(address="local", num_gpus=num_gpus, num_cpus=num_cpus, **common)
     return True
+
+
+def connection_failure(address: str, error: BaseException) -> str:
+    """One line for a failed connection, with the token hint when the cluster refused us for want of one."""
+    from ray.exceptions import AuthenticationError
+
+    chain, cause = [], error
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in chain):
+        return (
+            f"the Ray cluster at {address} requires an authentication token: set RAY_AUTH_MODE=token and "
+            "the cluster's token in RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH)"
+        )
+    return f"cannot connect to the Ray cluster at {address}: {_first_line(error)}"
 
 
 def detect_gpus() -> int:
@@ -186,6 +206,7 @@ class GeneratorPool:
         self.progress = ProgressActor.options(
             name=self._progress_name, scheduling_strategy=driver_node
         ).remote()
+        self._forgets: list = []  # forget calls that may not have run yet
         # Every actor is requested now, GPUs or not: the ones Ray cannot place yet stay pending.
         self.slots = [self._new_slot(index) for index in range(size)]
 
@@ -220,9 +241,20 @@ class GeneratorPool:
             slot.info, slot.probe = ray.get(slot.probe), None
         return [slot.info for slot in self.slots]
 
+    def forget(self, attempt_id: str) -> None:
+        """Drop an ended attempt's heartbeat. The call is kept until it has run (see shutdown)."""
+        if self._forgets:
+            _, self._forgets = ray.wait(self._forgets, num_returns=len(self._forgets), timeout=0)
+        self._forgets.append(self.progress.forget.remote([attempt_id]))
+
     def shutdown(self) -> None:
+        """Generator actors first; the heartbeat actor once the `forget` calls sent to it have run. Killed
+        with calls pending, Ray reports each as a failed task, on the console of whoever started Ray."""
         for slot in self.slots:
             ray.kill(slot.handle, no_restart=True)
+        if self._forgets:
+            with contextlib.suppress(RayError):  # a dead or hung heartbeat actor: nothing to wait for
+                ray.wait(self._forgets, num_returns=len(self._forgets), timeout=10)
         ray.kill(self.progress, no_restart=True)
 
 
@@ -233,7 +265,9 @@ class GeneratorPool:
 class SchedulerHooks:
     on_committed: Callable[[int, dict], None] = lambda shard_id, result: None
     on_failed: Callable[[int, list[str]], None] = lambda shard_id, errors: None
-    on_progress: Callable[[int], None] = lambda images_in_flight: None  # images done in running shards
+    # images done per shard in flight; called again as soon as a shard leaves the flight, so a shard is
+    # never counted both in flight and committed
+    on_progress: Callable[[dict[int, int]], None] = lambda in_flight: None
     on_event: Callable[[str], None] = lambda message: None  # retries, kills, restarts: for the log
     on_actors: Callable[[int, int], None] = lambda ready, pending: None  # whenever the counts change
 
@@ -409,9 +443,10 @@ class ShardScheduler:
     def _finish(self, attempt: Attempt) -> None:
         slot = attempt.slot
         slot.attempts.remove(attempt)
+        self.hooks.on_progress(self._images_in_flight())
         if attempt.culprits is not None:  # the row that was running when it ended (before forgetting)
             attempt.running = self._latest_beat(attempt).get("running", attempt.running)
-        self.pool.progress.forget.remote([attempt.attempt_id])
+        self.pool.forget(attempt.attempt_id)
         try:
             result = ray.get(attempt.ref)
         except RayTaskError as error:  # the worker raised; the actor is fine
@@ -577,8 +612,9 @@ class ShardScheduler:
         if self._ever_ready and self._replacements < len(self.pool.slots):
             self._replacements += 1
             fresh = self.pool.replace(slot)
+            # the dead actor's last start report (same index) is not the new actor loading
+            fresh.loading = slot.loading or slot.instance
             self.hooks.on_event(f"actor {slot.index}: replaced by a new actor (pending until placed)")
-            fresh.probe_since = time.monotonic()
 
     # -- heartbeats and deadlines --
 
@@ -600,7 +636,6 @@ class ShardScheduler:
         except (GetTimeoutError, RayActorError):
             return
         self._note_loading(starts, now)
-        in_flight_images = 0
         for attempt in self._attempts():
             beat = beats.get(attempt.attempt_id)
             if beat is None:
@@ -611,8 +646,10 @@ class ShardScheduler:
             attempt.images_done = beat["images_done"]
             if beat.get("running") and beat["running"] != attempt.running:
                 attempt.running, attempt.progress_at = beat["running"], now
-            in_flight_images += attempt.images_done
-        self.hooks.on_progress(in_flight_images)
+        self.hooks.on_progress(self._images_in_flight())
+
+    def _images_in_flight(self) -> dict[int, int]:
+        return {attempt.shard_id: attempt.images_done for attempt in self._attempts()}
 
     def _note_loading(self, starts: dict[int, dict], now: float) -> None:
         """An actor that is not ready but whose constructor started (a new node id / pid) is loading:

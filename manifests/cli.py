@@ -16,9 +16,11 @@ manifest_app = typer.Typer(
 
 
 def _fail(error: Exception) -> None:
-    from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {error}")
+    from manifests.cli_format import make_console
+
+    make_console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(error))}")
     raise typer.Exit(1)
 
 
@@ -73,10 +75,11 @@ def validate(
 
 
 def print_report(report, max_report: int = 10) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, soft_wrap=True)  # paths and uids stay on one line
+    from manifests.cli_format import make_console
+
+    console = make_console(soft_wrap=True)  # paths and uids stay on one line
     for note in report.notes:
         console.print(f"note: {note}", markup=False)
     for kind, problems in report.by_kind().items():
@@ -112,8 +115,7 @@ def plan(
     output: str = typer.Option(None, "-o", "--output", help="Folder (or s3:// prefix) for plan.parquet"),
 ) -> None:
     """Split the manifest into shards; print a summary, and write plan.parquet with -o."""
-    from rich.console import Console
-
+    from manifests.cli_format import make_console
     from manifests.plan import plan_manifest
     from manifests.schema import ManifestError
 
@@ -128,7 +130,7 @@ def plan(
         )
     if output:
         lines["written"] = made.write(output)
-    console = Console(highlight=False, soft_wrap=True)
-    console.print(f"[bold]plan of {manifest}[/]")
+    console = make_console(soft_wrap=True)
+    console.print(f"plan of {manifest}", markup=False, style="bold")
     for key, value in lines.items():
         console.print(f"  {key + ':':<20} {value}", markup=False)

@@ -63,3 +63,18 @@ class StylegenCommand(_PlainHelp, TyperCommand):
 class StylegenGroup(_PlainHelp, TyperGroup):
     def collect_usage_pieces(self, ctx) -> list[str]:
         return [*super().collect_usage_pieces(ctx), self.subcommand_metavar]
+
+
+# Off a terminal rich assumes 80 columns and cuts or wraps tables and long paths to fit; a pipe or a
+# file has no width, so lines keep their length there.
+PIPED_WIDTH = 4096
+
+
+def make_console(stderr: bool = False, soft_wrap: bool = False):
+    """A rich Console as wide as the terminal, and unlimited when piped."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap)
+    if not console.is_terminal:
+        console.width = PIPED_WIDTH
+    return console

@@ -9,6 +9,7 @@ nothing is redone.
 from __future__ import annotations
 
 import itertools
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +81,9 @@ def plan_demo(manifest: Path, output: Path, shard_size: int = DEMO_SHARD_SIZE):
 
 
 def print_summary(result: DemoResult) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from manifests.cli_format import make_console
 
     summary = result.plan.summary()
     table = Table(title="stylegen demo", title_justify="left")
@@ -98,11 +100,12 @@ def print_summary(result: DemoResult) -> None:
     )
     table.add_row("shards", str(summary["shards"]), result.plan_path)
     table.add_row("plan fingerprint", "", summary["fingerprint"])
-    console = Console(highlight=False)
+    console = make_console()
     console.print(table)
     first = result.plan.shard(0).select(["shard_id", "uid", "style", "content", "prompt"]).to_pylist()
     rows = Table(title="shard 0", title_justify="left")
-    for header in ("uid", "style", "content", "prompt"):
+    rows.add_column("uid", no_wrap=True, min_width=32)  # a uid is read whole; the prompt folds instead
+    for header in ("style", "content", "prompt"):
         rows.add_column(header, overflow="fold")
     for row in first:
         content = Path(row["content"]).name if row["content"] else "-"
@@ -147,9 +150,9 @@ def demo(output: Path, *, run: bool = True, actors: int | None = None) -> DemoRe
 
 
 def print_where(summary) -> None:
-    from rich.console import Console
+    from manifests.cli_format import make_console
 
-    console = Console(highlight=False)
+    console = make_console()
     console.print(
         f"shards:  {summary.output}/shards/shard-*.tar  (kept samples: {{uid}}.png + .txt caption + .json)"
     )
@@ -158,6 +161,10 @@ def print_where(summary) -> None:
     console.print(f"report:  {summary.report_uri}")
     console.print(f"status:  stylegen status {summary.output}")
     console.print(f"dedup:   stylegen dedup {summary.output} --by dino --threshold 0.95 -o demo-deduped")
+    if shutil.which("stylegen") is None:  # `make demo` installs it into .venv, which is not on the PATH
+        console.print(
+            "stylegen is not on your PATH: run `. .venv/bin/activate` first, or call `.venv/bin/stylegen`"
+        )
     tars = f"{summary.output}/shards/*.tar"
     console.print(
         'read:    python -c "import glob, webdataset as wds; '

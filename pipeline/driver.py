@@ -16,6 +16,7 @@ The log of each run goes to `logs/run-<UTC timestamp>.log` under the output (for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,11 +31,12 @@ from typing import Any
 
 from rich.console import Console
 
+from manifests.cli_format import make_console
 from pipeline.log_upload import PeriodicLogUpload
 from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
-from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint
+from pipeline.run_config import ConfigError, RunConfig, changed_keys, config_fingerprint, describe_errors
 from pipeline.stop import RunStopped, StopSignals
-from pipeline.storage.layout import PLAN_KEY, RUN_KEY, SUMMARY_KEY
+from pipeline.storage.layout import PLAN_KEY, REPORT_KEY, RUN_KEY, SUMMARY_KEY
 from pipeline.storage.layout import log_key as run_log_key
 from pipeline.worker import commit_failed_shard, package_versions
 
@@ -66,6 +68,7 @@ class RunSummary:
     actors: int  # the pool's target size (actors requested)
     config_fingerprint: str
     plan_fingerprint: str
+    gpus_per_actor: float = 1.0
     log_uri: str | None = None
     report_uri: str | None = None
     card_uri: str | None = None
@@ -118,7 +121,7 @@ def run_job(
     run into new shards after its own (pipeline.retry); live: draw the progress bar (default: when the
     console is a terminal; else key=value lines). Raises RunStopped after SIGTERM/SIGINT (graceful: see
     pipeline/stop.py)."""
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     started = time.monotonic()
     # Everything that can refuse the run happens before anything is written or Ray starts.
     # Local model folders are checked here when the actors run on this machine (a cluster's nodes may
@@ -195,14 +198,22 @@ def _run_logged(
             live,
             started,
             stop,
+            log_path,
         )
         summary.log_uri = store.url(log_key)
+        if not summary.shards_committed and summary.shards_resumed >= summary.shards_planned:
+            # A rerun of a finished run: summary.json and report.html keep the run that did the work.
+            summary.report_uri = store.url(REPORT_KEY) if store.exists(REPORT_KEY) else None
+            console.print(nothing_to_do(summary), markup=False)
+            return summary
         summary.card_uri = write_card(store)
-        summary.report_uri = write_run_report(store)
+        summary.report_uri = write_run_report(store, summary)
         store.put_bytes(
             SUMMARY_KEY, (json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n").encode()
         )
         console.print(summary_table(summary))
+        if summary.failed:
+            console.print(failed_rows_note(store, summary), markup=False)
         return summary
     except RunStopped as error:
         log.warning("run %s", error)
@@ -303,19 +314,49 @@ def write_card(store) -> str | None:
         return None
 
 
-def write_run_report(store) -> str | None:
+def write_run_report(store, summary: RunSummary | None = None) -> str | None:
     """report.html for the output (galleries, score histograms with the filter thresholds, throughput).
     The data is complete before this runs, so a failure here is a warning, not a failed run."""
-    from pipeline.report.command import REPORT_KEY, build_report
+    from pipeline.report.command import build_report
 
     try:
-        store.put_bytes(REPORT_KEY, build_report(store).encode("utf-8"))
+        latest = summary.to_dict() if summary is not None else None
+        store.put_bytes(REPORT_KEY, build_report(store, latest_run=latest).encode("utf-8"))
     except Exception as error:
         log.warning(
             "report.html not written (%s: %s); `stylegen report` can retry", type(error).__name__, error
         )
         return None
     return store.url(REPORT_KEY)
+
+
+def nothing_to_do(summary: RunSummary) -> str:
+    return (
+        f"nothing to do: all {summary.shards_planned} shards of {summary.output} are already committed "
+        f"({summary.kept} kept, {summary.rejected} rejected, {summary.failed} failed). "
+        f"Report: {summary.report_uri or '-'}; --restart starts over."
+    )
+
+
+def failed_rows_note(store, summary: RunSummary, top: int = 3) -> str:
+    """The most frequent reasons rows failed, and where every failed row is listed."""
+    from pipeline.report.data import failure_reasons
+    from pipeline.storage.layout import table_key_of
+
+    markers = store.committed_shards()
+    with_failures = {s: m for s, m in sorted(markers.items()) if int(m.summary.get("failed", 0))}
+    reasons = failure_reasons(store, with_failures)
+    lines = [f"{summary.failed} row(s) failed; most frequent reasons:"]
+    lines += [f"  {count} x {reason}" for reason, count in reasons[:top]]
+    if len(reasons) > top:
+        lines.append(f"  ... and {len(reasons) - top} more reason(s)")
+    first = next(iter(with_failures), None)
+    where = "-" if first is None else store.url(table_key_of(first, with_failures[first].files))
+    lines.append(
+        f"every failed row with its reason: status 'failed' in the shard parquets (e.g. {where}) and the "
+        f"report's Failed rows ({summary.report_uri or 'stylegen report'})"
+    )
+    return "\n".join(lines)
 
 
 def _run(
@@ -331,6 +372,7 @@ def _run(
     live,
     started,
     stop=None,
+    log_path=None,
 ) -> RunSummary:
     """Run the shards `record` (the output's run.json) plans that are not committed yet."""
     from pipeline.append import shard_sizes
@@ -360,9 +402,12 @@ def _run(
     unfinished: list[tuple[int, str]] = []
     pool = PoolStats()
     if pending:
+        from actors.ray_output import ray_output_to
+
         if stop is not None:
             stop.interruptible = False  # from here on the scheduler drains on a signal
-        with progress:
+        quiet = ray_output_to(log_path, console) if log_path is not None else contextlib.nullcontext()
+        with quiet, progress:
             pool = execute(
                 store,
                 config,
@@ -402,6 +447,7 @@ def _run(
         elapsed_s=elapsed,
         images_per_s=fresh / elapsed if elapsed > 0 else 0.0,
         actors=pool.target,
+        gpus_per_actor=gpus_per_actor,
         config_fingerprint=record["config_fingerprint"],
         plan_fingerprint=record["plan"]["fingerprint"],
         failed_shard_errors=failed_errors,
@@ -439,7 +485,7 @@ def check_config(config: RunConfig, *, local_models: bool = False) -> None:
         try:
             RBModSettings.model_validate(config.rbmod)
         except ValidationError as error:
-            raise ConfigError(_problems("rbmod", error)) from None
+            raise ConfigError(_problems("rbmod", error, RBModSettings)) from None
     if config.scoring.enabled:
         _check_scoring(config)
     if config.generator.kind == "rbmod" and local_models:
@@ -463,7 +509,7 @@ def _check_scoring(config: RunConfig) -> None:
     try:
         ScoringConfig.model_validate({"clip_model": "-", "dino_model": "-", **config.scoring.options})
     except ValidationError as error:
-        raise ConfigError(_problems("scoring.options", error)) from None
+        raise ConfigError(_problems("scoring.options", error, ScoringConfig)) from None
 
 
 def _check_model_paths(paths: dict[str, str]) -> None:
@@ -497,11 +543,8 @@ def check_staged_models(config: RunConfig) -> None:
                 raise ConfigError(f"{where}: {error}") from None
 
 
-def _problems(section: str, error) -> str:
-    return "; ".join(
-        f"{section}.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-        for e in error.errors()
-    )
+def _problems(section: str, error, model) -> str:
+    return describe_errors(error, model, prefix=f"{section}.")
 
 
 def check_caption(config: RunConfig, columns: list[str]) -> None:
@@ -740,10 +783,16 @@ def execute(
     started_ray = start_ray(address, local_gpus)
     if stop is not None:
         stop.install()  # ray.init put its own SIGTERM handlers in place of ours
-    pool = None
+    pool = metrics = None
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
         size = pool_target(wanted, gpus_per_actor, cluster_gpus, len(pending))
+        if wanted and size < wanted:
+            progress.console.print(
+                f"running {size} actor(s), not {wanted}: only {len(pending)} shard(s) left to run and an "
+                "actor without a shard would only load models",
+                markup=False,
+            )
         pool = GeneratorPool(
             config.model_dump_json(), store.uri, size, gpus_per_actor, execution.torch_threads
         )
@@ -761,7 +810,9 @@ def execute(
 
         def committed(shard_id: int, result: dict) -> None:
             record_models(store, result.get("models") or {}, known_models)
-            progress.shard_done(result["rows"], result["kept"], result["rejected"], result["failed"])
+            progress.shard_done(
+                shard_id, result["rows"], result["kept"], result["rejected"], result["failed"]
+            )
             metrics.shard_committed(result)
             log.info(
                 "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s on node %s",
@@ -789,13 +840,13 @@ def execute(
                 )
                 return
             rows = pending[shard_id]
-            progress.shard_done(rows, 0, 0, rows)
+            progress.shard_done(shard_id, rows, 0, 0, rows)
             metrics.shard_failed(rows)
             log.error("shard %d recorded as failed (all %d rows): %s", shard_id, rows, " | ".join(errors))
 
         def event(message: str) -> None:
             log.warning(message)
-            progress.console.print(f"[dim]{message}[/dim]")
+            progress.console.print(message, style="dim", markup=False)
 
         def actors_changed(ready: int, waiting: int) -> None:
             progress.actors(ready, waiting)
@@ -832,6 +883,8 @@ def execute(
     finally:
         if pool is not None:
             pool.shutdown()
+        if metrics is not None:
+            metrics.actors(0, 0)  # the pool is gone (dashboards would otherwise show its last counts)
         if started_ray:
             ray.shutdown()
 

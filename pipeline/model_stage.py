@@ -41,7 +41,7 @@ class StageError(RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    component: str  # prior | decoder | csd | clip | dino
+    component: str  # a CONFIG_KEYS key: prior, decoder, csd, or a scorer model
     path: Path  # a local folder with the hub layout, or the CSD file
     name: str  # its folder (or file) name under --to
     origin: str  # where it came from: hub id or local path (for the printout)

@@ -21,6 +21,8 @@ from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
+from manifests.cli_format import make_console
+
 if TYPE_CHECKING:
     from pipeline.driver import RunSummary
 
@@ -53,12 +55,13 @@ class RunProgress:
         live: bool | None = None,
         interval_s: float = 30.0,
     ):
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.total_shards, self.total_images = total_shards, total_images
         self.done_shards, self.committed_images = done_shards, done_images
         self.resumed_images = done_images
         self.kept, self.rejected, self.failed_rows = kept, rejected, 0
-        self.in_flight_images = 0
+        self.in_flight: dict[int, int] = {}  # shard id -> images done, for shards not yet committed
+        self.shown_images = done_images
         self.actors_ready = self.actors_pending = 0
         self.started = time.monotonic()
         live = self.console.is_terminal if live is None else live
@@ -75,6 +78,9 @@ class RunProgress:
             console=self.console,
             disable=not live,
             transient=False,
+            # Ray's writes to sys.stdout/stderr go to the run log (actors/ray_output.py), not the bar.
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         self._task = self._bar.add_task(
             "run", total=max(total_images, 1), completed=done_images, resumed=done_images, **self._fields()
@@ -101,7 +107,7 @@ class RunProgress:
     def line(self) -> str:
         """The headless progress line: `stylegen progress key=value ...`."""
         elapsed = time.monotonic() - self.started
-        done = min(self.committed_images + self.in_flight_images, self.total_images)
+        done = self.shown_images
         fresh = max(done - self.resumed_images, 0)
         rate = fresh / elapsed if elapsed > 0 else 0.0
         scored = self.kept + self.rejected
@@ -129,10 +135,13 @@ class RunProgress:
         return {"shards": f"{self.done_shards}/{self.total_shards}", "acceptance": acceptance}
 
     def _refresh(self) -> None:
-        done = min(self.committed_images + self.in_flight_images, self.total_images)
-        self._bar.update(self._task, completed=done, **self._fields())
+        # Never backwards: a retried shard starts again from 0, and the bar waits until it catches up.
+        done = min(self.committed_images + sum(self.in_flight.values()), self.total_images)
+        self.shown_images = max(self.shown_images, done)
+        self._bar.update(self._task, completed=self.shown_images, **self._fields())
 
-    def shard_done(self, rows: int, kept: int, rejected: int, failed: int) -> None:
+    def shard_done(self, shard_id: int, rows: int, kept: int, rejected: int, failed: int) -> None:
+        self.in_flight.pop(shard_id, None)  # counted once: committed now, no longer in flight
         self.done_shards += 1
         self.committed_images += rows
         self.kept, self.rejected, self.failed_rows = (
@@ -142,8 +151,8 @@ class RunProgress:
         )
         self._refresh()
 
-    def images_in_flight(self, images: int) -> None:
-        self.in_flight_images = images
+    def images_in_flight(self, by_shard: dict[int, int]) -> None:
+        self.in_flight = dict(by_shard)
         self._refresh()
 
 
@@ -175,13 +184,13 @@ class _Ticker:
 def summary_table(summary: RunSummary) -> Table:
     table = Table(title=f"stylegen run: {summary.output}", show_header=True, header_style="bold")
     table.add_column("")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")  # a long path folds, never cut
     scored = summary.kept + summary.rejected
     rows = [
         ("shards planned", f"{summary.shards_planned}"),
         ("shards committed before this run", f"{summary.shards_resumed}"),
         ("shards committed by this run", f"{summary.shards_committed}"),
-        ("shards failed (all rows recorded as failed)", f"{summary.shards_failed}"),
+        ("shards failed every attempt", f"{summary.shards_failed}"),
         ("rows planned", f"{summary.rows}"),
         ("kept", f"{summary.kept}"),
         ("rejected", f"{summary.rejected}"),
@@ -194,6 +203,7 @@ def summary_table(summary: RunSummary) -> Table:
             "actors requested / peak ready / ready at the end",
             f"{summary.actors} / {summary.actors_peak} / {summary.actors_final}",
         ),
+        ("GPUs per actor", f"{summary.gpus_per_actor:g}"),
         ("log", summary.log_uri or "-"),
         ("report", summary.report_uri or "-"),
     ]

@@ -52,13 +52,14 @@ def run(
     """Generate, score, filter and commit every shard of MANIFEST into OUTPUT; rerun to resume.
 
     SIGTERM / Ctrl-C stop gracefully (commits in progress finish, exit 143 / 130); rerun to resume."""
-    from rich.console import Console
+    from rich.markup import escape
 
+    from manifests.cli_format import make_console
     from pipeline.driver import RunRefused, run_job
     from pipeline.run_config import ConfigError, RunConfig
     from pipeline.stop import RunStopped
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     overrides = {}
     if preset is not None:
         overrides["preset"] = preset
@@ -88,24 +89,25 @@ def run(
         console.print(f"stylegen: {error}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(error.exit_code) from None
     except (ConfigError, RunRefused) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
     except OSError as error:  # the local filesystem (full, read-only, ...): one line, never a traceback
         from pipeline.storage.local import os_error_message
 
         message = os_error_message(error, error.filename or output)
-        console.print(f"[red]error:[/red] {message}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(message)}")
         raise typer.Exit(1) from None
     except Exception as error:
         if type(error).__name__ not in _USER_ERRORS:
             raise
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from None
     if summary.shards_failed:
         console.print(
-            f"[yellow]{summary.shards_failed} shard(s) failed every attempt; their rows are recorded as "
-            f"failed in their shard parquet (see {summary.log_uri})[/yellow]",
-            highlight=False,
+            f"{summary.shards_failed} shard(s) failed every attempt; their rows are recorded as failed in "
+            f"their shard parquet (see {summary.log_uri})",
+            style="yellow",
+            markup=False,
         )
 
 

@@ -185,10 +185,7 @@ class RunConfig(_Section):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {_message(e)}" for e in error.errors()
-            )
-            raise ConfigError(f"{where}: {problems}") from None
+            raise ConfigError(f"{where}: {describe_errors(error, cls)}") from None
 
     # --- canonical forms -------------------------------------------------------------------------
 
@@ -230,6 +227,65 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
+# --- error messages --------------------------------------------------------------------------------
+
+# What a value of each kind looks like, in the words of a YAML file.
+_EXPECTED = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "text",
+    "tuple": "a list (YAML: [a, b], or one '- item' per line)",
+    "list": "a list (YAML: [a, b], or one '- item' per line)",
+    "dict": "a mapping (YAML: 'key: value' lines)",
+    "model": "a mapping (YAML: 'key: value' lines)",
+}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_BOUND_KEYS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
+
+
+def describe_errors(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """pydantic's errors as what the file should say instead: the key, what is expected there and what
+    was given, and "did you mean" for a mistyped key."""
+    return "; ".join(_describe(item, model, prefix) for item in error.errors())
+
+
+def _describe(item: dict[str, Any], model: type[BaseModel], prefix: str) -> str:
+    from pipeline.suggest import did_you_mean
+
+    loc = [str(part) for part in item["loc"]]
+    key = prefix + ".".join(loc) if loc else (prefix.rstrip(".") or "the config")
+    kind, given, context = item["type"], item.get("input"), item.get("ctx") or {}
+    if kind == "extra_forbidden":
+        known = _field_names(model, loc[:-1])
+        hint = did_you_mean(loc[-1], known)
+        listed = f"; known keys here: {', '.join(sorted(known))}" if known else ""
+        return f"{key}: unknown key{hint}{listed}"
+    if kind == "missing":
+        return f"{key}: required, but missing"
+    if kind == "literal_error":
+        return f"{key}: expected one of {context.get('expected')}, got {given!r}"
+    if kind in _BOUNDS:
+        return f"{key}: must be {_BOUNDS[kind]} {context.get(_BOUND_KEYS[kind])}, got {given!r}"
+    base = kind.removesuffix("_type").removesuffix("_parsing").removesuffix("_from_float")
+    if base in _EXPECTED:
+        return f"{key}: expected {_EXPECTED[base]}, got {given!r}"
+    if kind == "value_error":
+        return f"{key}: {str(item['msg']).removeprefix('Value error, ')}"
+    return f"{key}: {item['msg']}"
+
+
+def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The keys a section accepts (the model reached by following `path` from `model`)."""
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
 # --- credentials ---------------------------------------------------------------------------------
 
 _USER_INFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@")  # scheme://user[:password]@host
@@ -262,10 +318,6 @@ def credential_problem(data: Any, prefix: str = "") -> str | None:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def _message(error: dict) -> str:
-    return error["msg"].removeprefix("Value error, ")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -249,8 +249,11 @@ def _score_column(rows, selection: Selection, where: str) -> str:
         if c.startswith(SCORE_PREFIX) and rows.column(c).null_count < rows.num_rows
     )
     if selection.score not in available:
+        from pipeline.suggest import did_you_mean
+
         raise SelectError(
-            f"unknown score {selection.score!r} for --by; the shard parquets of {where} have: "
+            f"unknown score {selection.score!r} for --by{did_you_mean(selection.score, available)}; "
+            f"the shard parquets of {where} have: "
             + (", ".join(available) or "no scores at all (was scoring disabled?)")
         )
     return SCORE_PREFIX + selection.score
@@ -586,9 +589,9 @@ def select(
     workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
 ) -> None:
     """Write a new dataset of fresh shards from OUTPUT's kept samples, chosen by a score."""
-    from rich.console import Console
     from rich.table import Table
 
+    from manifests.cli_format import make_console
     from pipeline.storage import StorageError
 
     try:
@@ -602,4 +605,4 @@ def select(
     table = Table(title=f"stylegen select: {summary.source} -> {summary.output}", show_header=False)
     for name, value in summary.to_dict().items():
         table.add_row(name.replace("_", " "), str(value))
-    Console().print(table)
+    make_console().print(table)

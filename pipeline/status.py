@@ -114,8 +114,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
 ) -> None:
     """Shards committed / planned and samples kept / rejected / failed of an output."""
-    from rich.console import Console
-
+    from manifests.cli_format import make_console
     from pipeline.storage import StorageError, open_store
 
     try:
@@ -126,4 +125,4 @@ def status(
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))
     else:
-        Console().print(_table(result))
+        make_console().print(_table(result))

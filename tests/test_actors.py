@@ -85,7 +85,7 @@ def test_an_attempt_that_ray_fails_with_another_error_is_retried_not_fatal_to_th
     pool = GeneratorPool(config.model_dump_json(), store.uri, size=1)
     cancelled, committed, events = [], [], []
 
-    def cancel_the_first_attempt_once_it_runs(images_in_flight: int) -> None:
+    def cancel_the_first_attempt_once_it_runs(in_flight: dict[int, int]) -> None:
         attempts = pool.slots[0].attempts
         if not cancelled and attempts and attempts[0].started_at is not None:
             cancelled.append(attempts[0].attempt_id)
@@ -131,3 +131,41 @@ def test_a_local_run_starts_its_own_ray_even_when_another_cluster_was_started_on
     finally:
         ray.shutdown()
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_an_actor_killed_for_good_mid_run_is_replaced_and_the_run_completes(ray_cluster, tmp_path):
+    # An actor that dies for good (here ray.kill without restart, as a node fault that Ray cannot restart
+    # would) after the pool has worked is replaced by a fresh actor, so the pool stays at its target.
+    import ray
+
+    from actors.pool import SchedulerHooks, ShardScheduler
+    from pipeline.driver import plan_run, write_plan
+    from pipeline.storage import open_store
+
+    manifest = build_manifest(tmp_path, rows=48)  # 8 shards of 6
+    config = fake_config(**{"generator.fake.latency_s": 0.05})
+    store = open_store(tmp_path / "out")
+    write_plan(store, plan_run(str(manifest), config)[0])
+    pool = GeneratorPool(config.model_dump_json(), store.uri, size=2)
+    victim, committed, events = [], [], []
+
+    def kill_actor_0_after_the_first_commit(shard_id: int, result: dict) -> None:
+        committed.append(shard_id)
+        if not victim and pool.slots[0].attempts:
+            victim.append(pool.slots[0].handle)
+            ray.kill(pool.slots[0].handle, no_restart=True)
+
+    hooks = SchedulerHooks(on_committed=kill_actor_0_after_the_first_commit, on_event=events.append)
+    scheduler = ShardScheduler(pool, DeadlinePolicy(4.0, 120.0, 30.0), 3, 120.0, hooks)
+    try:
+        scheduler.run({shard: 6 for shard in range(8)})
+    finally:
+        pool.shutdown()
+    assert victim and sorted(committed) == list(range(8))
+    assert any(event.startswith("actor 0: dead (") for event in events), events
+    assert "actor 0: replaced by a new actor (pending until placed)" in events
+    assert pool.slots[0].handle is not victim[0] and pool.slots[0].dead_reason is None
+    # the shards the dead actor held were rerun (the one it was generating charged as usual for a crash)
+    assert all(store.read_marker(shard) is not None for shard in range(8))
+    assert max(ready for _, ready, _ in scheduler.actor_timeline) == 2

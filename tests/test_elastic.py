@@ -77,9 +77,9 @@ def test_gpu_nodes_join_and_leave_a_running_job(gpu_less_cluster, tmp_path):
     cluster = gpu_less_cluster
     manifest = build_manifest(tmp_path, rows=ROWS)
     output = tmp_path / "out"
-    config = fake_config(
-        **{"shard_size": SHARD_SIZE, "generator.fake.latency_s": LATENCY_S, "execution.capacity_timeout_s": 2}
-    )
+    run = {"shard_size": SHARD_SIZE, "generator.fake.latency_s": LATENCY_S}
+    # An actor waiting for a GPU has no start deadline (else these would be declared dead after 1 s)
+    config = fake_config(**run, **{"execution.capacity_timeout_s": 2, "execution.actor_start_timeout_s": 1})
 
     # 1. no GPU ever comes: one clear error after capacity_timeout_s, nothing committed
     with pytest.raises(CapacityTimeout) as stopped:
@@ -92,12 +92,10 @@ def test_gpu_nodes_join_and_leave_a_running_job(gpu_less_cluster, tmp_path):
 
     # 2. the same command (a generous capacity timeout), and GPU nodes join after it started. The run
     # goes on a thread: Cluster.add_node installs signal handlers, which only the main thread may do.
-    config = config.model_copy(
-        update={"execution": config.execution.model_copy(update={"capacity_timeout_s": 90})}
-    )
+    config = fake_config(**run, **{"execution.capacity_timeout_s": 90})
     result: dict = {}
 
-    def run() -> None:
+    def drive() -> None:
         try:
             result["summary"] = run_job(
                 str(manifest), str(output), config, actors=4, address=cluster.address, live=False
@@ -105,7 +103,7 @@ def test_gpu_nodes_join_and_leave_a_running_job(gpu_less_cluster, tmp_path):
         except BaseException as error:
             result["error"] = error
 
-    runner = threading.Thread(target=run, daemon=True)
+    runner = threading.Thread(target=drive, daemon=True)
     runner.start()
     try:
         wait_for(lambda: len(list((output / "logs").iterdir())) == 2, "the second run to start")
@@ -114,7 +112,8 @@ def test_gpu_nodes_join_and_leave_a_running_job(gpu_less_cluster, tmp_path):
         wait_for(lambda: committed_nodes(output)[a.node_id] >= 1, "a shard on node a")
         b = cluster.add_node(num_cpus=1, num_gpus=1)
         c = cluster.add_node(num_cpus=1, num_gpus=1)
-        wait_for(lambda: committed_nodes(output)[b.node_id] >= 1, "a shard on node b")
+        # b leaves once b and c both worked: all four actors were ready at once
+        wait_for(lambda: committed_nodes(output)[b.node_id] and committed_nodes(output)[c.node_id], "b and c")
         committed_before_removal = sum(committed_nodes(output).values())
         cluster.remove_node(b)  # preemption: its raylet and workers are killed
     finally:

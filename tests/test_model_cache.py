@@ -284,3 +284,51 @@ def test_an_unusable_cache_folder_is_one_error_naming_the_model(staged, tmp_path
     not_a_folder.write_text("a file where the cache folder should be")
     with pytest.raises(ModelCacheError, match=f"^copying {staged['csd']} into the model cache failed: "):
         local_copy(staged["csd"], not_a_folder)
+
+
+@pytest.mark.slow
+def test_a_ray_run_with_staged_weights_writes_the_images_of_a_local_run(s3_bucket, tiny_cache_dir, tmp_path):
+    """Through the driver and two Ray actor processes on one node: the driver's check, each actor's copy
+    from S3 (the env points at moto before Ray starts), the images and captions of the local preset."""
+    import contextlib
+
+    from run_fixtures import build_manifest, local_ray, reference_tars, tar_members
+
+    from pipeline.driver import run_job
+
+    sources = resolve_sources("tiny", {}, tiny_cache_dir)
+    uris = stage(sources, s3_bucket.uri("models/"), echo=lambda _: None).uris
+    node_cache = tmp_path / "node-cache"
+    shutil.copytree(tiny_cache_dir, node_cache)  # the tiny geometry and scorers, without rebuilding them
+    manifest = build_manifest(tmp_path / "inputs", rows=2, styles=2, composition_every=0)
+    # one torch thread in the actors, as in this process (torch_single_thread): CPU results depend on it
+    common = {
+        "preset": "tiny",
+        "shard_size": 1,
+        "rbmod": {"soc_iterations": 1},
+        "execution": {"torch_threads": 1},
+    }
+    staged_paths = {key: uris[key] for key in ("prior", "decoder", "csd")}
+    scoring = {"options": {"clip_model": uris["clip"], "dino_model": uris["dino"]}}
+    staged = RunConfig.model_validate(
+        {**common, "model_paths": staged_paths, "scoring": scoring, "model_cache_dir": str(node_cache)}
+    )
+    with contextlib.contextmanager(local_ray)():
+        summary = run_job(str(manifest), str(tmp_path / "staged"), staged, actors=2, live=False)
+    assert (summary.shards_committed, summary.kept) == (2, 2)
+
+    def images_and_captions(tars: list[Path]) -> dict[str, bytes]:  # the .json members name the sources
+        return {k: v for tar in tars for k, v in tar_members(tar).items() if not k.endswith(".json")}
+
+    local = RunConfig.model_validate({**common, "model_cache_dir": str(tiny_cache_dir)})
+    reference = []
+    for name, data in reference_tars(
+        tmp_path, manifest, local, shards=2
+    ).items():  # in-process, local weights
+        reference.append(tmp_path / f"reference-{name}")
+        reference[-1].write_bytes(data)
+    staged_members = images_and_captions(sorted((tmp_path / "staged" / "shards").glob("*.tar")))
+    assert len(staged_members) == 2 * 2  # an image and a caption per row
+    assert staged_members == images_and_captions(reference)
+    copies = sorted(p.name.rsplit("-", 1)[0] for p in (node_cache / "s3-models").glob("*.json"))
+    assert copies == sorted(["stable-cascade-prior", "stable-cascade", "csd.safetensors", "clip", "dino"])

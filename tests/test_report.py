@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from output_fixtures import build_output
@@ -63,9 +65,13 @@ class Page(HTMLParser):
     def __init__(self, text: str):
         super().__init__()
         self.images: list[dict] = []
-        self.tiles: list[dict] = []
+        self.tiles: list[dict] = []  # the style galleries' tiles
         self.styles: list[list[dict]] = []
+        self.extremes: dict[tuple[str, str], list[dict]] = defaultdict(list)  # (score, best|worst) -> tiles
         self.tags: Counter = Counter()
+        self._container: list[dict] | None = None
+        self._score: str | None = None
+        self._last: dict | None = None
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
@@ -74,15 +80,23 @@ class Page(HTMLParser):
         classes = (attrs.get("class") or "").split()
         if tag == "div" and "style" in classes:
             self.styles.append([])
+            self._container = self.styles[-1]
+        if tag == "div" and "extreme" in classes:
+            self._score = attrs["data-score"]
+        if tag == "div" and "end" in classes:
+            self._container = self.extremes[(self._score, classes[1])]
         if tag == "div" and "tile" in classes:
-            tile = {"uid": attrs["data-uid"], "status": classes[1], "images": []}
-            self.tiles.append(tile)
-            self.styles[-1].append(tile)
+            tile = {"uid": attrs["data-uid"], "status": classes[1], "images": [], "title": attrs.get("title")}
+            self._container.append(tile)
+            if self._container is not None and self.styles and self._container is self.styles[-1]:
+                self.tiles.append(tile)
+            self._last = tile
         if tag == "img":
             self.images.append(attrs)
             alt = attrs.get("alt", "")
-            if self.tiles and (alt.endswith(f"sample {self.tiles[-1]['uid']}") or alt == "content image"):
-                self.tiles[-1]["images"].append(attrs)
+            last = self._last
+            if last and (alt.endswith(f"sample {last['uid']}") or alt == "content image"):
+                last["images"].append(attrs)
 
 
 def decode(uri: str) -> Image.Image:
@@ -155,6 +169,10 @@ def test_selection_report_draws_its_minimum(output, tmp_path):
     assert built.uri in text  # "selected from"
     kept = int((frame_of(built.uri).query("status == 'kept'")["score_clip_t"] >= 0.6).sum())
     assert re.search(rf'data-status="kept">{kept}<', text)
+    # Its shards were copied, not generated: no throughput or runs; a chart only for a score with values.
+    assert "<h2>Throughput" not in text and 'id="runs"' not in text
+    charts = re.findall(r'<div class="chart" id="score-(\w+)">', text)
+    assert charts == scored_names(frame_of(str(selected))) and "csd_style" not in charts
 
 
 def test_throughput_counts_images_per_minute_from_the_markers():
@@ -335,6 +353,13 @@ def test_headless_chromium_renders_the_report_with_every_image(output, tmp_path)
         white = max((count for count, colour in colours if colour == (255, 255, 255)), default=0)
         assert white < 0.97 * pixels.width * pixels.height
 
+    # The page as the browser built it: the sections, the titled charts and the per-style table.
+    dom = chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", report.as_uri()).stdout
+    assert re.findall(r"<h2>([^<(]+)", dom)[:4] == ["Run", "Samples", "Styles at a glance", "Scores"]
+    titles = re.findall(r'<div class="chart" id="score-(\w+)"><h3>(\w+) ', dom)
+    assert titles and all(chart == title for chart, title in titles)
+    assert len(re.findall(r"<tr data-style=", dom)) == len(set(frame_of(built.uri)["style"]))
+
     probed = tmp_path / "probe.html"  # a copy with a probe script; the report itself has no script
     probed.write_text(text.replace("</body>", IMAGE_PROBE + "</body>"))
     result = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
@@ -364,3 +389,178 @@ def test_report_of_a_run_with_nothing_committed_yet(tmp_path):
     assert shown == {"kept": 0, "rejected": 0, "failed": 0, "rows": 0}
     assert f"0 / {built.planned_shards}" in text and "no committed shards yet" in text
     assert Page(text).tiles == []
+
+
+# --- the questions after a run: per style, per score, per run, seconds per image -------------------------
+
+GENERATED = ("kept", "rejected")
+
+
+def scored_names(frame: pd.DataFrame) -> list[str]:
+    """Scores some generated sample has (an all-null score column gets no chart and no column)."""
+    generated = frame[frame["status"].isin(GENERATED)]
+    return sorted(c[6:] for c in frame.columns if c.startswith("score_") and generated[c].notna().any())
+
+
+def section(text: str, element_id: str) -> str:
+    return text.split(f'id="{element_id}"', 1)[1].split("</table>", 1)[0]
+
+
+def test_style_table_equals_an_independent_computation(output):
+    built, text = output
+    frame = frame_of(built.uri)
+    names = scored_names(frame)
+    rows = re.findall(r'<tr data-style="([^"]*)">(.*?)</tr>', section(text, "style-table"))
+    assert [html.unescape(style) for style, _ in rows] == sorted(frame["style"].unique())
+    for style, cells in rows:
+        group = frame[frame["style"] == html.unescape(style)]
+        generated = group[group["status"].isin(GENERATED)]
+        counts = {k: int(v) for k, v in re.findall(r'data-field="(rows|kept|rejected|failed)">(\d+)<', cells)}
+        assert counts == {
+            "rows": len(group),
+            **{status: int((group["status"] == status).sum()) for status in ("kept", "rejected", "failed")},
+        }
+        share = re.search(r'data-field="kept_share" data-value="([^"]*)"', cells).group(1)
+        if len(generated):
+            assert float(share) == pytest.approx((generated["status"] == "kept").mean())
+        else:
+            assert share == "None"
+        means = dict(re.findall(r'data-score="(\w+)" data-value="([^"]*)"', cells))
+        assert sorted(means) == names
+        for name, shown in means.items():
+            expected = generated[f"score_{name}"].dropna().mean()
+            assert shown == "None" if pd.isna(expected) else float(shown) == pytest.approx(expected)
+    assert "csd_style" not in names and "score_csd_style" in frame.columns  # the fixture has an empty one
+
+
+def test_seconds_per_image_are_numpy_percentiles_of_the_parquet_timings(output):
+    built, text = output
+    frame = frame_of(built.uri)
+    generated = frame[frame["status"].isin(GENERATED)]
+    columns = sorted(c for c in frame.columns if c.startswith("time_"))
+    expected = {}
+    for column in columns:
+        values = generated[column].dropna().to_numpy()
+        expected[column[5:]] = (np.median(values), np.percentile(values, 95))
+    timed = generated[columns][generated[columns].notna().any(axis=1)]
+    total = timed.fillna(0.0).sum(axis=1).to_numpy()
+    expected["total"] = (np.median(total), np.percentile(total, 95))
+    found = re.findall(
+        r'<tr data-timing="(\w+)">.*?data-field="median" data-value="([^"]+)".*?'
+        r'data-field="p95" data-value="([^"]+)"',
+        section(text, "timings"),
+    )
+    shown = {name: (float(m), float(p)) for name, m, p in found}
+    assert shown.keys() == expected.keys()
+    for name, values in expected.items():
+        assert shown[name] == pytest.approx(values, rel=1e-12)
+    assert len(columns) == 2 and len(total) == len(generated) > 0
+    median, p95 = expected["total"]
+    assert f"median {median:.3g} s, p95 {p95:.3g} s" in section(text, "run-info")
+
+
+def test_every_score_with_values_has_a_titled_chart_and_none_is_empty(output):
+    built, text = output
+    names = scored_names(frame_of(built.uri))
+    charts = re.findall(r'<div class="chart" id="score-(\w+)"><h3>(\w+) <span class="what">([^<]*)<', text)
+    assert [chart for chart, _, _ in charts] == names == ["clip_content", "clip_t", "dino_style"]
+    assert all(chart == title and what for chart, title, what in charts)
+    headings = re.findall(r"<h2>([^<(]+)", text)
+    assert [h.strip() for h in headings] == [
+        "Run", "Samples", "Styles at a glance", "Scores", "Best and worst samples per score",
+        "Seconds per image", "Throughput", "Styles", "Failed rows",
+    ]  # fmt: skip
+
+
+def test_thumbnails_show_their_scores_in_caption_and_hover(output):
+    built, text = output
+    frame = frame_of(built.uri).set_index("uid")
+    tiles = re.findall(
+        r'<div class="tile \w+" data-uid="(\w+)" title="([^"]*)">.*?<div class="scores">(.*?)</div>', text
+    )
+    assert len(tiles) >= len(Page(text).tiles) > 0
+    for uid, title, caption in tiles:
+        row = frame.loc[uid]
+        expected = {c[6:]: row[c] for c in frame.columns if c.startswith("score_") and pd.notna(row[c])}
+        shown = dict(re.findall(r'data-score="(\w+)" data-value="([^"]+)"', caption))
+        assert {k: float(v) for k, v in shown.items()} == pytest.approx(expected)
+        hover = html.unescape(title).split("\n")
+        assert hover[:2] == [uid, row["prompt"]]
+        assert [line for line in hover if " = " in line] == [
+            f"{k} = {v:.4f}" for k, v in sorted(expected.items())
+        ]
+
+
+def test_best_and_worst_samples_per_score(output):
+    built, text = output
+    frame = frame_of(built.uri)
+    shown = frame["status"].isin(GENERATED)  # the fixture keeps rejected tars for every shard
+    page = Page(text)
+    for name in scored_names(frame):
+        column = f"score_{name}"
+        candidates = frame[shown & frame[column].notna()]
+        best = candidates.sort_values([column, "uid"], ascending=[False, True])["uid"].head(4).tolist()
+        worst = candidates.sort_values([column, "uid"], ascending=[True, True])["uid"].head(4).tolist()
+        assert [tile["uid"] for tile in page.extremes[(name, "best")]] == best
+        assert [tile["uid"] for tile in page.extremes[(name, "worst")]] == worst
+        assert all(tile["images"] for tile in page.extremes[(name, "best")])
+
+
+def test_an_interrupted_and_resumed_output_shows_each_run(tmp_path):
+    """Two runs (an interrupt between them) and a rerun that found nothing to do: each run its own
+    shards, images, time and actors, from the log names, the commit markers and the latest summary."""
+    from pipeline.storage.layout import marker_key
+
+    built = build_output(tmp_path, rows=24, shard_size=5)  # 5 shards
+    store = built.store
+    first, second = ("2026-01-01T10:00:00+00:00", "2026-01-01T11:00:00+00:00")
+    commits = {0: "2026-01-01T10:00:30+00:00", 1: "2026-01-01T10:01:00+00:00"}
+    commits |= {
+        2: "2026-01-01T11:00:20+00:00",
+        3: "2026-01-01T11:00:30+00:00",
+        4: "2026-01-01T11:00:40+00:00",
+    }
+    images = {}
+    for shard, when in commits.items():
+        marker = json.loads(store.get_bytes(marker_key(shard)))
+        marker["committed_at"] = when
+        store.put_bytes(marker_key(shard), json.dumps(marker).encode())
+        images[shard] = marker["summary"]["kept"] + marker["summary"]["rejected"]
+    pool = "2026-01-01 10:00:05,000 INFO stylegen.driver: pool: 2 actors x 1 GPU (cluster GPUs: 2)\n"
+    store.put_bytes("logs/run-20260101T100000000000Z.log", pool.encode())
+    store.put_bytes(
+        "logs/run-20260101T110000000000Z.log", b"(its pool line is not read: summary.json has it)\n"
+    )
+    store.put_bytes("logs/run-20260101T120000000000Z.log", b"nothing to do\n")
+    latest = {"log_uri": store.url("logs/run-20260101T110000000000Z.log"), "elapsed_s": 55.0, "actors": 3,
+              "gpus_per_actor": 0.5}  # fmt: skip
+    store.put_bytes("summary.json", json.dumps(latest).encode())
+
+    text = Path(write_report(built.uri)).read_text()
+    rows = re.findall(r'<tr data-run="(\d)"><td>([^<]+)</td>(.*?)</tr>', section(text, "runs"))
+    assert [(number, started) for number, started, _ in rows] == [
+        ("1", f"{first[:10]} {first[11:19]} UTC"),
+        ("2", f"{second[:10]} {second[11:19]} UTC"),
+    ]
+    expected = [
+        (2, images[0] + images[1], 60.0, "2 x 1 GPU"),  # from its start to its last commit
+        (3, images[2] + images[3] + images[4], 55.0, "3 x 0.5 GPU"),  # the summary's wall time
+    ]
+    for (_, _, cells), (shards, count, seconds, actors) in zip(rows, expected, strict=True):
+        assert re.search(rf'data-field="shards">{shards}<', cells)
+        assert re.search(rf'data-field="images">{count}<', cells)
+        rate = float(re.search(r'data-field="images_per_s" data-value="([^"]+)"', cells).group(1))
+        assert rate == pytest.approx(count / seconds) and f"{seconds:.1f} s" in cells and actors in cells
+    assert "1 run(s) committed nothing" in text
+
+
+def test_style_table_is_capped_with_a_count_of_the_rest(output):
+    from pipeline.report.data import gather
+    from pipeline.report.page import _style_table
+
+    built, _ = output
+    data = gather(built.store)
+    styles = sorted(frame_of(built.uri)["style"].unique())
+    table = _style_table(data, limit=2)
+    assert [html.unescape(s) for s in re.findall(r'<tr data-style="([^"]*)">', table)] == styles[:2]
+    assert f"{len(styles) - 2} more styles not listed." in table

@@ -194,6 +194,8 @@ def test_refuses_the_source_itself_a_nested_output_and_a_foreign_folder(source, 
 def test_unknown_score_lists_the_available_ones(source, tmp_path):
     with pytest.raises(SelectError, match=r"unknown score 'csd' .* have: clip_content, clip_t, dino_style$"):
         select_output(source.uri, str(tmp_path / "new"), Selection("csd", top=0.5))
+    with pytest.raises(SelectError, match=r"unknown score 'clipt' for --by \(did you mean 'clip_t'\?\); "):
+        select_output(source.uri, str(tmp_path / "new"), Selection("clipt", top=0.5))
     assert not (tmp_path / "new").exists()
 
 

@@ -10,16 +10,26 @@ from pipeline.storage.layout import REPORT_KEY
 
 
 def build_report(
-    store, *, per_style: int = 8, max_styles: int = 30, max_failed: int = 50, size: int = 128
+    store,
+    *,
+    per_style: int = 8,
+    max_styles: int = 30,
+    max_failed: int = 50,
+    size: int = 128,
+    extremes: int = 4,
+    latest_run: dict | None = None,
 ) -> str:
-    """The report of the output in `store` as one HTML string (see pipeline.report)."""
+    """The report of the output in `store` as one HTML string (see pipeline.report). `latest_run`: the
+    summary of the run that just finished (else summary.json is read)."""
     from pipeline.report.data import gather
     from pipeline.report.gallery import build_galleries
     from pipeline.report.page import render
 
-    data = gather(store, max_failed=max_failed)
-    galleries, hidden = build_galleries(store, data, per_style=per_style, max_styles=max_styles, size=size)
-    return render(data, galleries, hidden)
+    data = gather(store, max_failed=max_failed, latest_run=latest_run)
+    galleries = build_galleries(
+        store, data, per_style=per_style, max_styles=max_styles, size=size, extremes=extremes
+    )
+    return render(data, galleries)
 
 
 def write_report(output_uri: str, destination: str | Path | None = None, **options) -> str:

@@ -22,6 +22,8 @@ from pipeline.select import SCORE_PREFIX, read_shard_tables
 from pipeline.storage.layout import RUN_KEY
 
 STATUSES = ("kept", "rejected", "failed")
+GENERATED = ("kept", "rejected")  # rows with an image (and scores)
+TIME_PREFIX = "time_"
 REPORT_COLUMNS = ("uid", "shard_id", "status", "reason", "filter_rule", "style", "content", "prompt")
 
 
@@ -59,6 +61,30 @@ class Throughput:
         return self.images / seconds if seconds else None
 
 
+@dataclass(frozen=True)
+class Timing:
+    name: str  # a time_* column without its prefix, or "total" (their sum per image)
+    median: float
+    p95: float
+    images: int
+
+
+@dataclass
+class StyleStats:
+    style: str
+    counts: dict[str, int]  # status -> rows
+    score_means: dict[str, float | None]  # over the style's generated rows
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def kept_share(self) -> float | None:
+        generated = self.counts["kept"] + self.counts["rejected"]
+        return self.counts["kept"] / generated if generated else None
+
+
 @dataclass
 class ReportData:
     output: str
@@ -72,11 +98,22 @@ class ReportData:
     scores: list[ScoreValues]
     throughput: Throughput
     rejected_tars: set[int]  # shards whose rejected/ tar is committed
+    timings: list[Timing] = field(default_factory=list)
+    styles: list[StyleStats] = field(default_factory=list)
+    runs: list = field(default_factory=list)  # pipeline.report.runs.RunStats, oldest first
+    latest_run: dict[str, Any] | None = None  # the newest run's summary
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def is_selection(self) -> bool:
+        """A `stylegen select` output: its shards were written from another run's samples, not generated."""
+        return bool(self.run.get("selection"))
 
-def gather(store, *, max_failed: int = 50) -> ReportData:
-    """Read an output into a ReportData (no images: pipeline.report.gallery loads those)."""
+
+def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = None) -> ReportData:
+    """Read an output into a ReportData (no images: pipeline.report.gallery loads those).
+    `latest_run`: the newest run's summary, when the caller has it (else summary.json)."""
+    from pipeline.report.runs import read_latest_summary, run_history
     from pipeline.status import planned_counts
     from pipeline.storage.layout import rejected_key
 
@@ -90,6 +127,8 @@ def gather(store, *, max_failed: int = 50) -> ReportData:
     planned, _ = planned_counts(store)
     statuses = Counter(_column(rows, "status"))
     rejected_tars = {shard for shard, marker in markers.items() if rejected_key(shard) in marker.files}
+    selection = bool(run.get("selection"))
+    latest_run = None if selection else (latest_run or read_latest_summary(store))
     return ReportData(
         output=store.uri,
         run=run,
@@ -102,12 +141,16 @@ def gather(store, *, max_failed: int = 50) -> ReportData:
         scores=score_values(rows, thresholds(run)),
         throughput=throughput(markers, run),
         rejected_tars=rejected_tars,
+        timings=timings(rows),
+        styles=style_stats(rows),
+        runs=[] if selection else run_history(store, markers, latest_run),
+        latest_run=latest_run,
     )
 
 
 def _report_column(name: str) -> bool:
     """The columns the report uses (not the bulky per-row JSON: params, models, versions)."""
-    return name in REPORT_COLUMNS or name.startswith(SCORE_PREFIX)
+    return name in REPORT_COLUMNS or name.startswith((SCORE_PREFIX, TIME_PREFIX))
 
 
 def read_run(store) -> dict[str, Any]:
@@ -149,6 +192,14 @@ def rule_counts(rows: pa.Table) -> list[tuple[str, int]]:
         rejected = rejected.filter(pc.is_null(rules))
     for reason in _column(rejected, "reason"):
         counts[rule_of(None, reason)] += 1
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def failure_reasons(store, markers: dict) -> list[tuple[str, int]]:
+    """Failed rows per reason in these shards' parquets (`markers`: shard id -> commit marker), most
+    frequent first (reads two columns)."""
+    rows, _ = read_shard_tables(store, markers, keep=lambda name: name in ("status", "reason"))
+    counts = Counter(str(reason or "?").strip() for reason in _column(with_status(rows, "failed"), "reason"))
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
@@ -200,24 +251,100 @@ def thresholds(run: dict[str, Any]) -> list[Threshold]:
     return found
 
 
+def score_columns(rows: pa.Table) -> list[str]:
+    """Every score_* column, whatever scorers the run had."""
+    return sorted(c for c in rows.column_names if c.startswith(SCORE_PREFIX))
+
+
 def score_values(rows: pa.Table, limits: list[Threshold]) -> list[ScoreValues]:
+    """Kept and rejected values of each score that has any (a score no sample has, e.g. clip_content
+    in a stylization-only output, gets no chart)."""
     kept, rejected = with_status(rows, "kept"), with_status(rows, "rejected")
     result = []
-    for column in sorted(c for c in rows.column_names if c.startswith(SCORE_PREFIX)):
+    for column in score_columns(rows):
         name = column.removeprefix(SCORE_PREFIX)
-        result.append(
-            ScoreValues(
-                name,
-                _finite(kept.column(column)),
-                _finite(rejected.column(column)),
-                [limit for limit in limits if limit.score == name],
-            )
+        values = ScoreValues(
+            name,
+            _finite(kept.column(column)),
+            _finite(rejected.column(column)),
+            [limit for limit in limits if limit.score == name],
         )
+        if values.kept.size or values.rejected.size:
+            result.append(values)
     return result
 
 
+def generated_rows(rows: pa.Table) -> pa.Table:
+    if "status" not in rows.column_names:
+        return rows.slice(0, 0)
+    return rows.filter(pc.is_in(rows.column("status"), value_set=pa.array(GENERATED)))
+
+
+def timings(rows: pa.Table) -> list[Timing]:
+    """Median and 95th percentile of each time_* column over the generated rows, and of their sum per
+    image (seconds per image: generation plus scoring)."""
+    generated = generated_rows(rows)
+    columns = sorted(c for c in generated.column_names if c.startswith(TIME_PREFIX))
+    if not columns or not generated.num_rows:
+        return []
+    matrix = np.column_stack([_floats(generated.column(c)) for c in columns])
+    result = []
+    for index, column in enumerate(columns):
+        values = matrix[:, index]
+        result.append(_timing(column.removeprefix(TIME_PREFIX), values[np.isfinite(values)]))
+    timed = np.isfinite(matrix).any(axis=1)
+    result.append(_timing("total", np.nansum(matrix[timed], axis=1)))
+    return [timing for timing in result if timing.images]
+
+
+def _timing(name: str, values: np.ndarray) -> Timing:
+    if not values.size:
+        return Timing(name, float("nan"), float("nan"), 0)
+    return Timing(name, float(np.median(values)), float(np.percentile(values, 95)), int(values.size))
+
+
+def style_stats(rows: pa.Table) -> list[StyleStats]:
+    """Rows per status and the mean of every score over the generated rows, per style (Arrow
+    group-bys, so thousands of styles cost two passes)."""
+    if "style" not in rows.column_names or not rows.num_rows:
+        return []
+    counts: dict[str, dict[str, int]] = {}
+    grouped = rows.group_by(["style", "status"]).aggregate([("uid", "count")])
+    for item in grouped.to_pylist():
+        if item["style"] is not None:
+            counts.setdefault(item["style"], dict.fromkeys(STATUSES, 0))[item["status"]] = item["uid_count"]
+    generated = generated_rows(rows)
+    columns = score_columns(rows)
+    names = [c.removeprefix(SCORE_PREFIX) for c in columns]
+    means: dict[str, dict[str, float | None]] = {}
+    if columns and generated.num_rows:
+        finite = {c: pa.array(_floats(generated.column(c)), from_pandas=True) for c in columns}  # NaN -> null
+        table = pa.table({"style": generated.column("style"), **finite})
+        for item in table.group_by("style").aggregate([(c, "mean") for c in columns]).to_pylist():
+            means[item["style"]] = {n: item[f"{c}_mean"] for c, n in zip(columns, names, strict=True)}
+    return [
+        StyleStats(style, counts[style], means.get(style, dict.fromkeys(names))) for style in sorted(counts)
+    ]
+
+
+def extremes(rows: pa.Table, score: str, count: int, shown: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """The `count` highest and lowest scored samples among those whose image the report can show
+    (`shown`: a boolean mask over `rows`), ties broken by uid."""
+    column = SCORE_PREFIX + score
+    candidates = rows.filter(pa.array(np.isfinite(_floats(rows.column(column))) & shown))
+    if not candidates.num_rows:
+        return [], []
+    best = candidates.sort_by([(column, "descending"), ("uid", "ascending")]).slice(0, count)
+    worst = candidates.sort_by([(column, "ascending"), ("uid", "ascending")]).slice(0, count)
+    return best.to_pylist(), worst.to_pylist()
+
+
+def _floats(values: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
 def _finite(values: pa.ChunkedArray) -> np.ndarray:
-    array = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+    array = _floats(values)
     return array[np.isfinite(array)]
 
 
@@ -230,14 +357,14 @@ def throughput(markers: dict, run: dict[str, Any]) -> Throughput:
     for marker in markers.values():
         summary = marker.summary
         images = int(summary.get("kept", 0)) + int(summary.get("rejected", 0))
-        commits.append((_parse_time(marker.committed_at), images))
+        commits.append((parse_time(marker.committed_at), images))
     commits = [(when, images) for when, images in commits if when is not None]
     total = sum(images for _, images in commits)
     if not commits:
         return Throughput([], total, None, None)
     first = min(when for when, _ in commits)
     finished = max(when for when, _ in commits)
-    created = _parse_time(run.get("created"))
+    created = parse_time(run.get("created"))
     started = created if created is not None and created <= first else first
     origin = started.replace(second=0, microsecond=0)
     buckets: Counter[int] = Counter()
@@ -247,7 +374,7 @@ def throughput(markers: dict, run: dict[str, Any]) -> Throughput:
     return Throughput(minutes, total, started, finished)
 
 
-def _parse_time(text: Any) -> datetime | None:
+def parse_time(text: Any) -> datetime | None:
     if not isinstance(text, str):
         return None
     try:

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.report.data import STATUSES, ReportData, rule_counts, rule_of, with_status
-from pipeline.select import read_tar_samples
+from pipeline.report.data import extremes as extremes_of
+from pipeline.select import SCORE_PREFIX, read_tar_samples
 
 IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 
@@ -33,6 +36,8 @@ class Tile:
     prompt: str
     note: str  # "kept" or the rule that rejected it
     content_uri: str | None = None  # composition rows
+    style: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # every finite score of the sample
     image: str | None = None  # data: URI
     content: str | None = None  # data: URI of the content image
     error: str | None = None
@@ -55,6 +60,22 @@ class StyleGallery:
     reference_error: str | None = None
 
 
+@dataclass
+class ScoreExtremes:
+    """The highest and lowest scored samples of one score, among those whose image the output keeps."""
+
+    score: str
+    best: list[Tile]
+    worst: list[Tile]
+
+
+@dataclass
+class Galleries:
+    styles: list[StyleGallery]
+    hidden_styles: int  # styles left out (max_styles)
+    extremes: list[ScoreExtremes] = field(default_factory=list)
+
+
 def thumbnail(data: bytes, size: int) -> str:
     """Downscale encoded image bytes to fit `size` px and return a JPEG data: URI."""
     from PIL import Image
@@ -69,18 +90,32 @@ def thumbnail(data: bytes, size: int) -> str:
 
 
 def build_galleries(
-    store, data: ReportData, *, per_style: int = 8, max_styles: int = 30, size: int = 128, threads: int = 8
-) -> tuple[list[StyleGallery], int]:
-    """The galleries of the first `max_styles` styles, and how many styles were left out."""
+    store,
+    data: ReportData,
+    *,
+    per_style: int = 8,
+    max_styles: int = 30,
+    size: int = 128,
+    extremes: int = 4,
+    threads: int = 8,
+) -> Galleries:
+    """The galleries of the first `max_styles` styles, and the `extremes` best and worst samples of
+    every score; all their images are read in one pass over the tars."""
     rows = data.rows
     if "style" not in rows.column_names or rows.num_rows == 0:
-        return [], 0
+        return Galleries([], 0)
     styles = sorted(style for style in pc.unique(rows.column("style")).to_pylist() if style is not None)
     galleries = [
         _gallery(style, rows.filter(pc.equal(rows.column("style"), style)), data.rejected_tars, per_style)
         for style in styles[:max_styles]
     ]
+    shown = _has_image(rows, data.rejected_tars)
+    ends = []
+    for score in data.scores:
+        best, worst = extremes_of(rows, score.name, extremes, shown)
+        ends.append(ScoreExtremes(score.name, [_tile(r) for r in best], [_tile(r) for r in worst]))
     tiles = [tile for gallery in galleries for tile in gallery.tiles]
+    tiles += [tile for end in ends for tile in end.best + end.worst]
     wanted: dict[str, list[str]] = defaultdict(list)  # tar key -> uids
     for tile in tiles:
         wanted[tile.tar_key].append(tile.uid)
@@ -95,6 +130,8 @@ def build_galleries(
     for gallery in galleries:
         gallery.reference, gallery.reference_error = loaded[gallery.style]
     for tile in tiles:
+        if tile.image or tile.error:  # the same sample shown twice (a gallery and an extreme)
+            continue
         if tile.uid not in images:
             tile.error = "missing from its tar"
         else:
@@ -104,7 +141,15 @@ def build_galleries(
                 tile.error = f"cannot decode: {type(error).__name__}: {error}"
         if tile.content_uri:
             tile.content = loaded[tile.content_uri][0]
-    return galleries, max(0, len(styles) - max_styles)
+    return Galleries(galleries, max(0, len(styles) - max_styles), ends)
+
+
+def _has_image(rows: pa.Table, rejected_tars: set[int]) -> np.ndarray:
+    """Rows whose image is in a tar: kept ones, and rejected ones of shards with a rejected/ tar."""
+    statuses = rows.column("status").to_numpy(zero_copy_only=False)
+    shards = rows.column("shard_id").to_numpy(zero_copy_only=False)
+    rejected_shown = (statuses == "rejected") & np.isin(shards, sorted(rejected_tars))
+    return (statuses == "kept") | rejected_shown
 
 
 def _gallery(style: str, members: pa.Table, rejected_tars: set[int], per_style: int) -> StyleGallery:
@@ -139,6 +184,11 @@ def _first_by_uid(rows: pa.Table, count: int) -> list[dict]:
 def _tile(row: dict) -> Tile:
     status = row["status"]
     note = "kept" if status == "kept" else rule_of(row.get("filter_rule"), row.get("reason"))
+    scores = {
+        name.removeprefix(SCORE_PREFIX): float(value)
+        for name, value in row.items()
+        if name.startswith(SCORE_PREFIX) and value is not None and math.isfinite(value)
+    }
     return Tile(
         uid=row["uid"],
         status=status,
@@ -146,6 +196,8 @@ def _tile(row: dict) -> Tile:
         prompt=row.get("prompt") or "",
         note=note,
         content_uri=row.get("content") or None,
+        style=row.get("style"),
+        scores=dict(sorted(scores.items())),
     )
 
 

@@ -9,7 +9,16 @@ from html import escape
 
 from pipeline.report.charts import histogram_svg, throughput_svg
 from pipeline.report.data import STATUSES, ReportData
-from pipeline.report.gallery import StyleGallery, Tile
+from pipeline.report.gallery import Galleries, ScoreExtremes, StyleGallery, Tile
+
+# What each score measures (the chart titles); a score not listed here is shown by its name.
+SCORE_TITLES = {
+    "clip_t": "CLIP-T: image-text cosine",
+    "clip_content": "CLIP image cosine to the content image (composition rows)",
+    "dino_style": "DINOv2 cosine to the style reference",
+    "csd_style": "CSD style cosine to the style reference",
+    "leakage": "content leaked from the style reference",
+}
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; max-width: 1400px; }
@@ -18,7 +27,7 @@ table { border-collapse: collapse; margin: 8px 0; } th, td { padding: 3px 10px; 
 tr:nth-child(even) { background: #f6f6f6; }
 td.count { text-align: right; font-variant-numeric: tabular-nums; }
 .meta { color: #555; font-size: 13px; } .charts { display: flex; flex-wrap: wrap; gap: 16px; }
-.chart { border: 1px solid #e0e0e0; padding: 6px; }
+.chart { border: 1px solid #e0e0e0; padding: 6px; display: inline-block; }
 .style { display: flex; gap: 16px; margin: 16px 0; padding: 12px; border: 1px solid #e0e0e0; }
 .reference { flex: 0 0 150px; } .reference img { width: 140px; height: 140px; object-fit: contain;
   border: 3px solid #333; background: #eee; }
@@ -29,10 +38,17 @@ td.count { text-align: right; font-variant-numeric: tabular-nums; }
 .tile.rejected { opacity: 0.85; } .tag { font-weight: 600; } .kept .tag { color: #2e7d32; }
 .rejected .tag { color: #c62828; } .content img { width: 40px; height: 40px; vertical-align: middle;
   border: 1px solid #999; } .error { color: #c62828; } .prompt { color: #444; overflow-wrap: anywhere; }
+.path { overflow-wrap: anywhere; } .chart h3 { margin: 2px 0 4px; font-size: 15px; }
+.chart h3 .what { font-weight: normal; color: #555; font-size: 12px; }
+.scores span { display: block; color: #333; font-variant-numeric: tabular-nums; }
+.scores span.ranked { font-weight: 700; }
+.ends { display: flex; gap: 24px; }
+.end h4 { margin: 6px 0; } .extreme { margin: 12px 0; padding: 8px; border: 1px solid #e0e0e0; }
+td.path { max-width: 420px; }
 """
 
 
-def render(data: ReportData, galleries: list[StyleGallery], hidden_styles: int) -> str:
+def render(data: ReportData, galleries: Galleries) -> str:
     run = data.run
     parts = [
         "<!DOCTYPE html>",
@@ -45,9 +61,12 @@ def render(data: ReportData, galleries: list[StyleGallery], hidden_styles: int) 
         "" if run else '<p class="error">run.json is missing: run settings and thresholds are unknown.</p>',
         _run_info(data),
         _counts(data),
+        _style_table(data),
         _scores(data),
-        _throughput(data),
-        _galleries(galleries, hidden_styles, data),
+        _extremes(galleries.extremes),
+        _timings(data),
+        "" if data.is_selection else _throughput(data),
+        _galleries(galleries.styles, galleries.hidden_styles, data),
         _failed(data),
         "</body></html>",
     ]
@@ -61,8 +80,25 @@ def _rows(pairs: list[tuple[str, object]]) -> str:
 def _run_info(data: ReportData) -> str:
     run = data.run
     config = run.get("config") or {}
+    manifest = run.get("manifest") or {}
+    plan = run.get("plan") or {}
+    latest = data.latest_run or {}
     pairs: list[tuple[str, object]] = [
         ("shards committed / planned", f"{data.shards_committed} / {_or_unknown(data.shards_planned)}"),
+        ("manifest", f"{manifest.get('uri', '?')} ({manifest.get('rows', '?')} rows)"),
+        ("shard size", plan.get("shard_size", config.get("shard_size", "?"))),
+    ]
+    if latest:
+        gpus = latest.get("gpus_per_actor")
+        actors = f"{latest.get('actors', '?')} x {'?' if gpus is None else f'{float(gpus):g}'} GPU"
+        pairs += [
+            ("wall time (latest run)", f"{float(latest.get('elapsed_s', 0.0)):.1f} s"),
+            ("actors x GPUs each (latest run)", actors),
+        ]
+    total = next((t for t in data.timings if t.name == "total"), None)
+    if total is not None:
+        pairs.append(("seconds per image", f"median {total.median:.3g} s, p95 {total.p95:.3g} s"))
+    pairs += [
         ("run format", run.get("format", "?")),
         ("created", run.get("created", "?")),
         ("preset", config.get("preset", "?")),
@@ -81,7 +117,7 @@ def _run_info(data: ReportData) -> str:
     versions = run.get("versions") or {}
     if versions:
         pairs.append(("versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))))
-    return f"<h2>Run</h2><table>{_rows(pairs)}</table>"
+    return f'<h2>Run</h2><table id="run-info">{_rows(pairs)}</table>'
 
 
 def _or_unknown(value: object) -> str:
@@ -119,8 +155,10 @@ def _scores(data: ReportData) -> str:
     charts = []
     for score in data.scores:
         limits = ", ".join(t.label for t in score.thresholds) or "no threshold"
+        what = SCORE_TITLES.get(score.name, "")
         charts.append(
-            f'<div class="chart" id="score-{escape(score.name)}">{histogram_svg(score)}'
+            f'<div class="chart" id="score-{escape(score.name)}"><h3>{escape(score.name)} '
+            f'<span class="what">{escape(what)}</span></h3>{histogram_svg(score)}'
             f'<div class="meta">thresholds: {escape(limits)}</div></div>'
         )
     legend = (
@@ -138,10 +176,118 @@ def _throughput(data: ReportData) -> str:
         text = f"{flow.images} images; too few commit times to measure a rate"
     else:
         text = f"{flow.images} images in {flow.seconds:.0f} s: <b>{rate:.3g} images/s</b> overall"
+    chart = f'<div class="chart"><h3>Images committed per minute</h3>{throughput_svg(flow)}</div>'
     return (
         f'<h2>Throughput</h2><p id="throughput">{text} (from run.json\'s start to the last commit '
-        f'marker)</p><div class="chart">{throughput_svg(flow)}</div>'
+        f"marker, pauses between runs included)</p>{_runs(data)}{chart}"
     )
+
+
+def _runs(data: ReportData) -> str:
+    """One row per run (an interrupted and resumed output has several), from its log and commits."""
+    runs = [run for run in data.runs if run.shards]
+    if not runs:
+        return ""
+    idle = len(data.runs) - len(runs)
+    rows = []
+    for number, run in enumerate(runs, 1):
+        seconds, rate = run.seconds, run.images_per_s
+        actors = "?" if run.actors is None else f"{run.actors} x {run.gpus_per_actor:g} GPU"
+        rows.append(
+            f'<tr data-run="{number}"><td>{run.started:%Y-%m-%d %H:%M:%S} UTC</td>'
+            f'<td class="count" data-field="shards">{run.shards}</td>'
+            f'<td class="count" data-field="images">{run.images}</td>'
+            f'<td class="count">{"?" if seconds is None else f"{seconds:.1f} s"}</td>'
+            f'<td class="count" data-field="images_per_s" data-value="{rate!r}">'
+            f"{'?' if rate is None else f'{rate:.3g}'}</td><td>{escape(actors)}</td></tr>"
+        )
+    note = (
+        f'<p class="meta">{idle} run(s) committed nothing (reruns of a finished output).</p>' if idle else ""
+    )
+    return (
+        '<h3>Runs</h3><table id="runs"><tr><th>started</th><th>shards</th><th>images</th>'
+        "<th>time</th><th>images/s</th><th>actors</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + note
+        + '<p class="meta">time: the driver\'s wall time for the latest run, else from its start to its '
+        "last commit.</p>"
+    )
+
+
+def _style_table(data: ReportData, limit: int = 1000) -> str:
+    """Per style: rows by status, the kept share of its generated rows, the mean of every score (the
+    first `limit` styles by URI: a run of a million styles keeps a page a browser opens)."""
+    if not data.styles:
+        return ""
+    names = [score.name for score in data.scores]  # the scores some sample has
+    head = "".join(f"<th>mean {escape(name)}</th>" for name in names)
+    rows = []
+    for stats in data.styles[:limit]:
+        share = stats.kept_share
+        means = "".join(
+            f'<td class="count" data-score="{escape(name)}" data-value="{value!r}">'
+            f"{'-' if value is None else f'{value:.3f}'}</td>"
+            for name, value in ((name, stats.score_means.get(name)) for name in names)
+        )
+        rows.append(
+            f'<tr data-style="{escape(stats.style)}"><td class="path">{_path(stats.style)}</td>'
+            f'<td class="count" data-field="rows">{stats.rows}</td>'
+            + "".join(f'<td class="count" data-field="{s}">{stats.counts[s]}</td>' for s in STATUSES)
+            + f'<td class="count" data-field="kept_share" data-value="{share!r}">'
+            f"{'-' if share is None else f'{100 * share:.1f}%'}</td>{means}</tr>"
+        )
+    return (
+        '<h2>Styles at a glance</h2><table id="style-table"><tr><th>style</th><th>rows</th><th>kept</th>'
+        f"<th>rejected</th><th>failed</th><th>kept / generated</th>{head}</tr>"
+        + "".join(rows)
+        + "</table>"
+        + (
+            f'<p class="meta">{len(data.styles) - limit} more styles not listed.</p>'
+            if len(data.styles) > limit
+            else ""
+        )
+    )
+
+
+def _extremes(extremes: list[ScoreExtremes]) -> str:
+    if not any(end.best or end.worst for end in extremes):
+        return ""
+    parts = ['<h2>Best and worst samples per score</h2><div id="extremes">']
+    for end in extremes:
+        columns = "".join(
+            f'<div class="end {kind}"><h4>{label}</h4>'
+            f'<div class="tiles">{"".join(_tile(tile, end.score) for tile in tiles)}</div></div>'
+            for kind, label, tiles in (("best", "highest", end.best), ("worst", "lowest", end.worst))
+        )
+        parts.append(
+            f'<div class="extreme" data-score="{escape(end.score)}"><h3>{escape(end.score)} '
+            f'<span class="meta">{escape(SCORE_TITLES.get(end.score, ""))}</span></h3>'
+            f'<div class="ends">{columns}</div></div>'
+        )
+    return "".join(parts) + "</div>"
+
+
+def _timings(data: ReportData) -> str:
+    """Seconds per image from the shard parquets' time_* columns (generated rows only)."""
+    if not data.timings:
+        return ""
+    rows = "".join(
+        f'<tr data-timing="{escape(t.name)}"><th>{escape(t.name)}</th>'
+        f'<td class="count" data-field="median" data-value="{t.median!r}">{t.median:.3g} s</td>'
+        f'<td class="count" data-field="p95" data-value="{t.p95!r}">{t.p95:.3g} s</td>'
+        f'<td class="count">{t.images}</td></tr>'
+        for t in data.timings
+    )
+    return (
+        '<h2>Seconds per image</h2><table id="timings"><tr><th>step</th><th>median</th><th>p95</th>'
+        f'<th>images</th></tr>{rows}</table><p class="meta">total: the steps summed per image.</p>'
+    )
+
+
+def _path(path: str) -> str:
+    """A long path wraps after its slashes rather than mid-name."""
+    return escape(path).replace("/", "/<wbr>")
 
 
 def _galleries(galleries: list[StyleGallery], hidden: int, data: ReportData) -> str:
@@ -171,13 +317,21 @@ def _gallery(gallery: StyleGallery) -> str:
     tiles = "".join(_tile(tile) for tile in gallery.tiles) or "<p>no generated samples</p>"
     return (
         f'<div class="style"><div class="reference">{reference}'
-        f'<div class="meta prompt">{escape(gallery.style)}</div>'
+        f'<div class="meta path">{_path(gallery.style)}</div>'
         f'<div class="meta">{counts}</div>{reasons}</div>'
         f'<div class="tiles">{tiles}</div></div>'
     )
 
 
-def _tile(tile: Tile) -> str:
+def _tile(tile: Tile, ranked_by: str | None = None) -> str:
+    scores = "".join(
+        f'<span data-score="{escape(name)}" data-value="{value!r}"'
+        f"{' class=ranked' if name == ranked_by else ''}>{escape(name)} {value:.3f}</span>"
+        for name, value in tile.scores.items()
+    )
+    hover = "\n".join(
+        [tile.uid, tile.prompt, tile.note, *(f"{name} = {value:.4f}" for name, value in tile.scores.items())]
+    )
     if tile.image:
         image = f'<img class="sample" src="{tile.image}" alt="{tile.status} sample {tile.uid}">'
     else:
@@ -186,8 +340,9 @@ def _tile(tile: Tile) -> str:
     if tile.content:
         content = f'<div class="content"><img src="{tile.content}" alt="content image"> content</div>'
     return (
-        f'<div class="tile {tile.status}" data-uid="{tile.uid}">{image}{content}'
-        f'<div class="tag">{escape(tile.note)}</div><div class="prompt">{escape(tile.prompt)}</div></div>'
+        f'<div class="tile {tile.status}" data-uid="{tile.uid}" title="{escape(hover)}">{image}{content}'
+        f'<div class="tag">{escape(tile.note)}</div><div class="scores">{scores}</div>'
+        f'<div class="prompt">{escape(tile.prompt)}</div></div>'
     )
 
 

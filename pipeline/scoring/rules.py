@@ -155,7 +155,10 @@ def _comparison(node: ast.expr, text: str, names: set[str] | None) -> Comparison
         raise RuleError(f"{segment!r} must compare exactly one score with numbers, found {len(score_names)}")
     score = score_names[0]
     if names is not None and score not in names:
-        raise RuleError(f"unknown score {score!r}; available: {', '.join(sorted(names))}")
+        from pipeline.suggest import did_you_mean
+
+        hint = did_you_mean(score, names)
+        raise RuleError(f"unknown score {score!r}{hint}; available: {', '.join(sorted(names))}")
     return Comparison(segment, score, tuple(operands), tuple(ops))
 
 
