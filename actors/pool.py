@@ -193,7 +193,7 @@ class GeneratorPool:
         output: str,
         size: int,
         gpus_per_actor: float = 1.0,
-        torch_threads: int = 2,
+        torch_threads: int = 1,
     ):
         if size < 1:
             raise PoolError("the pool needs at least one actor")

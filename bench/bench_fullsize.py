@@ -416,13 +416,15 @@ def instrumented(models, phases: Phases):
 
 
 def exclusive(spans: dict[str, float], total: float) -> dict[str, float]:
-    """Inclusive spans -> the exclusive phases (see the module docstring); `total` is the wall time."""
+    """Inclusive spans -> the exclusive phases (see the module docstring). `total`: the whole run without
+    the comparison calls to the stock attention (and without swapping), which the Stage C loop's span
+    does include."""
     get = spans.get
     stock_extra = get("attention_stock", 0.0)
     afa = get("attention_afa", 0.0) - stock_extra
     stage_c = get("stage_c_loop", 0.0) - get("soc", 0.0) - get("attention_afa", 0.0) - stock_extra
     return {
-        "conditioning": total - get("stage_c_loop", 0.0) - get("decode", 0.0),
+        "conditioning": total - (get("stage_c_loop", 0.0) - stock_extra) - get("decode", 0.0),
         "stage_c": stage_c + stock_extra,  # the prior with stock attention
         "afa": afa,
         "soc": get("soc", 0.0),
@@ -583,7 +585,8 @@ def run_cpu(args, models, tokenizer, swap: StageAtATime, summary: dict) -> None:
     spans = phases.seconds()
     total = wall - spans.get("swap", 0.0) - spans.get("attention_stock", 0.0)
     split = exclusive(spans, total)
-    flops = exclusive({k: float(v) for k, v in phases.flops.items()}, float(counter.get_total_flops()))
+    flops = {k: float(v) for k, v in phases.flops.items()}
+    flops = exclusive(flops, counter.get_total_flops() - flops.get("attention_stock", 0.0))
     generation_rss = peak_rss_gb()
 
     # scoring, with the generation modules released; the CSD is the preset's, shared as in a worker

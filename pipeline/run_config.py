@@ -119,7 +119,7 @@ class ExecutionSection(_Section):
     upload_queue_shards: int = Field(1, ge=1, le=4)  # finished shards waiting for upload, per actor
     # Fixed, not derived from the pool size: on CPU, torch rounds differently with another thread count,
     # so a run with 1 actor and one with 2 would otherwise make different images.
-    torch_threads: int = Field(2, ge=1)
+    torch_threads: int = Field(1, ge=1)
     storage_outage_s: float = Field(300.0, gt=0)  # storage failing this long stops the run (uncharged)
     isolate_culprits: bool = True  # a shard failing every attempt reruns row by row: only culprits fail
     max_input_mib: int = Field(256, ge=1)  # a style/content file or object over this fails its row unread
