@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from run_fixtures import build_manifest, fake_config
 
 from manifests.read import read_manifest
-from pipeline.driver import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -101,10 +101,9 @@ def stop_session(session_id: int) -> None:
 
 
 @pytest.fixture
-def autoscaling_head(monkeypatch):
-    import ray
-
-    assert not ray.is_initialized(), "another test left Ray initialized in this process"
+def autoscaling_head():
+    """(address, env): the head's address and the environment for processes that join it. Ray's
+    auth mode is process-wide state, so only child processes join this cluster, never the test's."""
     folder = Path(tempfile.mkdtemp(prefix="sg-as-"))  # short: Ray's socket paths live under it
     port = free_port()
     config = folder / "cluster.json"
@@ -126,35 +125,41 @@ def autoscaling_head(monkeypatch):
     head = subprocess.Popen(
         command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    monkeypatch.setenv("RAY_TMPDIR", str(folder))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     try:
         output, _ = head.communicate(timeout=120)
         assert head.returncode == 0, output.decode(errors="replace")[-3000:]
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", env
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         if head.poll() is None:
             head.kill()
         stop_session(head.pid)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_pending_actors_make_the_autoscaler_add_gpu_workers(autoscaling_head, tmp_path):
-    import ray
+GPU_NODES = """
+import json, ray
+ray.init(include_dashboard=False, log_to_driver=False)
+print(json.dumps(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU"))))
+"""
 
+
+def test_pending_actors_make_the_autoscaler_add_gpu_workers(autoscaling_head, tmp_path):
+    address, env = autoscaling_head
     manifest = build_manifest(tmp_path, rows=48)
     output = tmp_path / "out"
+    config_file = tmp_path / "run.yaml"
     config = fake_config(**{"generator.fake.latency_s": 0.05})  # 8 shards
+    config_file.write_text(yaml.safe_dump(config.to_dict()))
 
-    summary = run_job(
-        str(manifest), str(output), config, actors=GPU_WORKERS, address=autoscaling_head, live=False
-    )
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--output", str(output)]
+    command += ["--config", str(config_file), "--actors", str(GPU_WORKERS), "--address", address]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
 
-    assert (summary.shards_committed, summary.kept, summary.failed) == (8, 48, 0)
-    assert summary.actor_timeline[0][1:] == (0, GPU_WORKERS)  # requested before any GPU existed
-    assert summary.actors_peak == GPU_WORKERS
+    summary = json.loads((output / "summary.json").read_text())
+    assert (summary["shards_committed"], summary["kept"], summary["failed"]) == (8, 48, 0)
+    assert summary["actor_timeline"][0][1:] == [0, GPU_WORKERS]  # requested before any GPU existed
+    assert summary["actors_peak"] == GPU_WORKERS
     planned = read_manifest(str(manifest)).column("uid").to_pylist()
     rows = [
         row
@@ -163,10 +168,14 @@ def test_pending_actors_make_the_autoscaler_add_gpu_workers(autoscaling_head, tm
     ]
     assert Counter(row["uid"] for row in rows) == Counter(planned)
     # the shards ran on the GPU workers the autoscaler launched, not on the GPU-less head
-    ray.init(address=autoscaling_head, include_dashboard=False, log_to_driver=False)
-    try:
-        gpu_nodes = {node["NodeID"] for node in ray.nodes() if node["Resources"].get("GPU")}
-    finally:
-        ray.shutdown()
+    nodes = subprocess.run(
+        [sys.executable, "-c", GPU_NODES],
+        env={**env, "RAY_ADDRESS": address},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    gpu_nodes = set(json.loads(nodes.stdout.strip().splitlines()[-1]))
     assert len(gpu_nodes) == GPU_WORKERS
     assert {row["node_id"] for row in rows} <= gpu_nodes and len({row["node_id"] for row in rows}) >= 1
