@@ -393,7 +393,9 @@ class ShardScheduler:
         return [attempt for slot in self.pool.slots for attempt in slot.attempts]
 
     def _fill(self) -> None:
-        """Give the least busy usable actor the next shard until every actor has two (or none are left)."""
+        """Give the least busy usable actor the next shard until every actor has two (or none are left).
+        Near the end (fewer shards left than ready actors) a busy actor gets no second shard: the last
+        ones go to whichever actor frees up first instead of queueing behind a running shard."""
         while self._pending:
             open_slots = [
                 s for s in self.pool.slots if s.usable and len(s.attempts) < SHARDS_IN_FLIGHT_PER_ACTOR
@@ -401,6 +403,8 @@ class ShardScheduler:
             if not open_slots:
                 return
             slot = min(open_slots, key=lambda s: len(s.attempts))
+            if slot.attempts and len(self._pending) < sum(1 for s in self.pool.slots if s.usable):
+                return
             shard_id = self._pending.popleft()
             self._tries[shard_id] += 1
             number = self._tries[shard_id]
