@@ -19,6 +19,7 @@ from pipeline.storage import open_store
 from pipeline.worker import ShardWorker
 
 MIB = 2**20
+pytest_plugins = ["s3_fixtures"]
 
 
 def within(seconds: float, call):
@@ -136,3 +137,22 @@ def test_a_file_that_grows_past_the_limit_while_read_is_refused(tmp_path, monkey
     monkeypatch.setattr(os, "fstat", lambda fd: Shrunk(real_fstat(fd)))
     with pytest.raises(inputs.InputError, match="over the input size limit of 50 bytes"):
         inputs.read_bytes(str(path), max_bytes=50)
+
+
+def test_an_s3_object_over_the_limit_is_refused_from_its_content_length(s3_bucket):
+    from manifests.input_files import InputFileError, read_s3_object
+
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="styles/big.png", Body=b"x" * 1000)
+    reads = []
+
+    class CountingClient:  # the real client; records every read of an object's body
+        def get_object(self, **request):
+            response = s3_bucket.client.get_object(**request)
+            body, read = response["Body"], response["Body"].read
+            body.read = lambda *args: reads.append(args) or read(*args)
+            return response
+
+    with pytest.raises(InputFileError, match="^1000 bytes, over the input size limit of 999 bytes$"):
+        read_s3_object(CountingClient(), s3_bucket.name, "styles/big.png", 999)
+    assert reads == []  # refused from ContentLength: not a byte of the body was read
+    assert read_s3_object(CountingClient(), s3_bucket.name, "styles/big.png", 1000) == b"x" * 1000
