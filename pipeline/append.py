@@ -71,25 +71,41 @@ def append_run(store, prior: dict[str, Any], plan, record: dict[str, Any]) -> di
     """Plan `plan`'s new rows (the fresh plan of the bigger manifest) after the run's shards; write
     plan.parquet, then run.json (the commit point: a crash before it leaves run.json as it was, and the
     append can be redone). Returns the new run record. Raises AppendRefused naming dropped/changed rows."""
+    old, schema = stored_plan(store, prior)
+    fresh = plan.table
+    check_contains(old, fresh, prior["manifest"]["uri"], record["manifest"]["uri"])
+    new = fresh.filter(pc.invert(pc.is_in(fresh.column("uid"), value_set=old.column("uid"))))
+    generation = {"manifest": record["manifest"], "plan_fingerprint": record["plan"]["fingerprint"]}
+    return add_generation(store, prior, old, schema, new, generation, plan.shard_size)
+
+
+def stored_plan(store, prior: dict[str, Any]) -> tuple[pa.Table, pa.Schema]:
+    """The run's rows of plan.parquet (a crashed append's or retry's rows beyond the shards run.json
+    records are not the run's) and the file's schema."""
     total = len(shard_sizes(prior))
     with store.open(PLAN_KEY) as handle:
         stored = pq.ParquetFile(handle)
-        old = stored.read()
-        old_schema = stored.schema_arrow
-    old = old.filter(pc.less(old.column("shard_id"), total))  # a crashed append's rows are not the run's
-    fresh = plan.table
-    check_contains(old, fresh, prior["manifest"]["uri"], record["manifest"]["uri"])
+        rows, schema = stored.read(), stored.schema_arrow
+    return rows.filter(pc.less(rows.column("shard_id"), total)), schema
 
-    is_new = pc.invert(pc.is_in(fresh.column("uid"), value_set=old.column("uid")))
-    new = fresh.filter(is_new)  # in the fresh plan's order
-    shard_size = plan.shard_size
-    new_ids = (total + np.arange(new.num_rows) // shard_size).astype(np.int32)
-    new = new.set_column(
-        0, old_schema.field("shard_id"), pa.array(new_ids, old_schema.field("shard_id").type)
-    )
+
+def add_generation(
+    store,
+    prior: dict[str, Any],
+    old: pa.Table,
+    schema: pa.Schema,
+    new: pa.Table,
+    generation: dict[str, Any],
+    shard_size: int,
+) -> dict[str, Any]:
+    """Give `new` (plan rows, in order) shard ids after the run's, record it as a generation
+    (`generation` holds its manifest and plan fingerprint, and any marks such as `retry`), write
+    plan.parquet and then run.json (the commit point). Returns the new run record."""
+    total = len(shard_sizes(prior))
+    ids = (total + np.arange(new.num_rows) // shard_size).astype(np.int32)
+    new = new.set_column(0, schema.field("shard_id"), pa.array(ids, schema.field("shard_id").type))
     entry = {
-        "manifest": record["manifest"],
-        "plan_fingerprint": record["plan"]["fingerprint"],
+        **generation,
         "first_shard": total,
         "shards": -(-new.num_rows // shard_size),
         "rows": new.num_rows,
@@ -97,24 +113,23 @@ def append_run(store, prior: dict[str, Any], plan, record: dict[str, Any]) -> di
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     history = [*generations(prior), entry]
-    combined = hashlib.sha256(
-        b"stylegen-append-v1" + json.dumps([g["plan_fingerprint"] for g in history]).encode()
-    ).hexdigest()
+    parts = [[g["plan_fingerprint"], g["first_shard"], g["rows"], bool(g.get("retry"))] for g in history]
+    combined = hashlib.sha256(b"stylegen-generations-v1" + json.dumps(parts).encode()).hexdigest()
     shards = total + entry["shards"]
     updated = {
         **prior,
-        "manifest": record["manifest"],
+        "manifest": entry["manifest"],
         "plan": {**prior["plan"], "fingerprint": combined, "shards": shards},
         "generations": history,
     }
     info = {
-        **json.loads((old_schema.metadata or {}).get(METADATA_KEY, b"{}")),
+        **json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}")),
         "fingerprint": combined,
         "num_rows": old.num_rows + new.num_rows,
         "num_shards": shards,
         "generations": len(history),
     }
-    write_plan(store, old, new, old_schema, info, shard_size)
+    write_plan(store, old, new, schema, info, shard_size)
     store.put_bytes(RUN_KEY, (json.dumps(updated, indent=2, sort_keys=True) + "\n").encode())
     return updated
 

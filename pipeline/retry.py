@@ -10,19 +10,12 @@ report keeps only each uid's newest row (`newest_rows`).
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from manifests.plan import METADATA_KEY
-from pipeline.append import generations, shard_sizes, write_plan
-from pipeline.storage.layout import PLAN_KEY, RUN_KEY
+from pipeline.append import add_generation, generations, stored_plan
 
 
 def retry_shards(record: dict[str, Any]) -> set[int]:
@@ -61,46 +54,14 @@ def failed_uids(store, markers: dict[int, Any]) -> set[str]:
 def plan_retry(store, prior: dict[str, Any], failed: set[str]) -> dict[str, Any]:
     """Plan the `failed` rows (as the plan holds them, in its order) into new shards after the run's;
     write plan.parquet, then run.json (the commit point). Returns the new run record."""
-    total = len(shard_sizes(prior))
-    with store.open(PLAN_KEY) as handle:
-        stored = pq.ParquetFile(handle)
-        old = stored.read()
-        schema = stored.schema_arrow
-    old = old.filter(pc.less(old.column("shard_id"), total))  # a crashed retry's rows are not the run's
+    old, schema = stored_plan(store, prior)
     again = old.filter(pc.is_in(old.column("uid"), value_set=pa.array(sorted(failed), pa.string())))
     again = newest_rows(again)  # a row retried before appears once per try: plan it once
     again = again.sort_by([("shard_id", "ascending"), ("row", "ascending")])
     latest = generations(prior)[-1]
-    shard_size = latest["shard_size"]
-    ids = (total + np.arange(again.num_rows) // shard_size).astype(np.int32)
-    again = again.set_column(0, schema.field("shard_id"), pa.array(ids, schema.field("shard_id").type))
-    entry = {
+    generation = {
         "manifest": latest["manifest"],
         "plan_fingerprint": latest["plan_fingerprint"],  # the manifest's plan: a plain rerun resumes
-        "first_shard": total,
-        "shards": -(-again.num_rows // shard_size),
-        "rows": again.num_rows,
-        "shard_size": shard_size,
         "retry": True,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    history = [*generations(prior), entry]
-    combined = hashlib.sha256(
-        b"stylegen-retry-v1" + json.dumps([[g["plan_fingerprint"], g["rows"]] for g in history]).encode()
-    ).hexdigest()
-    shards = total + entry["shards"]
-    updated = {
-        **prior,
-        "plan": {**prior["plan"], "fingerprint": combined, "shards": shards},
-        "generations": history,
-    }
-    info = {
-        **json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}")),
-        "fingerprint": combined,
-        "num_rows": old.num_rows + again.num_rows,
-        "num_shards": shards,
-        "generations": len(history),
-    }
-    write_plan(store, old, again, schema, info, shard_size)
-    store.put_bytes(RUN_KEY, (json.dumps(updated, indent=2, sort_keys=True) + "\n").encode())
-    return updated
+    return add_generation(store, prior, old, schema, again, generation, latest["shard_size"])
