@@ -1,4 +1,4 @@
-"""RB-Modulation on Stable Cascade (spec: /work/shared/research/rbmod_spec.md).
+"""RB-Modulation on Stable Cascade (spec: ../shared/research/rbmod_spec.md).
 
 Modules: `effnet` (EfficientNet encoder), `previewer`, `csd`, `descriptor` (style descriptor for SOC),
 `decode` (Stage B + A), `image_ops` (torch-only preprocessing); the presets live in `pipeline.models`.
