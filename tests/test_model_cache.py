@@ -16,10 +16,10 @@ from cache_actor import copy_like_an_actor, count_gets
 from test_presets import assert_identical_outputs
 from test_rbmod_soc import pattern_image
 
-from pipeline.driver import check_staged_models
 from pipeline.model_cache import ModelCacheError, local_copy
 from pipeline.model_stage import StageError, hub_patterns, resolve_sources, stage
 from pipeline.models import PresetError, load_preset
+from pipeline.preflight import check_staged_models
 from pipeline.run_config import ConfigError, RunConfig
 
 pytest_plugins = ["rbmod_fixtures", "s3_fixtures"]

@@ -159,7 +159,8 @@ def test_a_third_party_score_is_filtered_stored_reported_and_selectable(plugin, 
     )
     assert isinstance(config, RunConfig)
     store, _ = prepare(tmp_path, manifest, config)
-    from pipeline.driver import check_config, plan_run
+    from pipeline.driver import plan_run
+    from pipeline.preflight import check_config
 
     check_config(config)  # the driver's early check knows the plug-in's scores
     _, record = plan_run(str(manifest), config)
