@@ -98,6 +98,17 @@ class PoolStats:
         return self.timeline[-1][1] if self.timeline else 0
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the generator actors run: the pool's target size (None: execution.max_actors, else one
+    per GPU), the GPUs each holds (may be fractional) and the Ray cluster (None: RAY_ADDRESS, else a
+    local instance of our own)."""
+
+    actors: int | None = None
+    gpus_per_actor: float = 1.0
+    address: str | None = None
+
+
 def run_job(
     manifest: str,
     output: str,
@@ -130,38 +141,36 @@ def run_job(
     remote = bool(address) or os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
     check_config(config, local_models=not remote)
     check_staged_models(config)
+    placement = Placement(actors, gpus_per_actor, address)
     with StopSignals() as stop:  # planning stops at once on a signal, scheduling drains
         return _run_logged(
             manifest,
             output,
             config,
-            actors,
-            gpus_per_actor,
-            address,
-            restart,
-            append,
-            console,
-            live,
-            started,
-            stop,
-            retry_failed,
+            placement,
+            restart=restart,
+            append=append,
+            retry_failed=retry_failed,
+            console=console,
+            live=live,
+            started=started,
+            stop=stop,
         )
 
 
 def _run_logged(
-    manifest,
-    output,
-    config,
-    actors,
-    gpus_per_actor,
-    address,
-    restart,
-    append,
-    console,
-    live,
-    started,
-    stop,
-    retry_failed=False,
+    manifest: str,
+    output: str,
+    config: RunConfig,
+    placement: Placement,
+    *,
+    restart: bool,
+    append: bool,
+    retry_failed: bool,
+    console: Console,
+    live: bool | None,
+    started: float,
+    stop: StopSignals,
 ) -> RunSummary:
     from pipeline.storage import StorageError, open_store
     from pipeline.storage.local import os_error_message
@@ -192,9 +201,7 @@ def _run_logged(
             config,
             prior or record,
             prior is not None,
-            actors,
-            gpus_per_actor,
-            address,
+            placement,
             console,
             live,
             started,
@@ -366,9 +373,7 @@ def _run(
     config,
     record,
     resuming,
-    actors,
-    gpus_per_actor,
-    address,
+    placement: Placement,
     console,
     live,
     started,
@@ -416,9 +421,7 @@ def _run(
                 progress,
                 failed_errors,
                 unfinished,
-                actors,
-                gpus_per_actor,
-                address,
+                placement,
                 stop=stop,
             )
     if pool.stopped:
@@ -448,7 +451,7 @@ def _run(
         elapsed_s=elapsed,
         images_per_s=fresh / elapsed if elapsed > 0 else 0.0,
         actors=pool.target,
-        gpus_per_actor=gpus_per_actor,
+        gpus_per_actor=placement.gpus_per_actor,
         config_fingerprint=record["config_fingerprint"],
         plan_fingerprint=record["plan"]["fingerprint"],
         failed_shard_errors=failed_errors,
@@ -659,9 +662,7 @@ def execute(
     progress: RunProgress,
     failed_errors: dict[int, list[str]],
     unfinished: list[tuple[int, str]],
-    actors: int | None,
-    gpus_per_actor: float,
-    address: str | None,
+    placement: Placement,
     stop: StopSignals | None = None,
 ) -> PoolStats:
     """Run the pending shards on an elastic pool of generator actors (see actors/pool.py)."""
@@ -678,7 +679,8 @@ def execute(
     )
 
     execution = config.execution
-    wanted = actors or execution.max_actors
+    wanted = placement.actors or execution.max_actors
+    gpus_per_actor, address = placement.gpus_per_actor, placement.address
     known_models = set((read_run_record(store) or {}).get("models") or {})
     local_gpus = None
     if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
