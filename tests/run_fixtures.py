@@ -85,6 +85,14 @@ def fake_config(**overrides: Any) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
+def planned_uids(manifest: Path, shard_id: int) -> list[str]:
+    """The uids the plan puts in `shard_id` (fake-generator config, default shard size)."""
+    from pipeline.driver import plan_run
+
+    plan, _ = plan_run(str(manifest), fake_config())
+    return plan.shard(shard_id).column("uid").to_pylist()
+
+
 def shard_rows(output: Path) -> list[dict]:
     """Every row of every shard parquet under a local output."""
     rows = []

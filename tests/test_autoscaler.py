@@ -23,10 +23,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from run_fixtures import build_manifest, fake_config
+from run_fixtures import build_manifest, fake_config, shard_rows
 
 from manifests.read import read_manifest
 
@@ -161,11 +160,7 @@ def test_pending_actors_make_the_autoscaler_add_gpu_workers(autoscaling_head, tm
     assert summary["actor_timeline"][0][1:] == [0, GPU_WORKERS]  # requested before any GPU existed
     assert summary["actors_peak"] == GPU_WORKERS
     planned = read_manifest(str(manifest)).column("uid").to_pylist()
-    rows = [
-        row
-        for path in sorted((output / "metadata").glob("*.parquet"))
-        for row in pq.read_table(path).to_pylist()
-    ]
+    rows = shard_rows(output)
     assert Counter(row["uid"] for row in rows) == Counter(planned)
     # the shards ran on the GPU workers the autoscaler launched, not on the GPU-less head
     nodes = subprocess.run(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from run_fixtures import build_manifest, fake_config, reference_tars
+from run_fixtures import build_manifest, fake_config, reference_tars, shard_rows
 
 from actors.pool import CapacityTimeout
 from manifests.read import read_manifest
@@ -131,11 +131,7 @@ def test_gpu_nodes_join_and_leave_a_running_job(gpu_less_cluster, tmp_path):
         0,
     )
     planned = read_manifest(str(manifest)).column("uid").to_pylist()
-    rows = [
-        row
-        for path in sorted((output / "metadata").glob("*.parquet"))
-        for row in pq.read_table(path).to_pylist()
-    ]
+    rows = shard_rows(output)
     assert Counter(row["uid"] for row in rows) == Counter(planned)
     tars = sorted(str(path) for path in (output / "shards").glob("*.tar"))
     assert Counter(sample["__key__"] for sample in wds.WebDataset(tars, shardshuffle=False)) == Counter(

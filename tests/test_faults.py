@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from run_fixtures import build_manifest, fake_config, local_ray, shard_rows
+from run_fixtures import build_manifest, fake_config, local_ray, planned_uids, shard_rows
 
 from manifests.read import read_manifest
-from pipeline.driver import plan_run, run_job
+from pipeline.driver import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,11 +28,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_cluster():
     yield from local_ray()
-
-
-def planned_uids(manifest: Path, shard_id: int) -> list[str]:
-    plan, _ = plan_run(str(manifest), fake_config())
-    return plan.shard(shard_id).column("uid").to_pylist()
 
 
 def kill_group(pgid: int) -> None:
