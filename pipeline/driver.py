@@ -37,7 +37,7 @@ from pipeline.preflight import check_caption, check_config, check_staged_models
 from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
 from pipeline.run_config import RunConfig, changed_keys, config_fingerprint
 from pipeline.stop import RunStopped, StopSignals
-from pipeline.storage.layout import PLAN_KEY, REPORT_KEY, RUN_KEY, SUMMARY_KEY
+from pipeline.storage.layout import CARD_KEY, PLAN_KEY, REPORT_KEY, RUN_KEY, SUMMARY_KEY
 from pipeline.storage.layout import log_key as run_log_key
 from pipeline.worker import commit_failed_shard, package_versions
 
@@ -210,8 +210,10 @@ def _run_logged(
         )
         summary.log_uri = store.url(log_key)
         if not summary.shards_committed and summary.shards_resumed >= summary.shards_planned:
-            # A rerun of a finished run: summary.json and report.html keep the run that did the work.
+            # A rerun of a finished run: summary.json, report.html and the card keep the run that did
+            # the work.
             summary.report_uri = store.url(REPORT_KEY) if store.exists(REPORT_KEY) else None
+            summary.card_uri = store.url(CARD_KEY) if store.exists(CARD_KEY) else None
             console.print(nothing_to_do(summary), markup=False)
             return summary
         summary.card_uri = write_card(store)

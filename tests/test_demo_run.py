@@ -55,6 +55,9 @@ def test_demo_runs_every_row_once_and_resumes_without_redoing_anything(tmp_path,
     before = _digests(output)
     again = demo(tmp_path / "demo", actors=2)
     assert again.run.shards_resumed == run.shards_planned and again.run.images_this_run == 0
+    # a rerun that finds nothing to do still points at the finished run's card and report
+    assert (again.run.card_uri, again.run.report_uri) == (run.card_uri, run.report_uri)
+    assert run.card_uri is not None and run.report_uri is not None
     assert _digests(output) == before
 
 
