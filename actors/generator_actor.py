@@ -71,7 +71,7 @@ class GeneratorActor:
         self._progress.actor_starting.remote(actor_index, os.getpid(), context.get_node_id())
         placement = {"node_id": context.get_node_id(), "actor_id": context.get_actor_id()}
         from pipeline.run_config import RunConfig
-        from pipeline.worker import ShardWorker
+        from pipeline.worker.shard_worker import ShardWorker
 
         config = RunConfig.model_validate_json(config_json)
         device = "cpu"

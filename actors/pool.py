@@ -11,7 +11,7 @@
   (ready); an actor whose node joins gets work on the next turn of the loop. Every wait has a timeout; a
   shard that runs past its deadline gets its actor killed (Ray restarts it) and is resubmitted; a shard
   that failed `max_attempts` times is rerun one row at a time to isolate the rows that cause it
-  (pipeline/faults.py) and handed back as failed only when no row can be blamed; an attempt that failed
+  (actors/faults.py) and handed back as failed only when no row can be blamed; an attempt that failed
   on storage is not charged but resubmitted after a back-off, and the run stops if storage stays down.
   A lost node's shards are resubmitted without being charged, and Ray restarts its actors at once
   (`max_restarts=-1`): pending until capacity returns, with no per-actor wait. An actor waiting for a
@@ -40,8 +40,8 @@ import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.faults import CulpritSearch, StorageOutage, is_storage_error
 from actors.generator_actor import GeneratorActor, ProgressActor
-from pipeline.faults import CulpritSearch, StorageOutage, is_storage_error
 
 log = logging.getLogger("stylegen.pool")
 

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.models import build_tiny, load_preset, quiet_progress_bars, tiny_key  # noqa: E402
+from pipeline.models.presets import build_tiny, load_preset, quiet_progress_bars, tiny_key  # noqa: E402
 from pipeline.rbmod.decode import decode_latents  # noqa: E402
 from pipeline.rbmod.image_ops import imagenet_normalize  # noqa: E402
 

@@ -46,7 +46,7 @@ class _Section(BaseModel):
 
 
 class FakeGeneratorConfig(_Section):
-    """Settings of pipeline.fake_generator.FakeGenerator (tests and benchmarks)."""
+    """Settings of pipeline.models.fake_generator.FakeGenerator (tests and benchmarks)."""
 
     size: int = Field(64, ge=8, le=2048)
     latency_s: float = Field(0.0, ge=0.0)  # per image
@@ -127,7 +127,7 @@ class ExecutionSection(_Section):
 
 class RunConfig(_Section):
     preset: str = "tiny"
-    model_paths: dict[str, str] = {}  # stable-cascade component folders/ids (see pipeline.models)
+    model_paths: dict[str, str] = {}  # stable-cascade component folders/ids (see pipeline.models.presets)
     model_cache_dir: str | None = None
     rbmod: dict[str, Any] = {}  # overrides of RBModSettings fields
     scoring: ScoringSection = ScoringSection()
@@ -152,7 +152,7 @@ class RunConfig(_Section):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        from pipeline.models import PRESET_NAMES
+        from pipeline.models.presets import PRESET_NAMES
 
         if value not in PRESET_NAMES:
             raise ValueError(
@@ -163,7 +163,7 @@ class RunConfig(_Section):
     @field_validator("model_paths")
     @classmethod
     def _known_path_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        from pipeline.models import PATH_KEYS
+        from pipeline.models.presets import PATH_KEYS
 
         unknown = sorted(set(value) - PATH_KEYS)
         if unknown:

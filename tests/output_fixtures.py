@@ -98,10 +98,11 @@ def build_output(
     """Build a finished output at `uri` (default: folder/"output"); inputs go under folder/"inputs".
     `commit_shards` limits which shards get committed (a partial output); `config_overrides` (dotted
     keys, e.g. {"image.format": "jpg"}) go into the run config."""
-    from pipeline.driver import RUN_KEY, plan_run, write_plan
-    from pipeline.fake_generator import FakeGenerator
+    from pipeline.models.fake_generator import FakeGenerator
+    from pipeline.run.driver import plan_run, write_plan
     from pipeline.scoring.rules import FilterRules
-    from pipeline.worker import ShardWorker
+    from pipeline.storage.layout import RUN_KEY
+    from pipeline.worker.shard_worker import ShardWorker
 
     manifest = build_manifest(folder / "inputs", rows, styles=styles, composition_every=4)
     table = pq.read_table(manifest)

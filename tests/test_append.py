@@ -12,12 +12,12 @@ import pytest
 from run_fixtures import build_manifest, fake_config, local_ray
 
 from manifests.read import read_manifest
-from pipeline.append import shard_sizes
-from pipeline.driver import RunRefused, plan_run, prepare_output, run_job
+from pipeline.dataset.select import Selection, select_output
+from pipeline.dataset.status import collect_status
+from pipeline.output.run_record import shard_sizes
 from pipeline.report.data import gather
-from pipeline.select import Selection, select_output
-from pipeline.status import collect_status
-from pipeline.worker import read_plan_shard
+from pipeline.run.driver import RunRefused, plan_run, prepare_output, run_job
+from pipeline.worker.shard_worker import read_plan_shard
 from tests.output_fixtures import KnownScorer, build_output
 
 
@@ -42,9 +42,9 @@ def shard_files(root) -> dict[str, bytes]:
 
 def run_new_shards(built, config, record) -> None:
     """What the driver's pool does for the shards not yet committed (the real ShardWorker, no Ray)."""
-    from pipeline.fake_generator import FakeGenerator
+    from pipeline.models.fake_generator import FakeGenerator
     from pipeline.scoring.rules import FilterRules
-    from pipeline.worker import ShardWorker
+    from pipeline.worker.shard_worker import ShardWorker
 
     scorer = KnownScorer()
     rules = FilterRules.parse(list(config.scoring.filters), set(scorer.names))

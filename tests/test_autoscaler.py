@@ -150,7 +150,7 @@ def test_pending_actors_make_the_autoscaler_add_gpu_workers(autoscaling_head, tm
     config = fake_config(**{"generator.fake.latency_s": 0.05})  # 8 shards
     config_file.write_text(yaml.safe_dump(config.to_dict()))
 
-    command = [sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--output", str(output)]
+    command = [sys.executable, "-m", "pipeline.cli.app", "run", str(manifest), "--output", str(output)]
     command += ["--config", str(config_file), "--actors", str(GPU_WORKERS), "--address", address]
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]

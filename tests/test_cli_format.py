@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from manifests.cli_format import spread_list_options
 from manifests.read import read_manifest
-from pipeline.cli import app
+from pipeline.cli.app import app
 
 
 def invoke(*args):

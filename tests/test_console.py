@@ -18,8 +18,8 @@ from rich.console import Console
 from run_fixtures import build_manifest, fake_config
 
 from manifests.cli_format import PIPED_WIDTH, make_console
-from pipeline.driver import RunSummary
-from pipeline.progress import RunProgress, summary_table
+from pipeline.run.progress import RunProgress, summary_table
+from pipeline.run.summary import RunSummary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_a_cluster_that_wants_a_token_gets_one_line_with_the_hint():
 
 
 def _run_cli(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipeline.cli", "run", *args]
+    command = [sys.executable, "-m", "pipeline.cli.app", "run", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "", "TERM": "xterm-256color"}
     env.pop("RAY_AUTH_MODE", None)  # Ray's notice about token authentication must not reach the console
     process = subprocess.Popen(

@@ -13,10 +13,10 @@ import pytest
 from output_fixtures import KnownScorer, build_output, prompt_number, style_key
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.dedup import Dedup, dedup_output
+from pipeline.cli.app import app
+from pipeline.dataset.dedup import Dedup, dedup_output
+from pipeline.dataset.select import SelectError
 from pipeline.scoring.duplicates import MARGIN, duplicate_groups
-from pipeline.select import SelectError
 
 # --- the independent computation --------------------------------------------------------------------
 

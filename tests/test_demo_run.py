@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.demo import DEMO_SHARD_SIZE, demo
+from pipeline.cli.demo import DEMO_SHARD_SIZE, demo
 
 pytestmark = pytest.mark.slow
 

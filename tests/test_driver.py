@@ -11,7 +11,7 @@ import webdataset as wds
 from run_fixtures import build_manifest, fake_config, local_ray, shard_rows
 
 from manifests.read import read_manifest
-from pipeline.driver import RunRefused, run_job
+from pipeline.run.driver import RunRefused, run_job
 from pipeline.run_config import RunConfig
 
 
@@ -114,7 +114,7 @@ def test_restart_refuses_to_delete_a_folder_that_is_not_a_stylegen_output(tmp_pa
 def test_cli_reports_config_errors_with_the_file_and_key(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.app import app
 
     manifest = build_manifest(tmp_path, rows=4)
     config = tmp_path / "run.yaml"
@@ -180,7 +180,7 @@ def test_finalize_removes_unfinished_attempts_and_old_orphans_but_not_a_live_wri
     import os
     import time
 
-    from pipeline.driver import finalize
+    from pipeline.run.driver import finalize
     from pipeline.storage import open_store
 
     store = open_store(tmp_path / "out")

@@ -18,7 +18,7 @@ import yaml
 from run_fixtures import build_manifest, fake_config, local_ray, planned_uids, shard_rows
 
 from manifests.read import read_manifest
-from pipeline.driver import run_job
+from pipeline.run.driver import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ def test_sigkill_of_the_driver_then_rerun_gives_identical_tars(ray_cluster, tmp_
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(config.to_dict()))
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--output", str(output)]
+    command = [sys.executable, "-m", "pipeline.cli.app", "run", str(manifest), "--output", str(output)]
     command += ["--config", str(config_file), "--actors", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
     driver = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)  # its own process group

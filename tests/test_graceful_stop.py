@@ -58,7 +58,7 @@ def test_sigterm_drains_and_exits_143_then_a_rerun_finishes_byte_identical(tmp_p
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(config.to_dict()))
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--output", str(output)]
+    command = [sys.executable, "-m", "pipeline.cli.app", "run", str(manifest), "--output", str(output)]
     command += ["--config", str(config_file), "--actors", "2"]
 
     # 1. SIGTERM after the first commit: drains, one line, exit 143, the log says why
@@ -89,7 +89,7 @@ def test_sigterm_drains_and_exits_143_then_a_rerun_finishes_byte_identical(tmp_p
 
 SECOND_SIGNAL_SCRIPT = """
 import sys, time
-from pipeline.stop import StopSignals
+from pipeline.run.stop import StopSignals
 with StopSignals() as stop:
     stop.interruptible = False  # like the scheduler: the first signal only asks
     print("ready", flush=True)

@@ -148,7 +148,7 @@ def test_rayjob_names_only_real_fields():
 
 
 def test_rayjob_mounts_a_defined_run_config_and_scales_gpu_workers_from_zero():
-    from pipeline.preflight import check_config
+    from pipeline.run.preflight import check_config
     from pipeline.run_config import RunConfig
 
     documents = rayjob_documents()
@@ -243,7 +243,7 @@ def test_dockerfile_installs_from_the_pinned_lock_like_the_makefile():
 
 
 def test_production_run_config_loads_and_passes_the_drivers_checks():
-    from pipeline.preflight import check_config
+    from pipeline.run.preflight import check_config
     from pipeline.run_config import RunConfig
 
     config = RunConfig.load(INFRA / "run-config.yaml")

@@ -11,14 +11,14 @@ from typer.testing import CliRunner
 
 from manifests.plan import read_plan_info, read_shard
 from manifests.read import read_manifest
-from pipeline.cli import app
+from pipeline.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from pipeline.tiny_tokenizer import save_tiny_clip_tokenizer
+    from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
 
     directory = tmp_path_factory.mktemp("tokenizer")
     save_tiny_clip_tokenizer(directory)
@@ -100,7 +100,7 @@ def test_plan_refuses_duplicates_unless_dedupe(tmp_path):
 def test_manifest_cli_and_demo_modules_import_light():
     """`stylegen --help` must stay fast: no torch, transformers, ray or pyarrow at import time."""
     code = (
-        "import json, sys; import manifests.cli, pipeline.demo; "
+        "import json, sys; import manifests.cli, pipeline.cli.demo; "
         "print(json.dumps([m for m in ('torch', 'transformers', 'ray', 'pyarrow') if m in sys.modules]))"
     )
     output = subprocess.run(
@@ -117,7 +117,7 @@ def test_build_cli_as_a_subprocess(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "pipeline.cli.app",
         "manifest",
         "build",
         *styles,

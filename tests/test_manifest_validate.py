@@ -6,7 +6,7 @@ from manifests.read import read_manifest
 from manifests.schema import ManifestError
 from manifests.tokens import default_tokenizer_dir, load_clip_tokenizer
 from manifests.validate import validate_manifest, validate_table
-from pipeline.tiny_tokenizer import save_tiny_clip_tokenizer
+from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
 
 pytest_plugins = ["s3_fixtures"]
 

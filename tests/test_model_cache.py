@@ -16,10 +16,10 @@ from cache_actor import copy_like_an_actor, count_gets
 from test_presets import assert_identical_outputs
 from test_rbmod_soc import pattern_image
 
-from pipeline.model_cache import ModelCacheError, local_copy
-from pipeline.model_stage import StageError, hub_patterns, resolve_sources, stage
-from pipeline.models import PresetError, load_preset
-from pipeline.preflight import check_staged_models
+from pipeline.models.cache import ModelCacheError, local_copy
+from pipeline.models.presets import PresetError, load_preset
+from pipeline.models.stage import StageError, hub_patterns, resolve_sources, stage
+from pipeline.run.preflight import check_staged_models
 from pipeline.run_config import ConfigError, RunConfig
 
 pytest_plugins = ["rbmod_fixtures", "s3_fixtures"]
@@ -59,9 +59,9 @@ def test_stage_command_prints_a_config_whose_models_load_and_generate_like_the_l
 ):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.app import app
     from pipeline.rbmod.generate import GenerationRequest, RBModGenerator, StyleRef
-    from pipeline.worker import build_parts
+    from pipeline.worker.shard_worker import build_parts
 
     command = ["models", "stage", "--preset", "tiny", "--to", s3_bucket.uri("models/")]
     command += ["--scorers", "clip", "dino", "aesthetic", "nsfw"]
@@ -294,7 +294,7 @@ def test_a_ray_run_with_staged_weights_writes_the_images_of_a_local_run(s3_bucke
 
     from run_fixtures import build_manifest, local_ray, reference_tars, tar_members
 
-    from pipeline.driver import run_job
+    from pipeline.run.driver import run_job
 
     sources = resolve_sources("tiny", {}, tiny_cache_dir)
     uris = stage(sources, s3_bucket.uri("models/"), echo=lambda _: None).uris

@@ -17,9 +17,9 @@ from rich.console import Console
 from run_fixtures import build_manifest, fake_config, local_ray
 
 from actors.metrics import METRICS, exported_names
-from pipeline.driver import run_job
-from pipeline.log_upload import PeriodicLogUpload
-from pipeline.progress import close_run_log, open_run_log
+from pipeline.run.driver import run_job
+from pipeline.run.logs import PeriodicLogUpload
+from pipeline.run.progress import close_run_log, open_run_log
 from pipeline.storage import open_store
 
 REPO = Path(__file__).resolve().parents[1]

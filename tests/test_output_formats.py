@@ -10,14 +10,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from run_fixtures import fake_config
 
-from pipeline.driver import ensure_same_run, plan_run
-from pipeline.fake_generator import FakeGenerator
+from pipeline.dataset.select import Selection, select_output
+from pipeline.dataset.status import collect_status
+from pipeline.models.fake_generator import FakeGenerator
 from pipeline.report.data import gather
+from pipeline.run.driver import ensure_same_run, plan_run
 from pipeline.scoring.rules import FilterRules
-from pipeline.select import Selection, select_output
-from pipeline.status import collect_status
 from pipeline.storage.layout import marker_key
-from pipeline.worker import ShardWorker
+from pipeline.worker.shard_worker import ShardWorker
 from tests.output_fixtures import FILTERS, KnownScorer, build_output
 
 
@@ -97,7 +97,7 @@ def test_stylegen_card_writes_the_card_of_a_format_1_output(tmp_path):
     import datasets
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.app import app
 
     built = build_output(tmp_path / "a", rows=12)
     (built.store.root / "README.md").unlink(missing_ok=True)

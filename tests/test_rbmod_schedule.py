@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from pipeline.models import PresetConfig
+from pipeline.models.presets import PresetConfig
 from pipeline.rbmod.guidance import guided_epsilon
 from pipeline.rbmod.schedule import noise_schedule
 from pipeline.rbmod.settings import RBModSettings

@@ -20,7 +20,7 @@ import torch
 import webdataset as wds
 import yaml
 
-from pipeline.dataset_card import feature_yaml, write_dataset_card
+from pipeline.dataset.card import feature_yaml, write_dataset_card
 from tests.output_fixtures import build_output, read_shard_tables
 
 pytest_plugins = ["s3_fixtures"]
@@ -188,7 +188,7 @@ def test_hf_reads_the_shard_parquets_by_path(finished, tmp_path):
 def test_the_card_reads_which_modes_the_plan_has_from_its_footer(finished, tmp_path):
     import pyarrow.parquet as pq
 
-    from pipeline.dataset_card import plan_modes
+    from pipeline.dataset.card import plan_modes
 
     assert plan_modes(pq.ParquetFile(finished.store.root / "plan.parquet")) == {False, True}
     for contents, modes in (

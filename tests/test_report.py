@@ -24,11 +24,11 @@ from output_fixtures import build_output
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.cli.app import app
+from pipeline.dataset.select import Selection, select_output
 from pipeline.report import write_report
 from pipeline.report.charts import throughput_svg
 from pipeline.report.data import throughput
-from pipeline.select import Selection, select_output
 from pipeline.storage import ShardMarker
 
 pytest_plugins = ["s3_fixtures"]

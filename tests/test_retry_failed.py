@@ -13,8 +13,8 @@ import pytest
 from run_fixtures import build_manifest, fake_config, local_ray, make_image, shard_rows
 
 from manifests.read import read_manifest
-from pipeline.driver import RunRefused, run_job
-from pipeline.status import collect_status
+from pipeline.dataset.status import collect_status
+from pipeline.run.driver import RunRefused, run_job
 from pipeline.storage import open_store
 
 pytestmark = pytest.mark.slow

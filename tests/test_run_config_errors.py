@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.preflight import check_config
+from pipeline.run.preflight import check_config
 from pipeline.run_config import ConfigError, ExecutionSection, RunConfig
 
 

@@ -13,13 +13,14 @@ from run_fixtures import build_manifest, fake_config
 from typer.testing import CliRunner
 
 from manifests.schema import ManifestError
-from pipeline.driver import RUN_FORMAT, RunRefused, clear_output, run_job
+from pipeline.output.run_record import RUN_FORMAT
+from pipeline.run.driver import RunRefused, clear_output, run_job
 from pipeline.run_config import ConfigError, RunConfig
 from pipeline.storage import open_store
 
 
 def run_cli(*args: str):
-    from pipeline.cli import app
+    from pipeline.cli.app import app
 
     return CliRunner().invoke(app, ["run", *args])
 

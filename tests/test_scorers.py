@@ -140,11 +140,11 @@ def test_a_third_party_score_is_filtered_stored_reported_and_selectable(plugin, 
     """One shard through the real worker with the plug-in enabled by name in the run config."""
     from test_worker import prepare
 
+    from pipeline.dataset.select import Selection, select_output
     from pipeline.report.data import gather
     from pipeline.run_config import RunConfig
-    from pipeline.select import Selection, select_output
     from pipeline.storage import open_store
-    from pipeline.worker import ShardWorker
+    from pipeline.worker.shard_worker import ShardWorker
 
     manifest = build_manifest(tmp_path, rows=6, composition_every=0)
     config = fake_config(
@@ -159,8 +159,8 @@ def test_a_third_party_score_is_filtered_stored_reported_and_selectable(plugin, 
     )
     assert isinstance(config, RunConfig)
     store, _ = prepare(tmp_path, manifest, config)
-    from pipeline.driver import plan_run
-    from pipeline.preflight import check_config
+    from pipeline.run.driver import plan_run
+    from pipeline.run.preflight import check_config
 
     check_config(config)  # the driver's early check knows the plug-in's scores
     _, record = plan_run(str(manifest), config)

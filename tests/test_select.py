@@ -17,9 +17,9 @@ import pytest
 from output_fixtures import build_output
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.select import SelectError, Selection, select_output
-from pipeline.status import collect_status
+from pipeline.cli.app import app
+from pipeline.dataset.select import SelectError, Selection, select_output
+from pipeline.dataset.status import collect_status
 from pipeline.storage import open_store
 
 pytest_plugins = ["s3_fixtures"]

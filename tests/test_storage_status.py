@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from pipeline.dataset.status import collect_status, status
 from pipeline.shards import ShardRow, write_shard_table, write_tar
-from pipeline.status import collect_status, status
 from pipeline.storage import LocalStore, S3Store, open_store
 
 pytest_plugins = ["s3_fixtures"]
@@ -112,7 +112,7 @@ def test_a_corrupt_run_json_is_named(tmp_path):
 
 
 def test_status_is_registered_on_the_stylegen_cli():
-    from pipeline.cli import app
+    from pipeline.cli.app import app
 
     assert any(command.name == "status" and command.callback is status for command in app.registered_commands)
 

@@ -22,14 +22,14 @@ from run_fixtures import (
 
 from manifests.read import read_manifest
 from manifests.uid import generation_seed
-from pipeline.driver import plan_run, write_plan
-from pipeline.fake_generator import FakeGenerator
-from pipeline.inputs import InputLoader
-from pipeline.requests import GenerationRequest, StyleRef
+from pipeline.models.fake_generator import FakeGenerator
+from pipeline.models.requests import GenerationRequest, StyleRef
+from pipeline.run.driver import plan_run, write_plan
 from pipeline.run_config import RunConfig
 from pipeline.shards.images import encode_image
 from pipeline.storage import open_store
-from pipeline.worker import ShardWorker, commit_failed_shard, read_plan_shard
+from pipeline.worker.inputs import InputLoader
+from pipeline.worker.shard_worker import ShardWorker, commit_failed_shard, read_plan_shard
 
 # The fake generator's model fingerprint: sha256 of its canonical description, 16 hex digits.
 FAKE_MODEL = hashlib.sha256(b'{"generator":"fake","size":16}').hexdigest()[:16]
@@ -392,7 +392,7 @@ def test_a_shard_that_failed_every_attempt_is_committed_with_every_row_failed(tm
 
 @pytest.mark.slow
 def test_the_tiny_rbmod_preset_runs_a_shard_with_full_metadata(tmp_path, tiny_cache_dir, torch_single_thread):
-    from pipeline.models import load_preset
+    from pipeline.models.presets import load_preset
 
     manifest = build_manifest(tmp_path, rows=3, composition_every=3)
     config = RunConfig.model_validate(

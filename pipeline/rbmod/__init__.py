@@ -1,7 +1,7 @@
 """RB-Modulation on Stable Cascade (spec: ../shared/research/rbmod_spec.md).
 
 Modules: `effnet` (EfficientNet encoder), `previewer`, `csd`, `descriptor` (style descriptor for SOC),
-`decode` (Stage B + A), `image_ops` (torch-only preprocessing); the presets live in `pipeline.models`.
+`decode` (Stage B + A), `image_ops` (torch-only preprocessing); the presets live in `pipeline.models.presets`.
 This file stays light (no torch import at module level): it holds only the strict-loading helper.
 """
 

@@ -23,13 +23,13 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from pipeline.models.requests import GenerationRequest, GenerationResult, StyleRef
 from pipeline.rbmod.afa import install_afa
 from pipeline.rbmod.conditioning import ReferenceCache, encode_prompts, mix_styles
 from pipeline.rbmod.decode import decode
 from pipeline.rbmod.settings import RBModSettings
 from pipeline.rbmod.soc import DescriptorTargets
 from pipeline.rbmod.stage_c import StageCConditions, sample_stage_c
-from pipeline.requests import GenerationRequest, GenerationResult, StyleRef
 
 PROMPT_CACHE_SIZE = 128  # (77 x 1280) bf16 each on the real preset: ~25 MB in all
 

@@ -49,7 +49,7 @@ class RBModSettings(BaseModel):
     batch_invariant: bool | None = None
 
     def resolve(self, mode: Mode, config) -> RBModSettings:
-        """Every `None` filled for `mode` from the preset config (`pipeline.models.PresetConfig`)."""
+        """Every `None` filled for `mode` from the preset config (`pipeline.models.presets.PresetConfig`)."""
         steps = self.steps or config.stage_c_steps
         return self.model_copy(
             update=dict(

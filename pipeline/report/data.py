@@ -7,19 +7,20 @@ filter rules (`config.scoring.filters`) and, for a selection output, its `--min`
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.retry import newest_rows
-from pipeline.select import SCORE_PREFIX, read_shard_tables
-from pipeline.storage.layout import RUN_KEY
+from pipeline.columns import SCORE_PREFIX
+from pipeline.output.accounting import planned_counts
+from pipeline.output.run_record import load_run_record
+from pipeline.output.shard_tables import newest_rows, read_shard_tables, with_status
+from pipeline.report.runs import parse_time, read_latest_summary, run_history
 
 STATUSES = ("kept", "rejected", "failed")
 GENERATED = ("kept", "rejected")  # rows with an image (and scores)
@@ -113,8 +114,6 @@ class ReportData:
 def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = None) -> ReportData:
     """Read an output into a ReportData (no images: pipeline.report.gallery loads those).
     `latest_run`: the newest run's summary, when the caller has it (else summary.json)."""
-    from pipeline.report.runs import read_latest_summary, run_history
-    from pipeline.status import planned_counts
     from pipeline.storage.layout import rejected_key
 
     run = read_run(store)
@@ -154,25 +153,12 @@ def _report_column(name: str) -> bool:
 
 
 def read_run(store) -> dict[str, Any]:
-    from pipeline.storage import ObjectNotFound
-
-    try:
-        run = json.loads(store.get_bytes(RUN_KEY))
-    except ObjectNotFound:
-        return {}
-    except ValueError as error:
-        raise ValueError(f"{store.url(RUN_KEY)} is not valid JSON: {error}") from None
-    return run if isinstance(run, dict) else {}
+    """run.json, or {} for an output without one."""
+    return load_run_record(store) or {}
 
 
 def _column(rows: pa.Table, name: str) -> list:
     return rows.column(name).to_pylist() if name in rows.column_names else [None] * rows.num_rows
-
-
-def with_status(rows: pa.Table, status: str) -> pa.Table:
-    if "status" not in rows.column_names:
-        return rows.slice(0, 0)
-    return rows.filter(pc.equal(rows.column("status"), status))
 
 
 def rule_of(rule: str | None, reason: str | None) -> str:
@@ -372,13 +358,3 @@ def throughput(markers: dict, run: dict[str, Any]) -> Throughput:
         buckets[int((when - origin).total_seconds() // 60)] += images
     minutes = [(origin + timedelta(minutes=m), buckets.get(m, 0)) for m in range(max(buckets) + 1)]
     return Throughput(minutes, total, started, finished)
-
-
-def parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

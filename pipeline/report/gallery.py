@@ -21,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.report.data import STATUSES, ReportData, rule_counts, rule_of, with_status
+from pipeline.dataset.select import SCORE_PREFIX, read_tar_samples
+from pipeline.output.shard_tables import with_status
+from pipeline.report.data import STATUSES, ReportData, rule_counts, rule_of
 from pipeline.report.data import extremes as extremes_of
-from pipeline.select import SCORE_PREFIX, read_tar_samples
 
 IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 
@@ -218,7 +219,7 @@ def _read(store, key: str, uids: list[str]) -> dict[str, bytes]:
 
 def _load_uri(uri: str, size: int) -> tuple[str | None, str | None]:
     """(data: URI, None) for a style/content image, or (None, why not)."""
-    from pipeline.inputs import read_bytes
+    from pipeline.worker.inputs import read_bytes
 
     try:
         return thumbnail(read_bytes(uri), size), None

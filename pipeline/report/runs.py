@@ -92,8 +92,6 @@ def run_history(store, markers: dict, latest: dict[str, Any] | None) -> list[Run
 
 def attribute_commits(runs: list[RunStats], markers: dict) -> None:
     """Give each commit marker to the last run started at or before it (the first run takes any older)."""
-    from pipeline.report.data import parse_time
-
     for marker in markers.values():
         when = parse_time(marker.committed_at)
         if when is None:
@@ -118,3 +116,13 @@ def _pool_size(store, key: str) -> tuple[int | None, float | None]:
         return None, None
     found = _POOL_LINE.search(head)
     return (int(found.group(1)), float(found.group(2))) if found else (None, None)
+
+
+def parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

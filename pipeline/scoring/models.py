@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.models.tiny_tokenizer import vocabulary_key
 from pipeline.scoring.registry import DEFAULT_SCORERS
-from pipeline.tiny_tokenizer import vocabulary_key
 
 if TYPE_CHECKING:
     import torch
@@ -121,7 +121,7 @@ def _write_tiny_models(folder: Path) -> None:
         Dinov2Model,
     )
 
-    from pipeline.tiny_tokenizer import save_tiny_clip_tokenizer
+    from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
 
     tokenizer = save_tiny_clip_tokenizer(folder / "clip")
     text_config = CLIPTextConfig(

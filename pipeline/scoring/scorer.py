@@ -281,7 +281,7 @@ class ScoringBatch:
 
 
 def csd_from_preset(models: Any) -> torch.nn.Module | None:
-    """The CSD module inside a loaded generation preset (`pipeline.models.Models`), to share with the
+    """The CSD module inside a loaded generation preset (`pipeline.models.presets.Models`), to share with the
     scorer; None when the preset has no CSD weights (SOC then uses the CLIP fallback descriptor)."""
     descriptor = getattr(models, "descriptor", None)
     return descriptor.encoder if getattr(descriptor, "kind", None) == "csd" else None

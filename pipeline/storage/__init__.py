@@ -9,12 +9,12 @@ atomic, zombie-safe shard commit (see pipeline.storage.commit for the protocol).
     store.finalize(); store.remove_orphans(); store.abort_stale_multipart_uploads()
 """
 
-from pipeline.storage.base import Store
 from pipeline.storage.commit import CommitResult, FileEntry, ShardMarker
 from pipeline.storage.factory import open_store
 from pipeline.storage.local import LocalStore
 from pipeline.storage.objects import LocalFile, ObjectInfo, ObjectNotFound, ShardIntegrityError, StorageError
 from pipeline.storage.s3 import S3Config, S3Store
+from pipeline.storage.store import Store
 
 __all__ = [
     "CommitResult",

@@ -1,6 +1,7 @@
-"""The Store interface: a handful of object operations, plus the shard commit protocol built on them.
+"""ObjectStore: the handful of object operations every backend implements.
 
-Two implementations: LocalStore (a folder) and S3Store (boto3). Keys are relative '/'-paths under the
+Two implementations: LocalStore (a folder) and S3Store (boto3), both Stores (pipeline.storage.store:
+these operations plus the shard commit protocol built on them). Keys are relative '/'-paths under the
 store root (see pipeline.storage.layout); a key can never leave the root.
 """
 
@@ -8,13 +9,12 @@ from __future__ import annotations
 
 import mimetypes
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from pipeline.storage import commit
-from pipeline.storage.objects import LocalFile, ObjectInfo
+from pipeline.storage.objects import ObjectInfo
 
 Progress = Callable[[int], None]  # called with the number of bytes sent since the last call
 
@@ -26,7 +26,7 @@ def content_type_for(key: str) -> str:
     return _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
-class Store(ABC):
+class ObjectStore(ABC):
     """Where an output lives. All keys are validated with layout.validate_key."""
 
     uri: str  # the root: a folder path or s3://bucket/prefix
@@ -86,42 +86,3 @@ class Store(ABC):
     def abort_stale_multipart_uploads(self, older_than: timedelta = timedelta(hours=1)) -> int:
         """Clean up incomplete uploads left by killed writers (S3: multipart uploads; local: temp files)
         started more than `older_than` ago. Returns how many were removed."""
-
-    # --- the shard commit protocol (pipeline.storage.commit) -------------------------------------
-
-    def commit_shard(
-        self,
-        shard_id: int,
-        *,
-        tar: Path | LocalFile,
-        table: Path | LocalFile,
-        rejected: Path | LocalFile | None = None,
-        summary: Mapping[str, Any],
-        attempt_id: str | None = None,
-        progress: Progress | None = None,
-        legacy_layout: bool = False,
-    ) -> commit.CommitResult:
-        """Upload a shard's finished local files and commit them atomically (see pipeline.storage.commit)."""
-        return commit.commit_shard(
-            self,
-            shard_id,
-            tar=tar,
-            table=table,
-            rejected=rejected,
-            summary=summary,
-            attempt_id=attempt_id,
-            progress=progress,
-            legacy_layout=legacy_layout,
-        )
-
-    def read_marker(self, shard_id: int) -> commit.ShardMarker | None:
-        return commit.read_marker(self, shard_id)
-
-    def committed_shards(self) -> dict[int, commit.ShardMarker]:
-        return commit.committed_shards(self)
-
-    def finalize(self) -> list[int]:
-        return commit.finalize(self)
-
-    def remove_orphans(self, older_than: timedelta = timedelta(hours=1)) -> list[str]:
-        return commit.remove_orphans(self, older_than)

@@ -52,7 +52,7 @@ from pipeline.storage.layout import (
 from pipeline.storage.objects import LocalFile, ObjectInfo, ObjectNotFound, ShardIntegrityError, StorageError
 
 if TYPE_CHECKING:
-    from pipeline.storage.base import Progress, Store
+    from pipeline.storage.base import ObjectStore, Progress
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class CommitResult:
 
 
 def commit_shard(
-    store: Store,
+    store: ObjectStore,
     shard_id: int,
     *,
     tar: Path | LocalFile,
@@ -177,7 +177,7 @@ def commit_shard(
     return CommitResult(shard_id, attempt_id, False, winner)
 
 
-def finalize_shard(store: Store, marker: ShardMarker, uploads: Iterable[str] | None = None) -> None:
+def finalize_shard(store: ObjectStore, marker: ShardMarker, uploads: Iterable[str] | None = None) -> None:
     """Make sure every file the marker names is under its final name, then drop the attempt's keys.
 
     `uploads` are the keys present under the marker's attempt prefix (listed when not given)."""
@@ -204,7 +204,7 @@ def _matches(info: ObjectInfo | None, entry: FileEntry) -> bool:
     return info is not None and info.size == entry.size and info.sha256 in (None, entry.sha256)
 
 
-def _delete_quietly(store: Store, keys: list[str]) -> None:
+def _delete_quietly(store: ObjectStore, keys: list[str]) -> None:
     """Best-effort cleanup on a path that is already failing or lost; remove_orphans catches the rest."""
     try:
         store.delete(keys)
@@ -212,7 +212,7 @@ def _delete_quietly(store: Store, keys: list[str]) -> None:
         log.warning("could not delete attempt objects %s: %s", keys, error)
 
 
-def read_marker(store: Store, shard_id: int) -> ShardMarker | None:
+def read_marker(store: ObjectStore, shard_id: int) -> ShardMarker | None:
     key = marker_key(shard_id)
     try:
         data = store.get_bytes(key)
@@ -221,7 +221,7 @@ def read_marker(store: Store, shard_id: int) -> ShardMarker | None:
     return ShardMarker.from_bytes(data, store.url(key))
 
 
-def committed_shards(store: Store) -> dict[int, ShardMarker]:
+def committed_shards(store: ObjectStore) -> dict[int, ShardMarker]:
     """Every committed shard: one LIST of `_SUCCESS/`, then the markers read in parallel."""
     keys = [info.key for info in store.list(MARKER_PREFIX) if shard_id_of(info.key) is not None]
 
@@ -243,7 +243,7 @@ def committed_shards(store: Store) -> dict[int, ShardMarker]:
     return found
 
 
-def finalize(store: Store) -> list[int]:
+def finalize(store: ObjectStore) -> list[int]:
     """Complete every committed shard whose final names are missing (a crash between marker and
     publish) and drop the winners' leftover attempt keys. Returns the shard ids it had to complete.
     Uses listings, so a finished output costs a few LISTs and no per-shard requests."""
@@ -265,7 +265,7 @@ def finalize(store: Store) -> list[int]:
     return completed
 
 
-def remove_orphans(store: Store, older_than: timedelta = timedelta(hours=1)) -> list[str]:
+def remove_orphans(store: ObjectStore, older_than: timedelta = timedelta(hours=1)) -> list[str]:
     """Delete, among objects older than `older_than`:
     - attempt objects of attempts no marker names (lost, crashed or killed attempts);
     - final-name objects (shards/, metadata/, rejected/) that no marker accounts for.

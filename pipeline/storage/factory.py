@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pipeline.storage.base import Store
 from pipeline.storage.local import LocalStore
 from pipeline.storage.s3 import S3Config, S3Store
+from pipeline.storage.store import Store
 
 
 def open_store(uri: str | Path, **options: Any) -> Store:

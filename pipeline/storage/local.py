@@ -13,9 +13,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.storage.base import Progress, Store
+from pipeline.storage.base import Progress
 from pipeline.storage.layout import validate_key, validate_prefix
 from pipeline.storage.objects import ObjectInfo, ObjectNotFound, ShardIntegrityError, StorageError
+from pipeline.storage.store import Store
 
 _CHUNK = 8 * 1024 * 1024
 _TEMP_MARK = ".tmp-"  # temp files are named .<name>.tmp-<uuid>; keys may not start with '.'

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.storage.base import Progress, Store, content_type_for
+from pipeline.storage.base import Progress, content_type_for
 from pipeline.storage.layout import validate_key, validate_prefix
 from pipeline.storage.objects import (
     LocalFile,
@@ -34,6 +34,7 @@ from pipeline.storage.objects import (
     ShardIntegrityError,
     StorageError,
 )
+from pipeline.storage.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Kept free of torch and diffusers so that code which only builds or reads requests (the worker, the fake
 generator used by tests and benchmarks) stays cheap to import. `pipeline.rbmod.generate.RBModGenerator`
-and `pipeline.fake_generator.FakeGenerator` both take these."""
+and `pipeline.models.fake_generator.FakeGenerator` both take these."""
 
 from __future__ import annotations
 

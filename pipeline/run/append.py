@@ -31,40 +31,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.plan import METADATA_KEY, ROW_GROUP_TARGET_ROWS
-from pipeline.storage.layout import PLAN_KEY, RUN_KEY
+from pipeline.output.run_record import generations, shard_sizes, store_run_record
+from pipeline.storage.layout import PLAN_KEY
 
 SHOWN = 5  # rows named in a refusal
 
 
 class AppendRefused(RuntimeError):
     """The new manifest drops or changes rows of the run; the message names them."""
-
-
-def generations(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The run's generations, oldest first (one, the whole plan, for a run never appended)."""
-    if record.get("generations"):
-        return record["generations"]
-    plan = record["plan"]
-    return [
-        {
-            "manifest": record["manifest"],
-            "plan_fingerprint": plan["fingerprint"],
-            "first_shard": 0,
-            "shards": plan["shards"],
-            "rows": record["manifest"]["rows"] - plan.get("dropped_rows", 0),
-            "shard_size": plan["shard_size"],
-        }
-    ]
-
-
-def shard_sizes(record: dict[str, Any]) -> dict[int, int]:
-    """shard id -> planned rows, over every generation of the run."""
-    sizes = {}
-    for generation in generations(record):
-        full, rest = divmod(generation["rows"], generation["shard_size"])
-        counts = [generation["shard_size"]] * full + ([rest] if rest else [])
-        sizes.update({generation["first_shard"] + index: rows for index, rows in enumerate(counts)})
-    return sizes
 
 
 def append_run(store, prior: dict[str, Any], plan, record: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +104,7 @@ def add_generation(
         "generations": len(history),
     }
     write_plan(store, old, new, schema, info, shard_size)
-    store.put_bytes(RUN_KEY, (json.dumps(updated, indent=2, sort_keys=True) + "\n").encode())
+    store_run_record(store, updated)
     return updated
 
 

@@ -67,7 +67,7 @@ def _check_scoring(config: RunConfig) -> None:
 
 def _check_model_paths(paths: dict[str, str]) -> None:
     """Local model folders (and the CSD file) must exist here; hub ids are resolved by the actors."""
-    from pipeline.models import is_local_source
+    from pipeline.models.presets import is_local_source
 
     for key in ("prior", "decoder", "csd"):
         source = paths.get(key)
@@ -83,7 +83,7 @@ def check_staged_models(config: RunConfig) -> None:
     wrong URI is one error here instead of one per actor."""
     if config.generator.kind != "rbmod":
         return
-    from pipeline.model_cache import ModelCacheError, is_s3_uri, staged_objects
+    from pipeline.models.cache import ModelCacheError, is_s3_uri, staged_objects
 
     sources = {f"model_paths.{key}": value for key, value in config.model_paths.items()}
     if config.scoring.enabled:

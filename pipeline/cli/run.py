@@ -1,4 +1,4 @@
-"""`stylegen run MANIFEST --output URI [...]`: the distributed run (pipeline.driver.run_job).
+"""`stylegen run MANIFEST --output URI [...]`: the distributed run (pipeline.run.driver.run_job).
 
 Only typer is imported here; torch, Ray and the models load inside the command, so `--help` stays fast.
 """
@@ -55,9 +55,9 @@ def run(
     from rich.markup import escape
 
     from manifests.cli_format import make_console
-    from pipeline.driver import RunRefused, run_job
+    from pipeline.run.driver import RunRefused, run_job
+    from pipeline.run.stop import RunStopped
     from pipeline.run_config import ConfigError, RunConfig
-    from pipeline.stop import RunStopped
 
     console = make_console(stderr=True)
     overrides = {}

@@ -11,20 +11,19 @@
 4. finalize: remove orphaned attempt objects, write `summary.json`, print the summary table.
 The log of each run goes to `logs/run-<UTC timestamp>.log` under the output (for s3:// every
 `execution.log_upload_s` during the run, and at its end). SIGTERM/SIGINT stop it gracefully
-(pipeline/stop.py): no new shards, commits in progress drain, the log is uploaded, RunStopped is raised.
+(pipeline/run/stop.py): no new shards, commits in progress drain, the log is uploaded, RunStopped is raised.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -32,70 +31,36 @@ from typing import Any
 from rich.console import Console
 
 from manifests.cli_format import make_console
-from pipeline.log_upload import PeriodicLogUpload
-from pipeline.preflight import check_caption, check_config, check_staged_models
-from pipeline.progress import RunProgress, close_run_log, open_run_log, summary_table
+from pipeline.json_format import pretty_json
+from pipeline.output.accounting import sample_counts
+from pipeline.output.run_record import (
+    READABLE_FORMATS,
+    RUN_FORMAT,
+    RunRecordError,
+    generations,
+    is_run_record,
+    load_run_record,
+    retry_shards,
+    shard_sizes,
+    store_run_record,
+)
+from pipeline.output.shard_tables import failed_uids
+from pipeline.run.logs import PeriodicLogUpload
+from pipeline.run.preflight import check_caption, check_config, check_staged_models
+from pipeline.run.progress import RunProgress, close_run_log, open_run_log, summary_table
+from pipeline.run.stop import RunStopped, StopSignals
+from pipeline.run.summary import PoolStats, RunSummary
 from pipeline.run_config import RunConfig, changed_keys, config_fingerprint
-from pipeline.stop import RunStopped, StopSignals
 from pipeline.storage.layout import CARD_KEY, PLAN_KEY, REPORT_KEY, RUN_KEY, SUMMARY_KEY
 from pipeline.storage.layout import log_key as run_log_key
-from pipeline.worker import commit_failed_shard, package_versions
+from pipeline.worker.shard_worker import commit_failed_shard, package_versions
 
 log = logging.getLogger("stylegen.driver")
-
-RUN_FORMAT = "stylegen-run/2"  # 2: shard parquets under metadata/, models in run.json, captions
-READABLE_FORMATS = (RUN_FORMAT, "stylegen-run/1")  # a format-1 output resumes in its own layout
 
 
 class RunRefused(RuntimeError):
     """The output holds a different run (changed manifest or config), or --restart would delete
     something that is not a stylegen output."""
-
-
-@dataclass
-class RunSummary:
-    output: str
-    shards_planned: int
-    shards_resumed: int  # committed before this run started
-    shards_committed: int  # committed by this run (including failed-shard records)
-    shards_failed: int  # shards recorded with every row failed, over the whole output
-    rows: int
-    kept: int
-    rejected: int
-    failed: int
-    images_this_run: int
-    elapsed_s: float
-    images_per_s: float
-    actors: int  # the pool's target size (actors requested)
-    config_fingerprint: str
-    plan_fingerprint: str
-    gpus_per_actor: float = 1.0
-    log_uri: str | None = None
-    report_uri: str | None = None
-    card_uri: str | None = None
-    failed_shard_errors: dict[int, list[str]] = field(default_factory=dict)
-    actors_peak: int = 0  # most actors ready at once
-    actors_final: int = 0  # actors ready when the last shard finished
-    # [seconds since the run started, actors ready, actors pending] at every change
-    actor_timeline: list[tuple[float, int, int]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class PoolStats:
-    """What the actor pool did: its target size and the ready/pending counts over time."""
-
-    target: int = 0
-    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (monotonic s, ready, pending)
-    stopped: bool = False  # a stop signal ended the scheduling (after draining)
-
-    def peak(self) -> int:
-        return max((ready for _, ready, _ in self.timeline), default=0)
-
-    def final(self) -> int:
-        return self.timeline[-1][1] if self.timeline else 0
 
 
 @dataclass(frozen=True)
@@ -129,10 +94,10 @@ def run_job(
     fractional; address: an existing Ray cluster (else RAY_ADDRESS, else a local instance; an already
     initialized Ray is reused and left running); restart: delete the output's objects first;
     append: `manifest` holds every row of the output's run and more: plan the new rows into new shards
-    after the existing ones (pipeline.append); retry_failed: regenerate the failed rows of the finished
-    run into new shards after its own (pipeline.retry); live: draw the progress bar (default: when the
+    after the existing ones (pipeline.run.append); retry_failed: regenerate the failed rows of the finished
+    run into new shards after its own (pipeline.run.retry); live: draw the progress bar (default: when the
     console is a terminal; else key=value lines). Raises RunStopped after SIGTERM/SIGINT (graceful: see
-    pipeline/stop.py)."""
+    pipeline/run/stop.py)."""
     console = console or make_console(stderr=True)
     started = time.monotonic()
     # Everything that can refuse the run happens before anything is written or Ray starts.
@@ -181,7 +146,7 @@ def _run_logged(
     if retry_failed:
         prior = prepare_retry(store, prior)
     if prior is None:  # run.json first: from then on the output is provably ours
-        store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        store_run_record(store, record)
     if prior is None or not store.exists(PLAN_KEY):  # also after a crash between the two
         write_plan(store, plan)
     log_key = run_log_key(datetime.now(timezone.utc))
@@ -218,9 +183,7 @@ def _run_logged(
             return summary
         summary.card_uri = write_card(store)
         summary.report_uri = write_run_report(store, summary)
-        store.put_bytes(
-            SUMMARY_KEY, (json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n").encode()
-        )
+        store.put_bytes(SUMMARY_KEY, pretty_json(summary.to_dict()))
         console.print(summary_table(summary))
         if summary.failed:
             console.print(failed_rows_note(store, summary), markup=False)
@@ -263,7 +226,7 @@ def prepare_output(
             )
         return None
     if append and prior.get("manifest", {}).get("fingerprint") != record["manifest"]["fingerprint"]:
-        from pipeline.append import AppendRefused, append_run
+        from pipeline.run.append import AppendRefused, append_run
 
         ensure_same_run(prior, record, store.uri, same_manifest=False)
         try:
@@ -279,10 +242,9 @@ def prepare_output(
 
 
 def prepare_retry(store, prior: dict[str, Any] | None) -> dict[str, Any]:
-    """--retry-failed: the run record with the failed rows planned into new shards (pipeline.retry);
+    """--retry-failed: the run record with the failed rows planned into new shards (pipeline.run.retry);
     refused unless the output holds a finished run."""
-    from pipeline.append import shard_sizes
-    from pipeline.retry import failed_uids, plan_retry
+    from pipeline.run.retry import plan_retry
 
     if prior is None:
         raise RunRefused(f"--retry-failed: {store.uri} holds no run to retry; run it first")
@@ -309,9 +271,9 @@ def prepare_retry(store, prior: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def write_card(store) -> str | None:
-    """README.md, the Hugging Face dataset card (pipeline.dataset_card), so `datasets.load_dataset(output)`
+    """README.md, the Hugging Face dataset card (pipeline.dataset.card), so `datasets.load_dataset(output)`
     reads the shards with declared types. Like the report, a failure here is a warning."""
-    from pipeline.dataset_card import write_dataset_card
+    from pipeline.dataset.card import write_dataset_card
 
     try:
         return write_dataset_card(store)
@@ -383,9 +345,6 @@ def _run(
     log_path=None,
 ) -> RunSummary:
     """Run the shards `record` (the output's run.json) plans that are not committed yet."""
-    from pipeline.append import shard_sizes
-    from pipeline.retry import retried_rows, retry_shards
-
     sizes = shard_sizes(record)
     log.info("run %s -> %s: %d rows in %d shards", manifest, store.uri, sum(sizes.values()), len(sizes))
     if resuming:
@@ -393,14 +352,14 @@ def _run(
 
     done = store.committed_shards()
     pending = {shard_id: rows for shard_id, rows in sizes.items() if shard_id not in done}
-    kept, rejected, _ = _counts(done.values())
+    before = sample_counts(done)
     progress = RunProgress(
         len(sizes),
         sum(sizes.values()),
         done_shards=len(done),
         done_images=sum(sizes[s] for s in done if s in sizes),
-        kept=kept,
-        rejected=rejected,
+        kept=before.kept,
+        rejected=before.rejected,
         console=console,
         live=live,
         interval_s=config.execution.progress_interval_s,
@@ -434,9 +393,7 @@ def _run(
         )
     finalize(store, unfinished, since_s=time.monotonic() - started)
     final = store.committed_shards()
-    kept, rejected, failed = _counts(final.values())
-    retried = retried_rows(record, final)  # each replaced one failed row: every row counts once
-    failed -= retried
+    counts = sample_counts(final, record)  # every row once: retry shards replace failed rows
     fresh = sum(sizes[s] for s in final if s not in done and s in sizes)
     elapsed = time.monotonic() - started
     return RunSummary(
@@ -444,11 +401,11 @@ def _run(
         shards_planned=len(sizes),
         shards_resumed=len(done),
         shards_committed=len(set(final) - set(done)),
-        shards_failed=sum(1 for marker in final.values() if marker.summary.get("shard_failed")),
+        shards_failed=counts.shards_failed,
         rows=sum(sizes.values()) - sum(sizes[s] for s in retry_shards(record)),
-        kept=kept,
-        rejected=rejected,
-        failed=failed,
+        kept=counts.kept,
+        rejected=counts.rejected,
+        failed=counts.failed,
         images_this_run=fresh,
         elapsed_s=elapsed,
         images_per_s=fresh / elapsed if elapsed > 0 else 0.0,
@@ -474,7 +431,7 @@ def record_models(store, models: dict[str, Any], known: set[str]) -> None:
         return
     record = read_run_record(store) or {}
     record["models"] = {**(record.get("models") or {}), **new}
-    store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    store_run_record(store, record)
     known.update(new)
 
 
@@ -516,23 +473,18 @@ def _more_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in ("ray", "pyarrow", "webdataset")}
 
 
-def read_run_record(store) -> dict[str, Any] | None:
-    if not store.exists(RUN_KEY):
-        return None
-    where = store.url(RUN_KEY)
-    try:
-        record = json.loads(store.get_bytes(RUN_KEY))
-    except ValueError as error:  # also bad UTF-8
-        raise RunRefused(f"{where} is not valid JSON ({error}); {_NOT_RESUMABLE}") from None
-    if not isinstance(record, dict):
-        raise RunRefused(f"{where} holds a JSON {type(record).__name__}, not a run record; {_NOT_RESUMABLE}")
-    return record
-
-
 _NOT_RESUMABLE = (
     "it is not a stylegen run record, so this output can be neither resumed nor deleted by --restart; "
     "choose another --output"
 )
+
+
+def read_run_record(store) -> dict[str, Any] | None:
+    """The output's run.json (None when there is none); RunRefused when it is not a JSON object."""
+    try:
+        return load_run_record(store)
+    except RunRecordError as error:
+        raise RunRefused(f"{error}; {_NOT_RESUMABLE}") from None
 
 
 def ensure_same_run(
@@ -540,8 +492,6 @@ def ensure_same_run(
 ) -> None:
     """Refuse to resume a different run, naming exactly what changed (`same_manifest=False`: all but the
     manifest, for --append, which checks the rows itself)."""
-    from pipeline.append import generations
-
     if prior.get("format") not in READABLE_FORMATS:
         raise RunRefused(
             f"{output} holds a run.json of another kind (format {prior.get('format')!r}, "
@@ -614,21 +564,6 @@ def finalize(store, unfinished: list[tuple[int, str]], since_s: float) -> None:
 def write_plan(store, plan) -> None:
     with tempfile.TemporaryDirectory(prefix="stylegen-plan-") as folder:
         store.put_file(PLAN_KEY, plan.write(folder))
-
-
-def is_run_record(record: Any) -> bool:
-    """Whether `record` is a run.json that `stylegen run` wrote (its format and its fields)."""
-    if not isinstance(record, dict) or record.get("format") not in READABLE_FORMATS:
-        return False
-    manifest, plan = record.get("manifest"), record.get("plan")
-    return (
-        isinstance(manifest, dict)
-        and {"fingerprint", "rows"} <= manifest.keys()
-        and isinstance(plan, dict)
-        and {"fingerprint", "shards"} <= plan.keys()
-        and isinstance(record.get("config"), dict)
-        and isinstance(record.get("config_fingerprint"), str)
-    )
 
 
 def clear_output(store) -> None:
@@ -812,16 +747,6 @@ def pool_target(wanted: int | None, gpus_per_actor: float, cluster_gpus: float, 
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def _counts(markers) -> tuple[int, int, int]:
-    kept = rejected = failed = 0
-    for marker in markers:
-        summary = marker.summary
-        kept += int(summary.get("kept", 0))
-        rejected += int(summary.get("rejected", 0))
-        failed += int(summary.get("failed", 0))
-    return kept, rejected, failed
 
 
 def _is_local(store) -> bool:

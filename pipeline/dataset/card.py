@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.captions import extra_columns
+from pipeline.output.run_record import load_run_record
 from pipeline.storage.layout import (
     CARD_KEY,
     METADATA_PREFIX,
@@ -33,9 +34,11 @@ from pipeline.storage.layout import (
     table_key_of,
     uses_legacy_layout,
 )
+from pipeline.storage.objects import ObjectNotFound
 
 SCORE_PREFIX = "score_"
-# The sample json's own fields and their types (pipeline.worker.ShardFiles.sample_metadata writes them).
+# The sample json's own fields and their types (written by
+# pipeline.worker.shard_worker.ShardFiles.sample_metadata).
 _STRING, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
 SAMPLE_FIELDS = {
     "uid": _STRING,
@@ -185,7 +188,9 @@ def params_type(store, markers: dict, modes: set[bool]) -> pa.DataType:
 def build_card(store) -> str:
     """The card's text for the output in `store` (from run.json, the markers, one shard parquet's schema,
     plan.parquet's schema and committed samples' params)."""
-    run = json.loads(store.get_bytes(RUN_KEY))
+    run = load_run_record(store)
+    if run is None:
+        raise ObjectNotFound(store.url(RUN_KEY))
     markers = store.committed_shards()
     legacy = uses_legacy_layout(run)
     table_schema = pa.schema([])

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.requests import GenerationRequest, GenerationResult
+from pipeline.models.requests import GenerationRequest, GenerationResult
 from pipeline.run_config import FakeGeneratorConfig
 
 

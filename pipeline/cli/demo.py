@@ -36,7 +36,7 @@ class DemoResult:
     report: object  # manifests.validate.ValidationReport
     plan: object  # manifests.plan.Plan
     plan_path: str
-    run: object = None  # pipeline.driver.RunSummary, when the demo ran
+    run: object = None  # pipeline.run.summary.RunSummary, when the demo ran
 
 
 def make_inputs(output: Path):
@@ -117,7 +117,7 @@ def run_demo(manifest: Path, output: Path, actors: int | None = None):
     """The full run: local Ray, tiny preset, every shard generated, scored, filtered and committed."""
     import os
 
-    from pipeline.driver import run_job
+    from pipeline.run.driver import run_job
     from pipeline.run_config import RunConfig
 
     config = RunConfig.load(

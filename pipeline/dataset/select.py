@@ -20,12 +20,11 @@ committed file, so a source that changed since is refused too.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tempfile
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -36,6 +35,11 @@ from typing import Any
 import typer
 
 from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
+from pipeline.errors import OutputError
+from pipeline.json_format import canonical_json
+from pipeline.output.accounting import planned_counts
+from pipeline.output.run_record import RunRecordError, load_run_record, store_run_record
+from pipeline.output.shard_tables import read_shard_tables, with_status
 from pipeline.storage.layout import PLAN_KEY, RUN_KEY
 
 SELECT_FORMAT = "stylegen-select/2"  # /1: the same, shard parquets under shards/
@@ -110,7 +114,7 @@ def select_output(
     source_store, output_store, source_run, markers = open_source(source, output, allow_partial)
     # Only the columns the choice needs; each new shard re-reads its few source parquets in full.
     rows, schema = read_shard_tables(source_store, markers, keep=_selection_column)
-    rows = _with_status(rows, "kept")
+    rows = with_status(rows, "kept")
     column = _score_column(rows, selection, source_store.uri)
     if selection.per and selection.per not in rows.column_names:
         raise SelectError(f"{source_store.uri}: the shard parquets have no {selection.per!r} column")
@@ -141,7 +145,14 @@ def open_source(source: str, output: str, allow_partial: bool):
 
     source_store, output_store = open_store(source), open_store(output)
     _refuse_overlap(source_store.uri, output_store.uri)
-    source_run = _read_json(source_store, RUN_KEY, "the source has no run.json: is it a stylegen output?")
+    try:
+        source_run = load_run_record(source_store)
+    except RunRecordError as error:
+        raise SelectError(str(error)) from None
+    if source_run is None:
+        raise SelectError(
+            f"{source_store.url(RUN_KEY)}: not found; the source has no run.json: is it a stylegen output?"
+        )
     markers = source_store.committed_shards()
     _refuse_unfinished(source_store, markers, allow_partial)
     return source_store, output_store, source_run, markers
@@ -162,7 +173,7 @@ def write_subset(
 ) -> SelectSummary:
     """Write the `chosen` uids of the source's kept `rows` (uid, shard_id) to fresh shards of the output,
     recording `selection` (what chose them) in its run.json; resumes an identical earlier write."""
-    from pipeline.dataset_card import write_dataset_card
+    from pipeline.dataset.card import write_dataset_card
 
     shard_size = shard_size or _source_shard_size(source_run)
     if shard_size < 1:
@@ -211,25 +222,7 @@ def _refuse_overlap(source: str, output: str) -> None:
         raise SelectError(f"the new output {output} and the source {source} must not contain one another")
 
 
-def _read_json(store, key: str, missing: str) -> dict[str, Any]:
-    from pipeline.storage import ObjectNotFound
-
-    try:
-        data = store.get_bytes(key)
-    except ObjectNotFound:
-        raise SelectError(f"{store.url(key)}: not found; {missing}") from None
-    try:
-        value = json.loads(data)
-    except ValueError as error:
-        raise SelectError(f"{store.url(key)} is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise SelectError(f"{store.url(key)} must hold a JSON object, not {type(value).__name__}")
-    return value
-
-
 def _refuse_unfinished(store, markers: dict, allow_partial: bool) -> None:
-    from pipeline.status import planned_counts
-
     planned, _ = planned_counts(store)
     if planned is None:
         raise SelectError(f"{store.uri}: cannot tell how many shards were planned (run.json has no plan)")
@@ -267,43 +260,8 @@ def _source_shard_size(run: dict[str, Any]) -> int:
 # --- reading the source ------------------------------------------------------------------------------
 
 
-def read_shard_tables(store, markers: Mapping[int, Any], *, keep=None, threads: int = 16):
-    """The committed shard parquets (`markers`: shard id -> commit marker) as one table (columns missing
-    from some shards are null there), and the unified schema of all their columns. `keep(name)` limits
-    the columns read. Each parquet's key comes from its marker, so either layout reads the same."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline.storage.layout import table_key_of
-
-    def read(shard_id: int) -> tuple[pa.Table, pa.Schema]:
-        key = table_key_of(shard_id, markers[shard_id].files)
-        try:
-            parquet = pq.ParquetFile(io.BytesIO(store.get_bytes(key)))
-            names = [name for name in parquet.schema_arrow.names if keep is None or keep(name)]
-            return parquet.read(columns=names), parquet.schema_arrow
-        except pa.ArrowException as error:
-            raise SelectError(f"{store.url(key)} is not a readable parquet file: {error}") from None
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = list(pool.map(read, sorted(markers)))
-    if not parts:
-        empty = pa.schema([("uid", pa.string()), ("shard_id", pa.int64()), ("status", pa.string())])
-        return empty.empty_table(), empty
-    table = pa.concat_tables([table for table, _ in parts], promote_options="permissive")
-    return table, pa.unify_schemas([schema for _, schema in parts], promote_options="permissive")
-
-
 def _selection_column(name: str) -> bool:
     return name in ("uid", "shard_id", "status", "style", "prompt") or name.startswith(SCORE_PREFIX)
-
-
-def _with_status(table, status: str):
-    import pyarrow.compute as pc
-
-    if "status" not in table.column_names:
-        return table.slice(0, 0)
-    return table.filter(pc.equal(table.column("status"), status))
 
 
 def read_tar_samples(store, key: str, uids: Iterable[str]) -> dict[str, dict[str, bytes]]:
@@ -345,14 +303,13 @@ def source_fingerprint(run: dict[str, Any], markers: dict) -> str:
             for shard_id, marker in sorted(markers.items())
         },
     }
-    return hashlib.sha256(_canonical(content).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
 
 
 def selection_record(source_store, source_run, markers, selection, shard_size, source_kept, selected):
     """The new output's run.json. `plan.shards` and `manifest.rows` let `stylegen status` read it; the
     manifest fingerprint is the selection's own, so `stylegen run` never mistakes it for its run."""
-    from pipeline.status import planned_counts
-    from pipeline.worker import package_versions
+    from pipeline.worker.shard_worker import package_versions
 
     source = {
         "output": source_store.uri,
@@ -363,7 +320,7 @@ def selection_record(source_store, source_run, markers, selection, shard_size, s
         "shards_planned": planned_counts(source_store)[0],
     }
     identity = {"source": source, "selection": selection, "shard_size": shard_size}
-    fingerprint = hashlib.sha256(_canonical(identity).encode()).hexdigest()
+    fingerprint = hashlib.sha256(canonical_json(identity).encode()).hexdigest()
     count, shards = selected.num_rows, -(-selected.num_rows // shard_size)
     return {
         "format": SELECT_FORMAT,
@@ -384,16 +341,15 @@ def selection_record(source_store, source_run, markers, selection, shard_size, s
 def _start_or_resume(store, record: dict[str, Any]) -> bool:
     """Write run.json into an empty output; accept an output holding this very selection; refuse the rest.
     Returns whether the output is of format 1 (its shard parquets go under shards/)."""
-    from pipeline.storage import ObjectNotFound
     from pipeline.storage.layout import uses_legacy_layout
 
     objects = store.list("")
     if not objects:
-        store.put_bytes(RUN_KEY, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        store_run_record(store, record)
         return False
     try:
-        prior = json.loads(store.get_bytes(RUN_KEY))
-    except (ObjectNotFound, ValueError):
+        prior = load_run_record(store)
+    except RunRecordError:
         prior = None
     if not isinstance(prior, dict) or prior.get("format") not in (SELECT_FORMAT, "stylegen-select/1"):
         raise SelectError(
@@ -404,7 +360,7 @@ def _start_or_resume(store, record: dict[str, Any]) -> bool:
     before = _flatten({name: prior.get(name) for name in identity})
     after = _flatten({name: record[name] for name in identity})
     differences = [
-        f"{key}: {_canonical(before.get(key))} -> {_canonical(after.get(key))}"
+        f"{key}: {canonical_json(before.get(key))} -> {canonical_json(after.get(key))}"
         for key in sorted(before.keys() | after.keys())
         if before.get(key) != after.get(key)
     ]
@@ -557,10 +513,6 @@ def _meta_schema(schema):
     return pa.schema(fields)
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 # --- the command -------------------------------------------------------------------------------------
 
 
@@ -599,7 +551,7 @@ def select(
         summary = select_output(
             output, new_output, selection, shard_size=shard_size, allow_partial=allow_partial, workers=workers
         )
-    except (SelectError, StorageError) as error:
+    except (SelectError, OutputError, StorageError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     table = Table(title=f"stylegen select: {summary.source} -> {summary.output}", show_header=False)

@@ -14,8 +14,8 @@ them to fresh shards, like `stylegen select` (the same writer, run.json record, 
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -25,7 +25,9 @@ import numpy as np
 import typer
 
 from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX
-from pipeline.select import SelectError, SelectSummary
+from pipeline.dataset.select import SelectError, SelectSummary
+from pipeline.errors import OutputError
+from pipeline.output.shard_tables import iter_shard_tables
 
 MEMORY_LIMIT = 1 << 30  # bytes of embeddings kept in RAM; above, a temporary memory-mapped file
 
@@ -71,8 +73,8 @@ def dedup_output(
     memory_limit: int = MEMORY_LIMIT,
 ) -> DedupSummary:
     """Write one sample per near-duplicate group of `source`'s kept samples to `output`."""
+    from pipeline.dataset.select import open_source, write_subset
     from pipeline.scoring.duplicates import duplicate_groups
-    from pipeline.select import open_source, write_subset
 
     source_store, output_store, source_run, markers = open_source(source, output, allow_partial)
     with tempfile.TemporaryDirectory(prefix="stylegen-dedup-") as scratch:
@@ -105,11 +107,8 @@ def dedup_output(
 def read_embeddings(store, markers: dict, dedup: Dedup, scratch: Path, memory_limit: int, threads: int = 8):
     """(kept rows: uid, shard_id, has_vector, partition and prefer columns; (rows, D) float16 vectors;
     the source's unified schema), shard by shard, so only one shard's column is decoded at a time."""
-    import io
-
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from pipeline.storage.layout import table_key_of
 
@@ -117,17 +116,11 @@ def read_embeddings(store, markers: dict, dedup: Dedup, scratch: Path, memory_li
     wanted |= {dedup.within} if dedup.within else set()
     wanted |= {SCORE_PREFIX + dedup.prefer.removeprefix(SCORE_PREFIX)} if dedup.prefer else set()
 
-    def read(shard_id: int):
-        key = table_key_of(shard_id, markers[shard_id].files)  # either layout (pipeline.storage.layout)
-        try:
-            parquet = pq.ParquetFile(io.BytesIO(store.get_bytes(key)))
-            schema = parquet.schema_arrow
-            missing = sorted(wanted - set(schema.names))
-            if missing:
-                raise SelectError(f"{store.url(key)} has no column {missing[0]!r}{_hint(missing[0], schema)}")
-            table = parquet.read(columns=sorted(wanted))
-        except pa.ArrowException as error:
-            raise SelectError(f"{store.url(key)} is not a readable parquet file: {error}") from None
+    def kept(shard_id: int, table, schema):
+        missing = sorted(wanted - set(schema.names))
+        if missing:
+            key = table_key_of(shard_id, markers[shard_id].files)
+            raise SelectError(f"{store.url(key)} has no column {missing[0]!r}{_hint(missing[0], schema)}")
         return table.filter(pc.equal(table.column("status"), "kept")), schema
 
     ids = sorted(markers)
@@ -135,24 +128,22 @@ def read_embeddings(store, markers: dict, dedup: Dedup, scratch: Path, memory_li
     metadata, schemas = [], []
     vectors = None
     filled = 0
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for table, schema in pool.map(read, ids):  # in shard order; a few shards decoded ahead
-            column = table.column(dedup.column)
-            width = _width(column)
-            if vectors is None and width:
-                vectors = _matrix(max(total, table.num_rows), width, scratch, memory_limit)
-            if width and vectors.shape[1] != width:
-                raise SelectError(
-                    f"{dedup.column} has {width} dims in one shard, {vectors.shape[1]} in another"
-                )
-            if vectors is not None and filled + table.num_rows > len(vectors):  # markers undercounted
-                vectors = _grow(vectors, filled + table.num_rows, scratch)
-            if table.num_rows and vectors is not None:
-                vectors[filled : filled + table.num_rows] = _dense(column, vectors.shape[1])
-            filled += table.num_rows
-            valid = pc.invert(pc.is_null(column)) if table.num_rows else pa.array([], pa.bool_())
-            metadata.append(table.drop_columns([dedup.column, "status"]).append_column("has_vector", valid))
-            schemas.append(schema)
+    shards = iter_shard_tables(store, markers, keep=wanted.__contains__, threads=threads)
+    for table, schema in itertools.starmap(kept, shards):  # in shard order, a few read ahead
+        column = table.column(dedup.column)
+        width = _width(column)
+        if vectors is None and width:
+            vectors = _matrix(max(total, table.num_rows), width, scratch, memory_limit)
+        if width and vectors.shape[1] != width:
+            raise SelectError(f"{dedup.column} has {width} dims in one shard, {vectors.shape[1]} in another")
+        if vectors is not None and filled + table.num_rows > len(vectors):  # markers undercounted
+            vectors = _grow(vectors, filled + table.num_rows, scratch)
+        if table.num_rows and vectors is not None:
+            vectors[filled : filled + table.num_rows] = _dense(column, vectors.shape[1])
+        filled += table.num_rows
+        valid = pc.invert(pc.is_null(column)) if table.num_rows else pa.array([], pa.bool_())
+        metadata.append(table.drop_columns([dedup.column, "status"]).append_column("has_vector", valid))
+        schemas.append(schema)
     if not metadata:
         raise SelectError(f"{store.uri} has no committed shards to deduplicate")
     rows = pa.concat_tables(metadata, promote_options="permissive")
@@ -292,7 +283,7 @@ def dedup(
             workers=workers,
             block=block,
         )
-    except (SelectError, StorageError) as error:
+    except (SelectError, OutputError, StorageError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     table = Table(title=f"stylegen dedup: {summary.source} -> {summary.output}", show_header=False)

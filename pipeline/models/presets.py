@@ -10,7 +10,7 @@
   layout, then loaded by the very same loader. For tests and the demo on CPU.
 
 Any source may also be an `s3://bucket/prefix/` folder with the hub layout (or, for CSD, one file), as
-written by `stylegen models stage`: it is copied once per node into the model cache (pipeline.model_cache)
+written by `stylegen models stage`: it is copied once per node into the model cache (pipeline.models.cache)
 and loaded from there; recorded metadata keeps the S3 URI.
 
 Every component is checked for presence before anything heavy loads, so a missing folder or an
@@ -211,8 +211,8 @@ def required_files(config: PresetConfig) -> dict[str, tuple[str, str, str | None
 
 
 def _staged_copies(config: PresetConfig, cache_dir: Path | None, s3_options: dict | None) -> dict[str, str]:
-    """s3:// source -> this node's local copy (downloaded once per node; see pipeline.model_cache)."""
-    from pipeline.model_cache import ModelCacheError, is_s3_uri, local_copy
+    """s3:// source -> this node's local copy (downloaded once per node; see pipeline.models.cache)."""
+    from pipeline.models.cache import ModelCacheError, is_s3_uri, local_copy
 
     copies = {}
     for component in ("prior", "decoder", "csd"):
@@ -478,16 +478,12 @@ def tiny_specs() -> dict:
 def tiny_key() -> str:
     import torch
 
-    from pipeline.tiny_tokenizer import vocabulary_key
+    from pipeline.models.tiny_tokenizer import vocabulary_key
 
     blob = json.dumps(
         {"specs": tiny_specs(), "torch": torch.__version__, "vocabulary": vocabulary_key()}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("STYLEGEN_CACHE") or Path.home() / ".cache" / "stylegen")
 
 
 def tiny_preset_config(root: Path) -> PresetConfig:
@@ -504,6 +500,8 @@ def tiny_preset_config(root: Path) -> PresetConfig:
 def ensure_tiny_cache(cache_dir: Path | None = None) -> Path:
     """The tiny weights folder, built on first use. It is built in a private temp folder and renamed into
     place, so concurrent builders (Ray actors) never see a half-written folder; a loser drops its copy."""
+    from pipeline.models.cache import default_cache_dir
+
     root = Path(cache_dir or default_cache_dir()).expanduser()
     final = root / f"tiny-{tiny_key()}"
     if final.is_dir():
@@ -554,11 +552,11 @@ def build_tiny(root: Path) -> None:
     )
     from transformers.models.clip import CLIPImageProcessorPil
 
+    from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
     from pipeline.rbmod.csd import CSD, vision_config_for
     from pipeline.rbmod.effnet import EfficientNetEncoder, EffNetConfig, save_effnet
     from pipeline.rbmod.image_ops import CLIP_MEAN, CLIP_STD, imagenet_normalize
     from pipeline.rbmod.previewer import Previewer, save_previewer
-    from pipeline.tiny_tokenizer import save_tiny_clip_tokenizer
 
     specs = tiny_specs()
     prior_dir, decoder_dir = root / "stable-cascade-prior", root / "stable-cascade"

@@ -24,7 +24,7 @@ from rich.text import Text
 from manifests.cli_format import make_console
 
 if TYPE_CHECKING:
-    from pipeline.driver import RunSummary
+    from pipeline.run.summary import RunSummary
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

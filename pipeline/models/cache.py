@@ -50,6 +50,11 @@ class ModelCacheError(RuntimeError):
     """A staged model cannot be copied; the message names the S3 object or prefix."""
 
 
+def default_cache_dir() -> Path:
+    """Where models are cached: $STYLEGEN_CACHE, else ~/.cache/stylegen."""
+    return Path(os.environ.get("STYLEGEN_CACHE") or Path.home() / ".cache" / "stylegen")
+
+
 def is_s3_uri(source: Any) -> bool:
     return isinstance(source, str) and source.startswith("s3://")
 
@@ -57,8 +62,6 @@ def is_s3_uri(source: Any) -> bool:
 def local_copy(uri: str, cache_dir: Path | str | None = None, s3_options: dict | None = None) -> Path:
     """This node's verified copy of the staged folder or file `uri`, downloaded first if missing or
     stale. `s3_options` are the run config's `storage` options (endpoint, addressing style, ...)."""
-    from pipeline.models import default_cache_dir  # models imports this module lazily, too
-
     bucket, parent, name, folder_only = _split(uri)
     try:
         store = _parent_store(bucket, parent, s3_options)

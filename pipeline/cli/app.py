@@ -8,14 +8,14 @@ import typer
 
 from manifests.cli import manifest_app
 from manifests.cli_format import StylegenCommand, StylegenGroup
-from pipeline.card_cli import card
-from pipeline.dedup import dedup
-from pipeline.demo import demo_command
-from pipeline.model_stage import models_app
+from pipeline.cli.card import card
+from pipeline.cli.demo import demo_command
+from pipeline.cli.run import run
+from pipeline.dataset.dedup import dedup
+from pipeline.dataset.select import select
+from pipeline.dataset.status import status
+from pipeline.models.stage import models_app
 from pipeline.report.command import report
-from pipeline.run_cli import run
-from pipeline.select import select
-from pipeline.status import status
 
 app = typer.Typer(
     cls=StylegenGroup,

@@ -14,7 +14,6 @@ shard still commits with every planned row in its parquet.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import shutil
@@ -33,15 +32,16 @@ import pyarrow as pa
 from manifests.plan import read_shard
 from manifests.uid import generation_seed
 from pipeline.captions import extra_columns, render_caption
-from pipeline.inputs import InputLoader, RowInputs
-from pipeline.model_info import model_fingerprint, public_model_info
-from pipeline.requests import GenerationRequest, StyleRef
+from pipeline.models.info import model_fingerprint, public_model_info
+from pipeline.models.requests import GenerationRequest, StyleRef
+from pipeline.output.run_record import RunRecordError, load_run_record
 from pipeline.run_config import RunConfig
 from pipeline.shards.images import encode_image
 from pipeline.shards.table import ShardRow, write_shard_table
 from pipeline.shards.tar import ShardSample, write_tar
 from pipeline.storage import open_store
-from pipeline.storage.layout import PLAN_KEY, RUN_KEY, uses_legacy_layout
+from pipeline.storage.layout import PLAN_KEY, uses_legacy_layout
+from pipeline.worker.inputs import InputLoader, RowInputs
 
 log = logging.getLogger("stylegen.worker")
 
@@ -477,11 +477,9 @@ def read_plan_shard(store, shard_id: int):
 
 def output_uses_legacy_layout(store) -> bool:
     """Whether the output's run.json is of format 1 (shard parquets under shards/, not metadata/)."""
-    from pipeline.storage import ObjectNotFound
-
     try:
-        return uses_legacy_layout(json.loads(store.get_bytes(RUN_KEY)))
-    except (ObjectNotFound, ValueError):
+        return uses_legacy_layout(load_run_record(store) or {})
+    except RunRecordError:
         return False
 
 
@@ -573,12 +571,12 @@ def build_parts(config: RunConfig, output: str, *, device: str | None = None) ->
     cache_dir = Path(config.model_cache_dir) if config.model_cache_dir else None
     csd = None
     if config.generator.kind == "fake":
-        from pipeline.fake_generator import FakeGenerator
+        from pipeline.models.fake_generator import FakeGenerator
 
         generator = FakeGenerator(config.generator.fake)
         model_info: dict[str, Any] = {"generator": "fake", "size": config.generator.fake.size}
     else:
-        from pipeline.models import load_preset
+        from pipeline.models.presets import load_preset
         from pipeline.rbmod.generate import RBModGenerator, RBModSettings
         from pipeline.scoring.scorer import csd_from_preset
 
@@ -594,7 +592,7 @@ def build_parts(config: RunConfig, output: str, *, device: str | None = None) ->
         csd = csd_from_preset(models)  # the loaded CSD is shared with the scorer (None: CLIP fallback)
     scorer = rules = None
     if config.scoring.enabled:
-        from pipeline.model_cache import with_local_copies
+        from pipeline.models.cache import with_local_copies
         from pipeline.scoring.models import scoring_preset
         from pipeline.scoring.rules import FilterRules
         from pipeline.scoring.scorer import Scorer

@@ -1,5 +1,5 @@
 """`stylegen models stage`: copy a preset's weights to object storage once, so cluster nodes never call
-the hub (pipeline.model_cache copies them from there, once per node).
+the hub (pipeline.models.cache copies them from there, once per node).
 
 Each component becomes a folder under `--to` with the hub repo's layout, holding only the files the
 loaders read (the bf16 UNets of stable-cascade, safetensors only), or one file for the CSD checkpoint.
@@ -82,7 +82,7 @@ def _from_hub(component: str, repo: str) -> Path:
 
 def _default_sources(preset: str, cache_dir: Path | None, scorers: tuple[str, ...]) -> dict[str, str | Path]:
     """component -> hub id or local path for the preset."""
-    from pipeline.models import DECODER_REPO, PRIOR_REPO, ensure_tiny_cache
+    from pipeline.models.presets import DECODER_REPO, PRIOR_REPO, ensure_tiny_cache
     from pipeline.scoring import models as scoring
 
     if preset == "tiny":
@@ -142,7 +142,7 @@ def resolve_sources(
 
 def _check_layout(preset: str, sources: list[Source]) -> None:
     """The prior and decoder folders hold every file the loader checks for (before anything uploads)."""
-    from pipeline.models import PresetConfig, required_files
+    from pipeline.models.presets import PresetConfig, required_files
 
     by_component = {source.component: source for source in sources}
     config = PresetConfig(

@@ -1,4 +1,4 @@
-"""`stylegen card OUTPUT`: (re)write an output's Hugging Face dataset card, README.md (pipeline.dataset_card).
+"""`stylegen card OUTPUT`: (re)write an output's Hugging Face dataset card, README.md (pipeline.dataset.card).
 
 Every run, selection and dedup writes it at the end; this command is for an output whose card could not
 be written then (a warning), or one made before cards existed (format 1). Only typer is imported here."""
@@ -10,7 +10,7 @@ import typer
 
 def card(output: str = typer.Argument(..., help="The output: a folder or s3://bucket/prefix.")) -> None:
     """Write README.md, the dataset card, so `datasets.load_dataset(OUTPUT)` reads the shards typed."""
-    from pipeline.dataset_card import write_dataset_card
+    from pipeline.dataset.card import write_dataset_card
     from pipeline.storage import ObjectNotFound, StorageError, open_store
 
     try:

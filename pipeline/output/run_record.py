@@ -1,0 +1,94 @@
+"""run.json, the run record: its one reader, its one writer, and the generations it plans.
+
+A run's shards are planned in generations (the first run, then each --append or --retry-failed adds
+shards after the last): `generations` and `shard_sizes` read them from any record, old or new.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.json_format import pretty_json
+from pipeline.storage.layout import RUN_KEY
+from pipeline.storage.objects import ObjectNotFound
+
+RUN_FORMAT = "stylegen-run/2"  # 2: shard parquets under metadata/, models in run.json, captions
+READABLE_FORMATS = (RUN_FORMAT, "stylegen-run/1")  # a format-1 output resumes in its own layout
+
+
+class RunRecordError(ValueError):
+    """run.json exists but is not a JSON object (the message names it and says why)."""
+
+
+def load_run_record(store) -> dict[str, Any] | None:
+    """The output's run.json as a dict, None when there is none; RunRecordError when it is not valid
+    JSON or not a JSON object. Callers that tolerate a damaged record catch RunRecordError themselves."""
+    try:
+        data = store.get_bytes(RUN_KEY)
+    except ObjectNotFound:
+        return None
+    where = store.url(RUN_KEY)
+    try:
+        record = json.loads(data)
+    except ValueError as error:  # also bad UTF-8
+        raise RunRecordError(f"{where} is not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise RunRecordError(f"{where} holds a JSON {type(record).__name__}, not a run record")
+    return record
+
+
+def store_run_record(store, record: dict[str, Any]) -> None:
+    """Write run.json (whole: readers see the old record or the new one)."""
+    store.put_bytes(RUN_KEY, pretty_json(record))
+
+
+def is_run_record(record: Any) -> bool:
+    """Whether `record` is a run.json that `stylegen run` wrote (its format and its fields)."""
+    if not isinstance(record, dict) or record.get("format") not in READABLE_FORMATS:
+        return False
+    manifest, plan = record.get("manifest"), record.get("plan")
+    return (
+        isinstance(manifest, dict)
+        and {"fingerprint", "rows"} <= manifest.keys()
+        and isinstance(plan, dict)
+        and {"fingerprint", "shards"} <= plan.keys()
+        and isinstance(record.get("config"), dict)
+        and isinstance(record.get("config_fingerprint"), str)
+    )
+
+
+def generations(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's generations, oldest first (one, the whole plan, for a run never appended)."""
+    if record.get("generations"):
+        return record["generations"]
+    plan = record["plan"]
+    return [
+        {
+            "manifest": record["manifest"],
+            "plan_fingerprint": plan["fingerprint"],
+            "first_shard": 0,
+            "shards": plan["shards"],
+            "rows": record["manifest"]["rows"] - plan.get("dropped_rows", 0),
+            "shard_size": plan["shard_size"],
+        }
+    ]
+
+
+def shard_sizes(record: dict[str, Any]) -> dict[int, int]:
+    """shard id -> planned rows, over every generation of the run."""
+    sizes = {}
+    for generation in generations(record):
+        full, rest = divmod(generation["rows"], generation["shard_size"])
+        counts = [generation["shard_size"]] * full + ([rest] if rest else [])
+        sizes.update({generation["first_shard"] + index: rows for index, rows in enumerate(counts)})
+    return sizes
+
+
+def retry_shards(record: dict[str, Any]) -> set[int]:
+    """The shard ids of the run's retry generations (--retry-failed)."""
+    found: set[int] = set()
+    for generation in generations(record):
+        if generation.get("retry"):
+            found.update(range(generation["first_shard"], generation["first_shard"] + generation["shards"]))
+    return found

@@ -1,0 +1,52 @@
+"""What a run did: the summary it prints and stores (summary.json), and what its actor pool did."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunSummary:
+    output: str
+    shards_planned: int
+    shards_resumed: int  # committed before this run started
+    shards_committed: int  # committed by this run (including failed-shard records)
+    shards_failed: int  # shards recorded with every row failed, over the whole output
+    rows: int
+    kept: int
+    rejected: int
+    failed: int
+    images_this_run: int
+    elapsed_s: float
+    images_per_s: float
+    actors: int  # the pool's target size (actors requested)
+    config_fingerprint: str
+    plan_fingerprint: str
+    gpus_per_actor: float = 1.0
+    log_uri: str | None = None
+    report_uri: str | None = None
+    card_uri: str | None = None
+    failed_shard_errors: dict[int, list[str]] = field(default_factory=dict)
+    actors_peak: int = 0  # most actors ready at once
+    actors_final: int = 0  # actors ready when the last shard finished
+    # [seconds since the run started, actors ready, actors pending] at every change
+    actor_timeline: list[tuple[float, int, int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PoolStats:
+    """What the actor pool did: its target size and the ready/pending counts over time."""
+
+    target: int = 0
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (monotonic s, ready, pending)
+    stopped: bool = False  # a stop signal ended the scheduling (after draining)
+
+    def peak(self) -> int:
+        return max((ready for _, ready, _ in self.timeline), default=0)
+
+    def final(self) -> int:
+        return self.timeline[-1][1] if self.timeline else 0
