@@ -117,4 +117,4 @@ class GeneratorActor:
         }
 
     def run_shard(self, shard_id: int, attempt_id: str, culprits: dict[str, str] | None = None) -> dict:
-        return self._worker.run_shard(shard_id, attempt_id, culprits).to_dict()
+        return self._worker.run_shard(shard_id, attempt_id, culprits)

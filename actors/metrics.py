@@ -9,7 +9,10 @@ Prometheus service discovery already scrapes. `infra/grafana-dashboard.json` cha
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from pipeline.worker.result import ShardResult
 
 log = logging.getLogger("stylegen.driver")
 
@@ -79,22 +82,22 @@ class RunMetrics:
         if value > 0 and name in self._metrics:  # Ray refuses increments of 0
             self._metrics[name].inc(value, tags=self._tags)
 
-    def shard_committed(self, result: dict) -> None:
-        """A result handed back by a GeneratorActor (ShardResult.to_dict())."""
-        self._inc("stylegen_images_generated", result["kept"] + result["rejected"])
-        self._inc("stylegen_images_kept", result["kept"])
-        self._inc("stylegen_images_rejected", result["rejected"])
-        self._inc("stylegen_images_failed", result["failed"])
+    def shard_committed(self, result: ShardResult) -> None:
+        """A result handed back by a GeneratorActor (pipeline.worker.result.ShardResult)."""
+        self._inc("stylegen_images_generated", result.kept + result.rejected)
+        self._inc("stylegen_images_kept", result.kept)
+        self._inc("stylegen_images_rejected", result.rejected)
+        self._inc("stylegen_images_failed", result.failed)
         self._inc("stylegen_shards_committed", 1)
-        generated = result["kept"] + result["rejected"]
+        generated = result.kept + result.rejected
         if not self._metrics:
             return
-        if generated and result.get("generate_s"):
+        if generated and result.generate_s:
             self._metrics["stylegen_seconds_per_image"].observe(
-                result["generate_s"] / generated, tags=self._tags
+                result.generate_s / generated, tags=self._tags
             )
-        if result.get("commit_s"):
-            self._metrics["stylegen_commit_seconds"].observe(result["commit_s"], tags=self._tags)
+        if result.commit_s:
+            self._metrics["stylegen_commit_seconds"].observe(result.commit_s, tags=self._tags)
 
     def shard_failed(self, rows: int) -> None:
         """A shard that failed every attempt, recorded with all its rows failed."""

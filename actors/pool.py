@@ -42,6 +42,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.faults import CulpritSearch, StorageOutage, is_storage_error
 from actors.generator_actor import GeneratorActor, ProgressActor
+from pipeline.worker.result import ShardResult
 
 log = logging.getLogger("stylegen.pool")
 
@@ -263,7 +264,7 @@ class GeneratorPool:
 
 @dataclass
 class SchedulerHooks:
-    on_committed: Callable[[int, dict], None] = lambda shard_id, result: None
+    on_committed: Callable[[int, ShardResult], None] = lambda shard_id, result: None
     on_failed: Callable[[int, list[str]], None] = lambda shard_id, errors: None
     # images done per shard in flight; called again as soon as a shard leaves the flight, so a shard is
     # never counted both in flight and committed

@@ -88,7 +88,7 @@ def test_an_attempt_that_ray_fails_with_another_error_is_retried_not_fatal_to_th
             ray.cancel(attempts[0].ref)
 
     hooks = SchedulerHooks(
-        on_committed=lambda shard_id, result: committed.append((shard_id, result["attempt_id"])),
+        on_committed=lambda shard_id, result: committed.append((shard_id, result.attempt_id)),
         on_progress=cancel_the_first_attempt_once_it_runs,
         on_event=events.append,
     )

@@ -53,6 +53,7 @@ from pipeline.run.summary import PoolStats, RunSummary
 from pipeline.run_config import RunConfig, changed_keys, config_fingerprint
 from pipeline.storage.layout import CARD_KEY, PLAN_KEY, REPORT_KEY, RUN_KEY, SUMMARY_KEY
 from pipeline.storage.layout import log_key as run_log_key
+from pipeline.worker.result import ShardResult
 from pipeline.worker.shard_worker import commit_failed_shard, package_versions
 
 log = logging.getLogger("stylegen.driver")
@@ -651,22 +652,20 @@ def execute(
             )
         metrics = RunMetrics(store.uri)
 
-        def committed(shard_id: int, result: dict) -> None:
-            record_models(store, result.get("models") or {}, known_models)
-            progress.shard_done(
-                shard_id, result["rows"], result["kept"], result["rejected"], result["failed"]
-            )
+        def committed(shard_id: int, result: ShardResult) -> None:
+            record_models(store, result.models, known_models)
+            progress.shard_done(shard_id, result.rows, result.kept, result.rejected, result.failed)
             metrics.shard_committed(result)
             log.info(
                 "shard %d committed (attempt %s, %s): %d kept, %d rejected, %d failed in %.1f s on node %s",
                 shard_id,
-                result["attempt_id"],
-                "ours" if result["committed"] else "an earlier attempt's",
-                result["kept"],
-                result["rejected"],
-                result["failed"],
-                result["seconds"],
-                str(result.get("node_id"))[:12],
+                result.attempt_id,
+                "ours" if result.committed else "an earlier attempt's",
+                result.kept,
+                result.rejected,
+                result.failed,
+                result.seconds,
+                str(result.node_id)[:12],
             )
 
         def failed(shard_id: int, errors: list[str]) -> None:

@@ -14,6 +14,7 @@ shard still commits with every planned row in its parquet.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import shutil
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from pipeline.shards.tar import ShardSample, write_tar
 from pipeline.storage import open_store
 from pipeline.storage.layout import PLAN_KEY, uses_legacy_layout
 from pipeline.worker.inputs import InputLoader, RowInputs
+from pipeline.worker.result import RowOutcome, ShardResult
 
 log = logging.getLogger("stylegen.worker")
 
@@ -51,44 +53,6 @@ PLACEMENT_COLUMNS = ("node_id", "actor_id")  # the Ray node and actor that wrote
 
 Heartbeat = Callable[[str, int, int], None]  # (attempt_id, shard_id, images done in this shard)
 RowStarted = Callable[[str, int, int, str], None]  # (attempt_id, shard_id, images done, uid): confirmed
-
-
-@dataclass
-class RowOutcome:
-    """What happened to one planned row."""
-
-    row: dict[str, Any]
-    status: str  # kept | rejected | failed
-    caption: str | None = None  # the `.txt` member (pipeline.captions)
-    reason: str | None = None  # failed: the error; rejected: "<rule> (value <v>)"
-    rule: str | None = None
-    rule_value: float | None = None
-    seed: int | None = None
-    image: Any = None  # PIL image for kept/rejected rows
-    params: dict[str, Any] = field(default_factory=dict)
-    scores: dict[str, float | None] = field(default_factory=dict)
-    embeddings: dict[str, Any] = field(default_factory=dict)  # name -> float16 vector (parquet only)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class ShardResult:
-    shard_id: int
-    attempt_id: str
-    committed: bool  # False: another attempt had already committed this shard (ours was discarded)
-    rows: int
-    kept: int
-    rejected: int
-    failed: int
-    seconds: float
-    generate_s: float = 0.0
-    commit_s: float = 0.0
-    models: dict[str, Any] = field(default_factory=dict)  # fingerprint -> public model info (run.json)
-    node_id: str | None = None  # where it ran (see ShardWorker.placement)
-    actor_id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class ShardWorker:
@@ -191,9 +155,7 @@ class ShardWorker:
             job = _UploadJob(shard_id, attempt_id, outcomes, Future())
             self._uploads.put(job)  # blocks while the upload queue is full: backpressure
         result: ShardResult = job.future.result()
-        result.seconds = time.monotonic() - started
-        result.generate_s = generate_s
-        return result
+        return dataclasses.replace(result, seconds=time.monotonic() - started, generate_s=generate_s)
 
     def _read_rows(self, shard_id: int) -> list[dict[str, Any]]:
         rows = read_plan_shard(self.store, shard_id)

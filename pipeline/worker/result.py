@@ -1,0 +1,44 @@
+"""What the worker hands back: one row's outcome, and a shard attempt's result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RowOutcome:
+    """What happened to one planned row."""
+
+    row: dict[str, Any]
+    status: str  # kept | rejected | failed
+    caption: str | None = None  # the `.txt` member (pipeline.captions)
+    reason: str | None = None  # failed: the error; rejected: "<rule> (value <v>)"
+    rule: str | None = None
+    rule_value: float | None = None
+    seed: int | None = None
+    image: Any = None  # PIL image for kept/rejected rows
+    params: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float | None] = field(default_factory=dict)
+    embeddings: dict[str, Any] = field(default_factory=dict)  # name -> float16 vector (parquet only)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a shard attempt did: handed from the worker through its Ray actor to the scheduler and the
+    driver as this object (Ray pickles it), never as a dict of string keys."""
+
+    shard_id: int
+    attempt_id: str
+    committed: bool  # False: another attempt had already committed this shard (ours was discarded)
+    rows: int
+    kept: int
+    rejected: int
+    failed: int
+    seconds: float
+    generate_s: float = 0.0
+    commit_s: float = 0.0
+    models: dict[str, Any] = field(default_factory=dict)  # fingerprint -> public model info (run.json)
+    node_id: str | None = None  # where it ran (see ShardWorker.placement)
+    actor_id: str | None = None
