@@ -57,15 +57,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pipeline.rbmod.decode as decode_module  # noqa: E402
 import pipeline.rbmod.generate as generate_module  # noqa: E402
 import pipeline.rbmod.stage_c as stage_c_module  # noqa: E402
+from manifests.tiny_tokenizer import save_tiny_clip_tokenizer  # noqa: E402
 from pipeline.models.presets import Models, PresetConfig, quiet_progress_bars  # noqa: E402
-from pipeline.models.requests import GenerationRequest, StyleRef  # noqa: E402
-from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer  # noqa: E402
 from pipeline.rbmod.afa import AFAAttnProcessor  # noqa: E402
 from pipeline.rbmod.csd import CSD, vision_config_for  # noqa: E402
 from pipeline.rbmod.descriptor import csd_descriptor  # noqa: E402
 from pipeline.rbmod.effnet import EfficientNetEncoder  # noqa: E402
 from pipeline.rbmod.image_ops import CLIP_MEAN, CLIP_STD  # noqa: E402
 from pipeline.rbmod.previewer import Previewer  # noqa: E402
+from pipeline.rbmod.requests import GenerationRequest, StyleRef  # noqa: E402
 from pipeline.rbmod.settings import RBModSettings  # noqa: E402
 from pipeline.scoring.models import ScoringConfig, ScoringModels  # noqa: E402
 from pipeline.scoring.scorer import Scorer, csd_from_preset  # noqa: E402

@@ -1,6 +1,6 @@
 """Prompt length in CLIP tokens, the limit of Stable Cascade's text encoder (77 with start/end tokens).
 
-Without `--tokenizer DIR` the count uses the tiny tokenizer (pipeline/models/tiny_tokenizer.py),
+Without `--tokenizer DIR` the count uses the tiny tokenizer (manifests/tiny_tokenizer.py),
 built once into a cache folder. It is a real CLIP byte-level BPE tokenizer, the scheme CLIP-bigG uses, but its
 vocabulary is small, so words outside its list split into more tokens than the real one would: treat
 its counts as an upper bound and pass the real tokenizer folder for exact counts.
@@ -43,7 +43,7 @@ def load_clip_tokenizer(directory: Path | None = None):
 
 def _build_tiny_tokenizer(directory: Path) -> None:
     """Build in a private folder, then rename: concurrent first uses must not read half-written files."""
-    from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
+    from manifests.tiny_tokenizer import save_tiny_clip_tokenizer
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=directory.parent))

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.models.fake_config import FakeGeneratorConfig
 from pipeline.scoring.registry import DEFAULT_SCORERS
 from pipeline.storage.s3 import looks_like_credential
 
@@ -43,21 +44,6 @@ class ConfigError(ValueError):
 class _Section(BaseModel):
     # hide_input_in_errors: a mistaken credential in a config must not be echoed in an error.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-
-class FakeGeneratorConfig(_Section):
-    """Settings of pipeline.models.fake_generator.FakeGenerator (tests and benchmarks)."""
-
-    size: int = Field(64, ge=8, le=2048)
-    latency_s: float = Field(0.0, ge=0.0)  # per image
-    batch_latency_s: float = Field(0.0, ge=0.0)  # per generate() call
-    fail_uids: tuple[str, ...] = ()
-    fail_prompts: tuple[str, ...] = ()  # prompt substrings that make generation raise
-    hang_uids: tuple[str, ...] = ()  # hang on these uids the first time (a flag file marks "done once")
-    hang_flag_dir: str | None = None
-    hang_s: float = Field(3600.0, ge=0.0)
-    hang_every_time: bool = False  # hang_uids hang on every run, not only the first
-    crash_uids: tuple[str, ...] = ()  # exit the process on these uids, every time
 
 
 class GeneratorConfig(_Section):

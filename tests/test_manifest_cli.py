@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
+    from manifests.tiny_tokenizer import save_tiny_clip_tokenizer
 
     directory = tmp_path_factory.mktemp("tokenizer")
     save_tiny_clip_tokenizer(directory)

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 from manifests.demo_inputs import CONTENT_SHAPES, STYLIZATION_PROMPTS, write_demo_inputs
 from manifests.plan import read_plan_info, read_shard
 from manifests.read import read_manifest
+from manifests.tiny_tokenizer import save_tiny_clip_tokenizer
 from pipeline.cli.app import app
 from pipeline.cli.demo import demo
-from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
 
 
 @pytest.fixture

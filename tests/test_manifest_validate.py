@@ -4,9 +4,9 @@ from manifest_fixtures import png_bytes, sample_images, write_parquet
 
 from manifests.read import read_manifest
 from manifests.schema import ManifestError
+from manifests.tiny_tokenizer import save_tiny_clip_tokenizer
 from manifests.tokens import default_tokenizer_dir, load_clip_tokenizer
 from manifests.validate import validate_manifest, validate_table
-from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
 
 pytest_plugins = ["s3_fixtures"]
 

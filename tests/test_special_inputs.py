@@ -59,7 +59,8 @@ def specials(tmp_path) -> dict[str, tuple[str, str]]:
 
 
 def test_the_input_loader_refuses_special_files_at_once(specials):
-    from pipeline.worker.inputs import InputError, InputLoader
+    from manifests.input_files import InputError
+    from pipeline.worker.inputs import InputLoader
 
     loader = InputLoader()
     try:
@@ -72,7 +73,8 @@ def test_the_input_loader_refuses_special_files_at_once(specials):
 
 
 def test_the_size_limit_is_checked_before_reading_and_is_configurable(tmp_path):
-    from pipeline.worker.inputs import InputError, InputLoader
+    from manifests.input_files import InputError
+    from pipeline.worker.inputs import InputLoader
 
     image = make_image(tmp_path / "style.png", (200, 30, 30), size=64)
     size = image.stat().st_size
@@ -124,7 +126,7 @@ def test_validate_check_files_and_the_report_do_not_block_on_special_files(tmp_p
 
 def test_a_file_that_grows_past_the_limit_while_read_is_refused(tmp_path, monkeypatch):
     """The stat says small, the read says otherwise (a file being written): never more than the limit."""
-    from pipeline.worker.shard_worker import inputs
+    from manifests import input_files as inputs
 
     path = Path(tmp_path / "growing.png")
     path.write_bytes(b"x" * 100)

@@ -1,6 +1,6 @@
 from transformers import CLIPTokenizer
 
-from pipeline.models.tiny_tokenizer import WORDS, save_tiny_clip_tokenizer
+from manifests.tiny_tokenizer import WORDS, save_tiny_clip_tokenizer
 
 
 def test_tiny_tokenizer_round_trips_through_from_pretrained(tmp_path):

@@ -24,7 +24,6 @@ import json
 import tempfile
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -40,6 +39,7 @@ from pipeline.json_format import canonical_json
 from pipeline.output.accounting import planned_counts
 from pipeline.output.run_record import RunRecordError, load_run_record, store_run_record
 from pipeline.output.shard_tables import read_shard_tables, with_status
+from pipeline.output.shard_tars import read_tar_samples
 from pipeline.storage.layout import PLAN_KEY, RUN_KEY
 
 SELECT_FORMAT = "stylegen-select/2"  # /1: the same, shard parquets under shards/
@@ -264,23 +264,6 @@ def _selection_column(name: str) -> bool:
     return name in ("uid", "shard_id", "status", "style", "prompt") or name.startswith(SCORE_PREFIX)
 
 
-def read_tar_samples(store, key: str, uids: Iterable[str]) -> dict[str, dict[str, bytes]]:
-    """{uid: {extension: bytes}} for the wanted uids of a shard tar, streamed through the store.
-    Members are sorted by uid, so reading stops after the last wanted sample."""
-    from webdataset.tariterators import tar_file_iterator
-
-    wanted = set(uids)
-    last = max(wanted, default="")
-    found: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with store.open(key) as handle:
-        for member in tar_file_iterator(handle, select_files=lambda name: name.split(".", 1)[0] in wanted):
-            uid, ext = member["fname"].split(".", 1)
-            found[uid][ext] = member["data"]
-            if uid == last and "json" in found[uid] and len(found[uid]) > 1:
-                break
-    return dict(found)
-
-
 # --- the new output's layout and records -------------------------------------------------------------
 
 
@@ -309,7 +292,7 @@ def source_fingerprint(run: dict[str, Any], markers: dict) -> str:
 def selection_record(source_store, source_run, markers, selection, shard_size, source_kept, selected):
     """The new output's run.json. `plan.shards` and `manifest.rows` let `stylegen status` read it; the
     manifest fingerprint is the selection's own, so `stylegen run` never mistakes it for its run."""
-    from pipeline.worker.shard_worker import package_versions
+    from pipeline.versions import package_versions
 
     source = {
         "output": source_store.uri,

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.models.requests import GenerationRequest, GenerationResult
-from pipeline.run_config import FakeGeneratorConfig
+from pipeline.models.fake_config import FakeGeneratorConfig
+from pipeline.rbmod.requests import GenerationRequest, GenerationResult
 
 
 class InjectedFailure(RuntimeError):

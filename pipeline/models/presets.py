@@ -478,7 +478,7 @@ def tiny_specs() -> dict:
 def tiny_key() -> str:
     import torch
 
-    from pipeline.models.tiny_tokenizer import vocabulary_key
+    from manifests.tiny_tokenizer import vocabulary_key
 
     blob = json.dumps(
         {"specs": tiny_specs(), "torch": torch.__version__, "vocabulary": vocabulary_key()}, sort_keys=True
@@ -552,7 +552,7 @@ def build_tiny(root: Path) -> None:
     )
     from transformers.models.clip import CLIPImageProcessorPil
 
-    from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
+    from manifests.tiny_tokenizer import save_tiny_clip_tokenizer
     from pipeline.rbmod.csd import CSD, vision_config_for
     from pipeline.rbmod.effnet import EfficientNetEncoder, EffNetConfig, save_effnet
     from pipeline.rbmod.image_ops import CLIP_MEAN, CLIP_STD, imagenet_normalize

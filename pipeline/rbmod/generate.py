@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from pipeline.models.requests import GenerationRequest, GenerationResult, StyleRef
 from pipeline.rbmod.afa import install_afa
 from pipeline.rbmod.conditioning import ReferenceCache, encode_prompts, mix_styles
 from pipeline.rbmod.decode import decode
+from pipeline.rbmod.requests import GenerationRequest, GenerationResult, StyleRef
 from pipeline.rbmod.settings import RBModSettings
 from pipeline.rbmod.soc import DescriptorTargets
 from pipeline.rbmod.stage_c import StageCConditions, sample_stage_c

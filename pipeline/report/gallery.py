@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.dataset.select import SCORE_PREFIX, read_tar_samples
+from pipeline.columns import SCORE_PREFIX
 from pipeline.output.shard_tables import with_status
+from pipeline.output.shard_tars import read_tar_samples
 from pipeline.report.data import STATUSES, ReportData, rule_counts, rule_of
 from pipeline.report.data import extremes as extremes_of
 
@@ -219,7 +220,7 @@ def _read(store, key: str, uids: list[str]) -> dict[str, bytes]:
 
 def _load_uri(uri: str, size: int) -> tuple[str | None, str | None]:
     """(data: URI, None) for a style/content image, or (None, why not)."""
-    from pipeline.worker.inputs import read_bytes
+    from manifests.input_files import read_bytes
 
     try:
         return thumbnail(read_bytes(uri), size), None

@@ -53,8 +53,9 @@ from pipeline.run.summary import PoolStats, RunSummary
 from pipeline.run_config import RunConfig, changed_keys, config_fingerprint
 from pipeline.storage.layout import CARD_KEY, PLAN_KEY, REPORT_KEY, RUN_KEY, SUMMARY_KEY
 from pipeline.storage.layout import log_key as run_log_key
+from pipeline.versions import package_versions
 from pipeline.worker.result import ShardResult
-from pipeline.worker.shard_worker import commit_failed_shard, package_versions
+from pipeline.worker.shard_worker import commit_failed_shard
 
 log = logging.getLogger("stylegen.driver")
 

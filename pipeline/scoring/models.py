@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.models.tiny_tokenizer import vocabulary_key
+from manifests.tiny_tokenizer import vocabulary_key
 from pipeline.scoring.registry import DEFAULT_SCORERS
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def _write_tiny_models(folder: Path) -> None:
         Dinov2Model,
     )
 
-    from pipeline.models.tiny_tokenizer import save_tiny_clip_tokenizer
+    from manifests.tiny_tokenizer import save_tiny_clip_tokenizer
 
     tokenizer = save_tiny_clip_tokenizer(folder / "clip")
     text_config = CLIPTextConfig(

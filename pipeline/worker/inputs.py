@@ -19,12 +19,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from manifests.input_files import DEFAULT_MAX_INPUT_BYTES, InputFileError, read_local_file, read_s3_object
-from manifests.uris import local_path, split_s3, uri_scheme
-
-
-class InputError(ValueError):
-    """An input image that cannot be read or decoded; the message names the URI."""
+from manifests.input_files import DEFAULT_MAX_INPUT_BYTES, InputError, read_bytes
 
 
 @dataclass(frozen=True)
@@ -32,28 +27,6 @@ class RowInputs:
     style: Image.Image | None
     content: Image.Image | None
     error: str | None = None  # "style: <why>" / "content: <why>" when the row cannot run
-
-
-def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> bytes:
-    """The raw bytes behind a local path, file:// or s3:// URI: a regular file or an object of at most
-    `max_bytes`, else InputError at once (never blocks on a FIFO, never reads a device)."""
-    scheme = uri_scheme(uri)
-    try:
-        if scheme in ("", "file"):
-            return read_local_file(local_path(uri), max_bytes)
-        if scheme == "s3":
-            return _read_s3(*split_s3(uri), max_bytes)
-    except InputFileError as error:
-        raise InputError(f"{uri}: {error}") from None
-    except FileNotFoundError:
-        raise InputError(f"{uri}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{uri}: is a directory, not an image file") from None
-    except PermissionError:
-        raise InputError(f"{uri}: permission denied") from None
-    except OSError as error:
-        raise InputError(f"{uri}: cannot read ({error.strerror or error})") from None
-    raise InputError(f"{uri}: unsupported URI scheme {scheme!r} (use a path, file:// or s3://)")
 
 
 def decode_image(data: bytes, uri: str) -> Image.Image:
@@ -140,33 +113,3 @@ class PendingInputs:
                     errors.append(f"content: {error}")
             loaded.append(RowInputs(style, content, "; ".join(errors) or None))
         return loaded
-
-
-# --- s3 -------------------------------------------------------------------------------------------
-
-_s3_client = None
-_s3_lock = threading.Lock()
-
-
-def _read_s3(bucket: str, key: str, max_bytes: int) -> bytes:
-    from botocore.exceptions import ClientError
-
-    try:
-        return read_s3_object(_client(), bucket, key, max_bytes)
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise FileNotFoundError from None
-        raise InputError(f"s3://{bucket}/{key}: {code or 'S3 error'}") from None
-
-
-def _client():
-    """One boto3 client per process (thread-safe); endpoint from AWS_ENDPOINT_URL, credentials: the chain."""
-    global _s3_client
-    with _s3_lock:
-        if _s3_client is None:
-            import boto3
-            from botocore.config import Config
-
-            _s3_client = boto3.client("s3", config=Config(retries={"mode": "adaptive", "max_attempts": 8}))
-        return _s3_client

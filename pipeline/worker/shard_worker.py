@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,8 @@ from manifests.plan import read_shard
 from manifests.uid import generation_seed
 from pipeline.captions import extra_columns, render_caption
 from pipeline.models.info import model_fingerprint, public_model_info
-from pipeline.models.requests import GenerationRequest, StyleRef
 from pipeline.output.run_record import RunRecordError, load_run_record
+from pipeline.rbmod.requests import GenerationRequest, StyleRef
 from pipeline.run_config import RunConfig
 from pipeline.shards.images import encode_image
 from pipeline.shards.table import ShardRow, write_shard_table
@@ -48,7 +47,6 @@ from pipeline.worker.result import RowOutcome, ShardResult
 log = logging.getLogger("stylegen.worker")
 
 TIMING_NAMES = ("generate_s", "score_s")
-VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "stylegen")
 PLACEMENT_COLUMNS = ("node_id", "actor_id")  # the Ray node and actor that wrote a shard (null without Ray)
 
 Heartbeat = Callable[[str, int, int], None]  # (attempt_id, shard_id, images done in this shard)
@@ -493,22 +491,6 @@ def count_statuses(outcomes: Sequence[RowOutcome]) -> dict[str, int]:
     for outcome in outcomes:
         counts[outcome.status] += 1
     return counts
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = _source_version() if name == "stylegen" else "not installed"
-    return versions
-
-
-def _source_version() -> str:
-    import pipeline
-
-    return pipeline.__version__
 
 
 def _describe(error: BaseException) -> str:
