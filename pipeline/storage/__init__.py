@@ -5,13 +5,14 @@ atomic, zombie-safe shard commit (see pipeline.storage.commit for the protocol).
     store.put_bytes("run.json", data)                 # plain objects: put/get/head/list/delete/open
     result = store.commit_shard(7, tar=tar_path, table=parquet_path, summary={"kept": 60, ...},
                                 attempt_id=attempt)   # result.won tells whether this attempt owns shard 7
-    store.committed_shards()                          # {shard id: ShardMarker}, one LIST
+    store.committed_shards()                          # {shard id: ShardMarker}: one LIST + the ledger
     store.finalize(); store.remove_orphans(); store.abort_stale_multipart_uploads()
 """
 
-from pipeline.storage.commit import CommitResult, FileEntry, ShardMarker
+from pipeline.storage.commit import CommitResult
 from pipeline.storage.factory import open_store
 from pipeline.storage.local import LocalStore
+from pipeline.storage.marker import FileEntry, ShardMarker
 from pipeline.storage.objects import LocalFile, ObjectInfo, ObjectNotFound, ShardIntegrityError, StorageError
 from pipeline.storage.s3 import S3Config, S3Store
 from pipeline.storage.store import Store

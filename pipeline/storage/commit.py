@@ -27,18 +27,14 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from pipeline.storage.layout import (
     ATTEMPTS_PREFIX,
     FINAL_PREFIXES,
-    MARKER_PREFIX,
     attempt_key,
     attempt_of,
     attempt_prefix,
@@ -49,45 +45,14 @@ from pipeline.storage.layout import (
     tar_key,
     validate_attempt_id,
 )
+from pipeline.storage.ledger import LedgerEntry, read_commits
+from pipeline.storage.marker import FileEntry, ShardMarker
 from pipeline.storage.objects import LocalFile, ObjectInfo, ObjectNotFound, ShardIntegrityError, StorageError
 
 if TYPE_CHECKING:
     from pipeline.storage.base import ObjectStore, Progress
 
 log = logging.getLogger(__name__)
-
-MARKER_FORMAT = "stylegen.shard-marker/1"
-
-
-class FileEntry(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    size: int
-    sha256: str
-    attempt_key: str  # where the committing attempt uploaded it
-
-
-class ShardMarker(BaseModel):
-    """The content of `_SUCCESS/shard-NNNNNN.json`."""
-
-    model_config = ConfigDict(frozen=True)
-
-    format: str = MARKER_FORMAT
-    shard_id: int
-    attempt_id: str
-    committed_at: str  # ISO 8601, UTC
-    files: dict[str, FileEntry]  # final key -> size, sha256, attempt key
-    summary: dict[str, Any]  # from the caller, e.g. {"rows": 64, "kept": 60, "rejected": 3, "failed": 1}
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes, where: str) -> ShardMarker:
-        try:
-            return cls.model_validate_json(data)
-        except ValidationError as error:
-            raise StorageError(f"{where} is not a valid shard marker: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -96,11 +61,17 @@ class CommitResult:
     attempt_id: str  # this attempt
     won: bool  # True if this attempt's files are the shard
     marker: ShardMarker  # the committed marker (the winner's when this attempt lost)
+    marker_info: ObjectInfo | None = None  # the marker as listings show it (the driver's ledger entry)
 
     @property
     def committed(self) -> bool:
         """Alias of `won`: this attempt's files are the committed shard."""
         return self.won
+
+    @property
+    def ledger_entry(self) -> LedgerEntry | None:
+        """The committed marker as the driver folds it into the ledger."""
+        return None if self.marker_info is None else LedgerEntry.of(self.marker_info, self.marker.to_bytes())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,7 +111,7 @@ def commit_shard(
     if existing is not None:
         finalize_shard(store, existing)
         log.info("shard %d was already committed by attempt %s", shard_id, existing.attempt_id)
-        return CommitResult(shard_id, attempt_id, False, existing)
+        return CommitResult(shard_id, attempt_id, False, existing, store.head(marker_key(shard_id)))
 
     local = {
         key: file if isinstance(file, LocalFile) else LocalFile.from_path(file) for key, file in files.items()
@@ -166,7 +137,7 @@ def commit_shard(
     # stay: finalize publishes them if it was, remove_orphans deletes them if it was not.
     if store.create_if_absent(marker_key(shard_id), marker.to_bytes()):
         finalize_shard(store, marker)
-        return CommitResult(shard_id, attempt_id, True, marker)
+        return CommitResult(shard_id, attempt_id, True, marker, store.head(marker_key(shard_id)))
 
     _delete_quietly(store, [entry.attempt_key for entry in entries.values()])
     winner = read_marker(store, shard_id)
@@ -174,7 +145,7 @@ def commit_shard(
         raise StorageError(f"{store.url(marker_key(shard_id))} existed a moment ago and is gone now")
     finalize_shard(store, winner)
     log.info("shard %d: attempt %s lost to attempt %s", shard_id, attempt_id, winner.attempt_id)
-    return CommitResult(shard_id, attempt_id, False, winner)
+    return CommitResult(shard_id, attempt_id, False, winner, store.head(marker_key(shard_id)))
 
 
 def finalize_shard(store: ObjectStore, marker: ShardMarker, uploads: Iterable[str] | None = None) -> None:
@@ -222,25 +193,8 @@ def read_marker(store: ObjectStore, shard_id: int) -> ShardMarker | None:
 
 
 def committed_shards(store: ObjectStore) -> dict[int, ShardMarker]:
-    """Every committed shard: one LIST of `_SUCCESS/`, then the markers read in parallel."""
-    keys = [info.key for info in store.list(MARKER_PREFIX) if shard_id_of(info.key) is not None]
-
-    def read(key: str) -> ShardMarker | None:
-        try:
-            return ShardMarker.from_bytes(store.get_bytes(key), store.url(key))
-        except ObjectNotFound:
-            return None  # deleted since the listing
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        markers = list(pool.map(read, keys))
-    found = {}
-    for key, marker in zip(keys, markers, strict=True):
-        if marker is None:
-            continue
-        if marker.shard_id != shard_id_of(key):
-            raise StorageError(f"{store.url(key)} holds the marker of shard {marker.shard_id}")
-        found[marker.shard_id] = marker
-    return found
+    """Every committed shard: the markers' listing, read through the ledger (pipeline.storage.ledger)."""
+    return read_commits(store).markers
 
 
 def finalize(store: ObjectStore) -> list[int]:
