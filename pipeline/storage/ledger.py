@@ -160,7 +160,6 @@ class LedgerWriter:
         self._flushed_at = time.monotonic()
 
 
-
 def rebuild_ledger(store: ObjectStore) -> int:
     """Delete every ledger file and write one anew from the markers (one LIST, one GET per marker).
     Returns the number of markers it holds."""
