@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.models.presets import load_preset  # noqa: E402
+from pipeline.models.loading import load_preset  # noqa: E402
 from pipeline.rbmod.generate import GenerationRequest, RBModGenerator, RBModSettings, StyleRef  # noqa: E402
 from pipeline.rbmod.previewer import Previewer  # noqa: E402
 

@@ -58,7 +58,8 @@ import pipeline.rbmod.decode as decode_module  # noqa: E402
 import pipeline.rbmod.generate as generate_module  # noqa: E402
 import pipeline.rbmod.stage_c as stage_c_module  # noqa: E402
 from manifests.tiny_tokenizer import save_tiny_clip_tokenizer  # noqa: E402
-from pipeline.models.presets import Models, PresetConfig, quiet_progress_bars  # noqa: E402
+from pipeline.models.presets import Models, PresetConfig  # noqa: E402
+from pipeline.models.progress_bars import quiet_progress_bars  # noqa: E402
 from pipeline.rbmod.afa import AFAAttnProcessor  # noqa: E402
 from pipeline.rbmod.csd import CSD, vision_config_for  # noqa: E402
 from pipeline.rbmod.descriptor import csd_descriptor  # noqa: E402

@@ -30,7 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.models.presets import build_tiny, load_preset, quiet_progress_bars, tiny_key  # noqa: E402
+from pipeline.models.loading import load_preset  # noqa: E402
+from pipeline.models.progress_bars import quiet_progress_bars  # noqa: E402
+from pipeline.models.tiny import build_tiny, tiny_key  # noqa: E402
 from pipeline.rbmod.decode import decode_latents  # noqa: E402
 from pipeline.rbmod.image_ops import imagenet_normalize  # noqa: E402
 

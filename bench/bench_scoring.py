@@ -3,7 +3,7 @@
 Measured in one run on this machine:
 - scoring throughput (images/s) at batch 32 on the tiny scoring preset with every built-in scorer
   (clip, dino, csd, leakage, aesthetic, nsfw, dino/clip embeddings), with the tiny generation preset's
-  CSD when `pipeline.models.presets` is there, in the steady state of a shard (32 samples sharing 4
+  CSD when `pipeline.models.loading` is there, in the steady state of a shard (32 samples sharing 4
   styles whose embeddings are cached) and with every style new (32 distinct styles, nothing cached);
 - what the new scorers add: the same batch with the default scorers only, and each new one alone on top;
 - tiny RB-Modulation generation time per image (`pipeline.rbmod.generate.RBModGenerator`) when that
@@ -68,7 +68,7 @@ def median_seconds(call, repeats: int) -> float:
 def tiny_generation(cache_dir: Path):
     """(models or None, seconds per generated image or None, generated images or None)."""
     try:
-        from pipeline.models.presets import load_preset
+        from pipeline.models.loading import load_preset
     except ImportError:
         return None, None, None
     models = load_preset("tiny", device="cpu", cache_dir=cache_dir)

@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_cache_dir(tmp_path_factory):
     """A private cache folder holding the tiny preset's weights (built on first use)."""
-    from pipeline.models.presets import ensure_tiny_cache
+    from pipeline.models.tiny import ensure_tiny_cache
 
     cache = tmp_path_factory.mktemp("stylegen-cache")
     ensure_tiny_cache(cache)
@@ -22,7 +22,7 @@ def tiny_cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tiny_cache_dir):
     """`load_preset("tiny")` on CPU. Shared by the whole session: treat it as read-only."""
-    from pipeline.models.presets import load_preset
+    from pipeline.models.loading import load_preset
 
     return load_preset("tiny", device="cpu", cache_dir=tiny_cache_dir)
 

@@ -17,7 +17,8 @@ from test_presets import assert_identical_outputs
 from test_rbmod_soc import pattern_image
 
 from pipeline.models.cache import ModelCacheError, local_copy
-from pipeline.models.presets import PresetError, load_preset
+from pipeline.models.loading import load_preset
+from pipeline.models.presets import PresetError
 from pipeline.models.stage import StageError, hub_patterns, resolve_sources, stage
 from pipeline.run.preflight import check_staged_models
 from pipeline.run_config import ConfigError, RunConfig

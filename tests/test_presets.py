@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.models.presets import PresetError, build_tiny, ensure_tiny_cache, load_preset, tiny_key
+from pipeline.models.loading import load_preset
+from pipeline.models.presets import PresetError
+from pipeline.models.tiny import build_tiny, ensure_tiny_cache, tiny_key
 from pipeline.rbmod.effnet import save_effnet
 from pipeline.rbmod.image_ops import imagenet_normalize
 from pipeline.rbmod.previewer import save_previewer
@@ -154,7 +156,7 @@ def test_stable_cascade_loader_reads_the_tiny_folders_with_identical_outputs(
         "decoder": str(root / "stable-cascade"),
         "csd": str(root / "csd" / "csd.safetensors"),
     }
-    with caplog.at_level(logging.WARNING, logger="pipeline.models.presets"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.models.loading"):
         models = load_preset("stable-cascade", device="cpu", paths=paths)
     assert models.preset == "stable-cascade" and models.dtype == torch.float32
     assert "impractically slow" in caplog.text  # fp32 fallback on CPU is announced
@@ -190,7 +192,7 @@ def test_save_then_load_round_trip_is_bit_identical(tiny_models, tiny_cache_dir,
 
 
 def test_without_csd_weights_the_descriptor_falls_back_to_clip(tiny_cache_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.models.presets"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.models.loading"):
         models = load_preset("tiny", device="cpu", paths={"csd": None}, cache_dir=tiny_cache_dir)
     assert models.descriptor.kind == models.config.descriptor == "clip"
     assert "fallback" in caplog.text

@@ -169,7 +169,8 @@ def test_stage_b_rescale_and_stage_a_scale_are_applied(tiny_models):
 
 
 def test_a_vqgan_config_that_disagrees_is_warned_about(tiny_cache_dir, tmp_path, caplog):
-    from pipeline.models.presets import ensure_tiny_cache, load_models, tiny_preset_config
+    from pipeline.models.loading import load_models
+    from pipeline.models.tiny import ensure_tiny_cache, tiny_preset_config
 
     root = tmp_path / "tiny"
     shutil.copytree(ensure_tiny_cache(tiny_cache_dir), root)
@@ -177,7 +178,7 @@ def test_a_vqgan_config_that_disagrees_is_warned_about(tiny_cache_dir, tmp_path,
     config = json.loads(config_file.read_text())
     config["scale_factor"] = 0.3764  # diffusers' PaellaVQModel default
     config_file.write_text(json.dumps(config))
-    with caplog.at_level(logging.WARNING, logger="pipeline.models.presets"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.models.loading"):
         models = load_models(tiny_preset_config(root), device="cpu")
     assert models.config.stage_a_scale_factor == OFFICIAL_STAGE_A_SCALE
     warnings = [r.getMessage() for r in caplog.records if "scale_factor" in r.getMessage()]

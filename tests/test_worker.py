@@ -392,7 +392,7 @@ def test_a_shard_that_failed_every_attempt_is_committed_with_every_row_failed(tm
 
 @pytest.mark.slow
 def test_the_tiny_rbmod_preset_runs_a_shard_with_full_metadata(tmp_path, tiny_cache_dir, torch_single_thread):
-    from pipeline.models.presets import load_preset
+    from pipeline.models.loading import load_preset
 
     manifest = build_manifest(tmp_path, rows=3, composition_every=3)
     config = RunConfig.model_validate(

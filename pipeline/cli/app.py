@@ -10,11 +10,11 @@ from manifests.cli import manifest_app
 from manifests.cli_format import StylegenCommand, StylegenGroup
 from pipeline.cli.card import card
 from pipeline.cli.demo import demo_command
+from pipeline.cli.models import models_app
 from pipeline.cli.run import run
 from pipeline.dataset.dedup import dedup
 from pipeline.dataset.select import select
 from pipeline.dataset.status import status
-from pipeline.models.stage import models_app
 from pipeline.report.command import report
 
 app = typer.Typer(

@@ -520,7 +520,7 @@ def build_parts(config: RunConfig, output: str, *, device: str | None = None) ->
         generator = FakeGenerator(config.generator.fake)
         model_info: dict[str, Any] = {"generator": "fake", "size": config.generator.fake.size}
     else:
-        from pipeline.models.presets import load_preset
+        from pipeline.models.loading import load_preset
         from pipeline.rbmod.generate import RBModGenerator, RBModSettings
         from pipeline.scoring.scorer import csd_from_preset
 
