@@ -67,7 +67,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     from actors.pool import DeadlinePolicy, GeneratorPool, SchedulerHooks, ShardScheduler, start_ray
-    from pipeline.run.driver import plan_run, write_plan
+    from pipeline.run.plan import plan_run, write_plan
     from pipeline.storage import open_store
 
     cluster = Cluster(

@@ -27,7 +27,7 @@ import ray  # noqa: E402
 from run_fixtures import build_manifest, fake_config  # noqa: E402
 
 from actors.pool import DeadlinePolicy, GeneratorPool, SchedulerHooks, ShardScheduler  # noqa: E402
-from pipeline.run.driver import plan_run, write_plan  # noqa: E402
+from pipeline.run.plan import plan_run, write_plan  # noqa: E402
 from pipeline.storage import open_store  # noqa: E402
 
 ACTOR_COUNTS = (1, 2, 4, 8)

@@ -99,7 +99,7 @@ def build_output(
     `commit_shards` limits which shards get committed (a partial output); `config_overrides` (dotted
     keys, e.g. {"image.format": "jpg"}) go into the run config."""
     from pipeline.models.fake_generator import FakeGenerator
-    from pipeline.run.driver import plan_run, write_plan
+    from pipeline.run.plan import plan_run, write_plan
     from pipeline.scoring.rules import FilterRules
     from pipeline.storage.layout import RUN_KEY
     from pipeline.worker.shard_worker import ShardWorker

@@ -87,7 +87,7 @@ def fake_config(**overrides: Any) -> RunConfig:
 
 def planned_uids(manifest: Path, shard_id: int) -> list[str]:
     """The uids the plan puts in `shard_id` (fake-generator config, default shard size)."""
-    from pipeline.run.driver import plan_run
+    from pipeline.run.plan import plan_run
 
     plan, _ = plan_run(str(manifest), fake_config())
     return plan.shard(shard_id).column("uid").to_pylist()
@@ -151,7 +151,7 @@ def recording_pools(monkeypatch) -> list:
 
 def reference_tars(tmp_path: Path, manifest: Path, config, shards: int) -> dict[str, bytes]:
     """Every shard's tar made by one ShardWorker in this process, without Ray and without latency."""
-    from pipeline.run.driver import plan_run, write_plan
+    from pipeline.run.plan import plan_run, write_plan
     from pipeline.storage import open_store
     from pipeline.worker.shard_worker import ShardWorker
 

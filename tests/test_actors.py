@@ -6,7 +6,7 @@ import pytest
 from run_fixtures import build_manifest, fake_config, local_ray
 
 from actors.pool import DeadlinePolicy, GeneratorPool, PoolError
-from pipeline.run.driver import run_job
+from pipeline.run.job import run_job
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_actors_that_cannot_start_stop_the_run_with_the_reason(ray_cluster, tmp_
 
 
 def test_the_pool_target_is_the_flag_else_every_gpu_never_more_than_the_shards():
-    from pipeline.run.driver import pool_target
+    from pipeline.run.execute import pool_target
 
     assert pool_target(None, 1.0, 4.0, shards=10) == 4  # a fixed cluster: every GPU
     assert pool_target(None, 0.5, 3.0, shards=10) == 6
@@ -71,7 +71,7 @@ def test_an_attempt_that_ray_fails_with_another_error_is_retried_not_fatal_to_th
     import ray
 
     from actors.pool import SchedulerHooks, ShardScheduler
-    from pipeline.run.driver import plan_run, write_plan
+    from pipeline.run.plan import plan_run, write_plan
     from pipeline.storage import open_store
 
     manifest = build_manifest(tmp_path, rows=6)
@@ -110,7 +110,7 @@ def test_an_actor_killed_for_good_mid_run_is_replaced_and_the_run_completes(ray_
     import ray
 
     from actors.pool import SchedulerHooks, ShardScheduler
-    from pipeline.run.driver import plan_run, write_plan
+    from pipeline.run.plan import plan_run, write_plan
     from pipeline.storage import open_store
 
     manifest = build_manifest(tmp_path, rows=48)  # 8 shards of 6

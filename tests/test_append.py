@@ -16,7 +16,9 @@ from pipeline.dataset.select import Selection, select_output
 from pipeline.dataset.status import collect_status
 from pipeline.output.run_record import shard_sizes
 from pipeline.report.data import gather
-from pipeline.run.driver import RunRefused, plan_run, prepare_output, run_job
+from pipeline.run.job import run_job
+from pipeline.run.plan import plan_run
+from pipeline.run.resume import RunRefused, prepare_output
 from pipeline.worker.shard_worker import read_plan_shard
 from tests.output_fixtures import KnownScorer, build_output
 

@@ -7,7 +7,7 @@ from run_fixtures import build_manifest, fake_config, tar_samples
 
 from manifests.read import read_manifest
 from pipeline.captions import CaptionError, check_template, render_caption
-from pipeline.run.driver import plan_run, write_plan
+from pipeline.run.plan import plan_run, write_plan
 from pipeline.run_config import ConfigError, RunConfig
 from pipeline.storage import open_store
 from pipeline.worker.shard_worker import ShardWorker

@@ -11,7 +11,8 @@ import webdataset as wds
 from run_fixtures import build_manifest, fake_config, local_ray, shard_rows
 
 from manifests.read import read_manifest
-from pipeline.run.driver import RunRefused, run_job
+from pipeline.run.job import run_job
+from pipeline.run.resume import RunRefused
 from pipeline.run_config import RunConfig
 
 
@@ -101,6 +102,28 @@ def test_run_then_resume_then_refuse_changes_then_restart(ray_cluster, tmp_path,
     assert len(list((output / "logs").glob("run-*.log"))) == 1  # the old logs went with the old run
 
 
+def test_each_run_that_runs_a_pool_records_its_log_and_pool_in_run_json(ray_cluster, tmp_path):
+    from pathlib import Path
+
+    manifest = build_manifest(tmp_path, rows=10)  # 2 shards
+    output = tmp_path / "out"
+    config = fake_config(**{"generator.fake.latency_s": 0.01})
+    first = run_job(str(manifest), str(output), config, actors=2, gpus_per_actor=0.5, live=False)
+    for key in ("_SUCCESS/shard-000001.json", "shards/shard-000001.tar", "metadata/shard-000001.parquet"):
+        (output / key).unlink()  # lost before its commit: the rerun redoes it
+    second = run_job(str(manifest), str(output), config, actors=1, live=False)
+    idle = run_job(str(manifest), str(output), config, actors=1, live=False)  # nothing to do: no pool
+    assert (first.shards_committed, second.shards_committed, idle.shards_committed) == (2, 1, 0)
+
+    def log_key(summary) -> str:
+        return Path(summary.log_uri).relative_to(output).as_posix()
+
+    assert json.loads((output / "run.json").read_text())["runs"] == [
+        {"log": log_key(first), "actors": 2, "gpus_per_actor": 0.5},
+        {"log": log_key(second), "actors": 1, "gpus_per_actor": 1.0},
+    ]
+
+
 def test_restart_refuses_to_delete_a_folder_that_is_not_a_stylegen_output(tmp_path):
     manifest = build_manifest(tmp_path, rows=4)
     precious = tmp_path / "out" / "thesis.tex"
@@ -180,7 +203,7 @@ def test_finalize_removes_unfinished_attempts_and_old_orphans_but_not_a_live_wri
     import os
     import time
 
-    from pipeline.run.driver import finalize
+    from pipeline.run.finalize import finalize
     from pipeline.storage import open_store
 
     store = open_store(tmp_path / "out")

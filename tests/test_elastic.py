@@ -25,7 +25,7 @@ from run_fixtures import build_manifest, fake_config, reference_tars, shard_rows
 
 from actors.pool import CapacityTimeout
 from manifests.read import read_manifest
-from pipeline.run.driver import run_job
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import yaml
 from run_fixtures import build_manifest, fake_config, local_ray, planned_uids, shard_rows
 
 from manifests.read import read_manifest
-from pipeline.run.driver import run_job
+from pipeline.run.job import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from run_fixtures import build_manifest, fake_config, local_ray, planned_uids, s
 
 from actors.faults import StorageDown
 from manifests.read import read_manifest
-from pipeline.run.driver import run_job
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_a_row_that_hangs_every_time_fails_alone(ray_cluster, tmp_path):
 def test_a_failed_shard_record_that_raises_leaves_the_shard_to_the_rerun_which_isolates_the_crash(
     ray_cluster, tmp_path, monkeypatch
 ):
-    import pipeline.run.driver
+    import pipeline.run.execute
 
     manifest = build_manifest(tmp_path, rows=12)
     output = tmp_path / "out"
@@ -82,7 +82,7 @@ def test_a_failed_shard_record_that_raises_leaves_the_shard_to_the_rerun_which_i
     def broken(*args, **kwargs):
         raise IndexError("list index out of range")
 
-    monkeypatch.setattr(pipeline.run.driver, "commit_failed_shard", broken)  # ...and recording it raises
+    monkeypatch.setattr(pipeline.run.execute, "commit_failed_shard", broken)  # ...and recording it raises
     summary = run_job(str(manifest), str(output), fake_config(**settings), actors=2, live=False)
     assert (summary.shards_planned, summary.shards_committed, summary.failed) == (2, 1, 0)
     assert not (output / "_SUCCESS" / "shard-000000.json").exists()

@@ -13,7 +13,7 @@ import webdataset as wds
 from run_fixtures import build_manifest, fake_config, local_ray
 
 from manifests.read import read_manifest
-from pipeline.run.driver import run_job
+from pipeline.run.job import run_job
 
 pytest_plugins = ["s3_fixtures"]
 

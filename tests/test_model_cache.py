@@ -295,7 +295,7 @@ def test_a_ray_run_with_staged_weights_writes_the_images_of_a_local_run(s3_bucke
 
     from run_fixtures import build_manifest, local_ray, reference_tars, tar_members
 
-    from pipeline.run.driver import run_job
+    from pipeline.run.job import run_job
 
     sources = resolve_sources("tiny", {}, tiny_cache_dir)
     uris = stage(sources, s3_bucket.uri("models/"), echo=lambda _: None).uris

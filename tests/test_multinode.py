@@ -25,7 +25,7 @@ import webdataset as wds
 from run_fixtures import build_manifest, fake_config, recording_pools, reference_tars
 
 from manifests.read import read_manifest
-from pipeline.run.driver import run_job
+from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 

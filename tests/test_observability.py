@@ -17,7 +17,7 @@ from rich.console import Console
 from run_fixtures import build_manifest, fake_config, local_ray
 
 from actors.metrics import METRICS, exported_names
-from pipeline.run.driver import run_job
+from pipeline.run.job import run_job
 from pipeline.run.logs import PeriodicLogUpload
 from pipeline.run.progress import close_run_log, open_run_log
 from pipeline.storage import open_store

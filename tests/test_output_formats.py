@@ -14,7 +14,8 @@ from pipeline.dataset.select import Selection, select_output
 from pipeline.dataset.status import collect_status
 from pipeline.models.fake_generator import FakeGenerator
 from pipeline.report.data import gather
-from pipeline.run.driver import ensure_same_run, plan_run
+from pipeline.run.plan import plan_run
+from pipeline.run.resume import ensure_same_run
 from pipeline.scoring.rules import FilterRules
 from pipeline.storage.layout import marker_key
 from pipeline.worker.shard_worker import ShardWorker

@@ -554,6 +554,38 @@ def test_an_interrupted_and_resumed_output_shows_each_run(tmp_path):
     assert "1 run(s) committed nothing" in text
 
 
+def test_each_run_shows_the_pool_run_json_records_for_it_not_its_log_line(tmp_path):
+    """Every run records its pool in run.json's `runs`: the report reads it there, also for runs before
+    the latest and whatever their logs say (the first log's stale line, the second's none)."""
+    from pipeline.storage.layout import marker_key
+
+    built = build_output(tmp_path, rows=24, shard_size=5)  # 5 shards
+    store = built.store
+    commits = {shard: "2026-01-01T10:00:30+00:00" for shard in (0, 1)}
+    commits |= {shard: "2026-01-01T11:00:30+00:00" for shard in (2, 3, 4)}
+    for shard, when in commits.items():
+        marker = json.loads(store.get_bytes(marker_key(shard)))
+        marker["committed_at"] = when
+        store.put_bytes(marker_key(shard), json.dumps(marker).encode())
+    first, second = "logs/run-20260101T100000000000Z.log", "logs/run-20260101T110000000000Z.log"
+    stale = "2026-01-01 10:00:05,000 INFO stylegen.driver: pool: 2 actors x 1 GPU (cluster GPUs: 2)\n"
+    store.put_bytes(first, stale.encode())
+    store.put_bytes(second, b"a log without a pool line\n")
+    record = json.loads(store.get_bytes("run.json"))
+    record["runs"] = [
+        {"log": first, "actors": 4, "gpus_per_actor": 0.25},
+        {"log": second, "actors": 3, "gpus_per_actor": 0.5},
+    ]
+    store.put_bytes("run.json", json.dumps(record).encode())
+    assert not store.exists("summary.json")  # no summary: each run's pool comes from run.json alone
+
+    text = Path(write_report(built.uri)).read_text()
+    rows = re.findall(r'<tr data-run="(\d)"><td>[^<]+</td>(.*?)</tr>', section(text, "runs"))
+    assert [number for number, _ in rows] == ["1", "2"]
+    assert "4 x 0.25 GPU" in rows[0][1] and "2 x 1 GPU" not in rows[0][1]
+    assert "3 x 0.5 GPU" in rows[1][1]
+
+
 def test_style_table_is_capped_with_a_count_of_the_rest(output):
     from pipeline.report.data import gather
     from pipeline.report.page import _style_table

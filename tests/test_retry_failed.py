@@ -14,7 +14,8 @@ from run_fixtures import build_manifest, fake_config, local_ray, make_image, sha
 
 from manifests.read import read_manifest
 from pipeline.dataset.status import collect_status
-from pipeline.run.driver import RunRefused, run_job
+from pipeline.run.job import run_job
+from pipeline.run.resume import RunRefused
 from pipeline.storage import open_store
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from manifests.schema import ManifestError
 from pipeline.output.run_record import RUN_FORMAT
-from pipeline.run.driver import RunRefused, clear_output, run_job
+from pipeline.run.job import run_job
+from pipeline.run.resume import RunRefused, clear_output
 from pipeline.run_config import ConfigError, RunConfig
 from pipeline.storage import open_store
 

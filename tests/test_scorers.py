@@ -159,7 +159,7 @@ def test_a_third_party_score_is_filtered_stored_reported_and_selectable(plugin, 
     )
     assert isinstance(config, RunConfig)
     store, _ = prepare(tmp_path, manifest, config)
-    from pipeline.run.driver import plan_run
+    from pipeline.run.plan import plan_run
     from pipeline.run.preflight import check_config
 
     check_config(config)  # the driver's early check knows the plug-in's scores

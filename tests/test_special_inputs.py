@@ -14,7 +14,7 @@ import pytest
 from run_fixtures import fake_config, make_image, shard_rows
 
 from pipeline.models.fake_generator import FakeGenerator
-from pipeline.run.driver import plan_run, write_plan
+from pipeline.run.plan import plan_run, write_plan
 from pipeline.storage import open_store
 from pipeline.worker.shard_worker import ShardWorker
 

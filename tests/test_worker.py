@@ -24,7 +24,7 @@ from manifests.read import read_manifest
 from manifests.uid import generation_seed
 from pipeline.models.fake_generator import FakeGenerator
 from pipeline.rbmod.requests import GenerationRequest, StyleRef
-from pipeline.run.driver import plan_run, write_plan
+from pipeline.run.plan import plan_run, write_plan
 from pipeline.run_config import RunConfig
 from pipeline.shards.images import encode_image
 from pipeline.storage import open_store

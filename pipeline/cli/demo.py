@@ -117,7 +117,7 @@ def run_demo(manifest: Path, output: Path, actors: int | None = None):
     """The full run: local Ray, tiny preset, every shard generated, scored, filtered and committed."""
     import os
 
-    from pipeline.run.driver import run_job
+    from pipeline.run.job import run_job
     from pipeline.run_config import RunConfig
 
     config = RunConfig.load(

@@ -1,4 +1,4 @@
-"""`stylegen run MANIFEST --output URI [...]`: the distributed run (pipeline.run.driver.run_job).
+"""`stylegen run MANIFEST --output URI [...]`: the distributed run (pipeline.run.job.run_job).
 
 Only typer is imported here; torch, Ray and the models load inside the command, so `--help` stays fast.
 """
@@ -55,7 +55,8 @@ def run(
     from rich.markup import escape
 
     from manifests.cli_format import make_console
-    from pipeline.run.driver import RunRefused, run_job
+    from pipeline.run.job import run_job
+    from pipeline.run.resume import RunRefused
     from pipeline.run.stop import RunStopped
     from pipeline.run_config import ConfigError, RunConfig
 

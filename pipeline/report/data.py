@@ -142,7 +142,7 @@ def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = N
         rejected_tars=rejected_tars,
         timings=timings(rows),
         styles=style_stats(rows),
-        runs=[] if selection else run_history(store, markers, latest_run),
+        runs=[] if selection else run_history(store, markers, latest_run, run),
         latest_run=latest_run,
     )
 

@@ -3,8 +3,11 @@ throughput over all of them (idle time between runs included) describes none of 
 
 Every run writes `logs/run-<UTC start>.log`, so the log names give the runs and their starts. One
 driver works on an output at a time, so a commit marker belongs to the last run started before its
-`committed_at`. The run's actor count is its log's `pool:` line; the latest run's wall time and actors
-come from its summary (summary.json, or the summary the driver hands to the report it writes).
+`committed_at`. Each run records its pool (target actors, GPUs per actor) in run.json's `runs`, under
+its log key (pipeline/run/run_json.py writes it); the latest run's wall time and actors come from its
+summary (summary.json, or the summary the driver hands to the report it writes). An output written
+before runs recorded their pool has only its logs: for its runs the pool is read from the log's `pool:`
+line, as it was then.
 """
 
 from __future__ import annotations
@@ -66,9 +69,11 @@ def read_latest_summary(store) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else None
 
 
-def run_history(store, markers: dict, latest: dict[str, Any] | None) -> list[RunStats]:
+def run_history(
+    store, markers: dict, latest: dict[str, Any] | None, record: dict[str, Any] | None
+) -> list[RunStats]:
     """One RunStats per run, oldest first. `latest`: the newest run's summary (its log may not be in
-    the store yet: an S3 output gets it when the run ends)."""
+    the store yet: an S3 output gets it when the run ends); `record`: the output's run.json."""
     keys = {info.key for info in store.list(LOG_PREFIX)}
     latest_key = None
     if latest and latest.get("log_uri"):
@@ -81,13 +86,29 @@ def run_history(store, markers: dict, latest: dict[str, Any] | None) -> list[Run
     if not runs:
         return []
     attribute_commits(runs, markers)
+    pools = recorded_pools(record)
     for run in runs:
         if run.log_key == latest_key:
             run.actors, run.gpus_per_actor = latest.get("actors"), latest.get("gpus_per_actor")
             run.wall_s = latest.get("elapsed_s")
-        elif run.shards:
-            run.actors, run.gpus_per_actor = _pool_size(store, run.log_key)
+        elif run.log_key in pools:
+            run.actors, run.gpus_per_actor = pools[run.log_key]
+        elif run.shards:  # a run of an older stylegen: only its log names its pool
+            run.actors, run.gpus_per_actor = _logged_pool_size(store, run.log_key)
     return runs
+
+
+def recorded_pools(record: dict[str, Any] | None) -> dict[str, tuple[int, float]]:
+    """Log key -> (target actors, GPUs per actor), from run.json's `runs` (entries that do not read as
+    such, e.g. edited by hand, are left out: their runs show no pool size)."""
+    pools = {}
+    for run in (record or {}).get("runs") or []:
+        if not isinstance(run, dict):
+            continue
+        key, actors, gpus = run.get("log"), run.get("actors"), run.get("gpus_per_actor")
+        if isinstance(key, str) and isinstance(actors, int) and isinstance(gpus, (int, float)):
+            pools[key] = (actors, float(gpus))
+    return pools
 
 
 def attribute_commits(runs: list[RunStats], markers: dict) -> None:
@@ -107,8 +128,9 @@ def attribute_commits(runs: list[RunStats], markers: dict) -> None:
         owner.last_commit = when if owner.last_commit is None else max(owner.last_commit, when)
 
 
-def _pool_size(store, key: str) -> tuple[int | None, float | None]:
-    """The run's `pool: N actors x G GPU` line (near the top of its log), if the log is readable."""
+def _logged_pool_size(store, key: str) -> tuple[int | None, float | None]:
+    """The run's `pool: N actors x G GPU` line (near the top of its log), if the log is readable: for
+    runs that did not record their pool in run.json (written before they did)."""
     try:
         with store.open(key) as file:
             head = file.read(1 << 16).decode("utf-8", "replace")

@@ -1,4 +1,5 @@
-"""What a run did: the summary it prints and stores (summary.json), and what its actor pool did."""
+"""What a run did: the summary it prints and stores (summary.json), what its actor pool did, and the
+notes it prints after the summary (nothing to do; why rows failed and where they are listed)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,32 @@ class PoolStats:
 
     def final(self) -> int:
         return self.timeline[-1][1] if self.timeline else 0
+
+
+def nothing_to_do(summary: RunSummary) -> str:
+    return (
+        f"nothing to do: all {summary.shards_planned} shards of {summary.output} are already committed "
+        f"({summary.kept} kept, {summary.rejected} rejected, {summary.failed} failed). "
+        f"Report: {summary.report_uri or '-'}; --restart starts over."
+    )
+
+
+def failed_rows_note(store, summary: RunSummary, top: int = 3) -> str:
+    """The most frequent reasons rows failed, and where every failed row is listed."""
+    from pipeline.report.data import failure_reasons
+    from pipeline.storage.layout import table_key_of
+
+    markers = store.committed_shards()
+    with_failures = {s: m for s, m in sorted(markers.items()) if int(m.summary.get("failed", 0))}
+    reasons = failure_reasons(store, with_failures)
+    lines = [f"{summary.failed} row(s) failed; most frequent reasons:"]
+    lines += [f"  {count} x {reason}" for reason, count in reasons[:top]]
+    if len(reasons) > top:
+        lines.append(f"  ... and {len(reasons) - top} more reason(s)")
+    first = next(iter(with_failures), None)
+    where = "-" if first is None else store.url(table_key_of(first, with_failures[first].files))
+    lines.append(
+        f"every failed row with its reason: status 'failed' in the shard parquets (e.g. {where}) and the "
+        f"report's Failed rows ({summary.report_uri or 'stylegen report'})"
+    )
+    return "\n".join(lines)
