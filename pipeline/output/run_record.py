@@ -92,3 +92,24 @@ def retry_shards(record: dict[str, Any]) -> set[int]:
         if generation.get("retry"):
             found.update(range(generation["first_shard"], generation["first_shard"] + generation["shards"]))
     return found
+
+
+def with_run_pool(record: dict[str, Any], log_key: str, actors: int, gpus_per_actor: float) -> dict[str, Any]:
+    """`record` with one more entry in `runs`: a run (its log key) and its pool (target actors, GPUs per
+    actor), so the report reads every run's pool as data (`recorded_pools`)."""
+    earlier = record.get("runs")
+    run = {"log": log_key, "actors": actors, "gpus_per_actor": gpus_per_actor}
+    return {**record, "runs": [*(earlier if isinstance(earlier, list) else []), run]}
+
+
+def recorded_pools(record: dict[str, Any] | None) -> dict[str, tuple[int, float]]:
+    """Log key -> (target actors, GPUs per actor), from run.json's `runs` (entries that do not read as
+    such, e.g. edited by hand, are left out: their runs show no pool size)."""
+    pools = {}
+    for run in (record or {}).get("runs") or []:
+        if not isinstance(run, dict):
+            continue
+        key, actors, gpus = run.get("log"), run.get("actors"), run.get("gpus_per_actor")
+        if isinstance(key, str) and isinstance(actors, int) and isinstance(gpus, (int, float)):
+            pools[key] = (actors, float(gpus))
+    return pools

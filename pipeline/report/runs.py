@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from pipeline.output.run_record import recorded_pools
 from pipeline.storage.layout import SUMMARY_KEY
 
 LOG_PREFIX = "logs/"
@@ -96,19 +97,6 @@ def run_history(
         elif run.shards:  # a run of an older stylegen: only its log names its pool
             run.actors, run.gpus_per_actor = _logged_pool_size(store, run.log_key)
     return runs
-
-
-def recorded_pools(record: dict[str, Any] | None) -> dict[str, tuple[int, float]]:
-    """Log key -> (target actors, GPUs per actor), from run.json's `runs` (entries that do not read as
-    such, e.g. edited by hand, are left out: their runs show no pool size)."""
-    pools = {}
-    for run in (record or {}).get("runs") or []:
-        if not isinstance(run, dict):
-            continue
-        key, actors, gpus = run.get("log"), run.get("actors"), run.get("gpus_per_actor")
-        if isinstance(key, str) and isinstance(actors, int) and isinstance(gpus, (int, float)):
-            pools[key] = (actors, float(gpus))
-    return pools
 
 
 def attribute_commits(runs: list[RunStats], markers: dict) -> None:
