@@ -607,15 +607,11 @@ def execute(
     """Run the pending shards on an elastic pool of generator actors (see actors/pool.py)."""
     import ray
 
+    from actors.cluster import detect_gpus, start_ray
+    from actors.deadlines import DeadlinePolicy
     from actors.metrics import RunMetrics
-    from actors.pool import (
-        DeadlinePolicy,
-        GeneratorPool,
-        SchedulerHooks,
-        ShardScheduler,
-        detect_gpus,
-        start_ray,
-    )
+    from actors.pool import GeneratorPool
+    from actors.scheduler import SchedulerHooks, ShardScheduler
 
     execution = config.execution
     wanted = placement.actors or execution.max_actors
