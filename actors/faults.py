@@ -1,4 +1,4 @@
-"""What a failed shard attempt means for the run, without Ray (actors/pool.py asks these):
+"""What a failed shard attempt means for the run, without Ray (the scheduler and its Blame ask these):
 
 - `is_storage_error`: the attempt failed on storage or the local disk (a full disk, a read-only
   filesystem, S3 unreachable), not on its rows. Such an attempt is not charged to the shard: the

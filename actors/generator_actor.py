@@ -1,4 +1,4 @@
-"""The Ray actors: one GeneratorActor per GPU wrapping a ShardWorker, and a ProgressActor for heartbeats.
+"""The Ray actors: one GeneratorActor per GPU wrapping a ShardWorker, and a HeartbeatActor they report to.
 
 GeneratorActor holds its GPU for life (`num_gpus`), reserves no CPU (`num_cpus=0`: GPU actors must never
 wait behind CPU bookkeeping), loads the models once in `__init__`, and runs shards on request. It is a
@@ -6,8 +6,8 @@ threaded actor so two shards can be in flight (one generating, one uploading) an
 answered while a shard runs. Ray restarts it after a crash or a `ray.kill` (`max_restarts=-1`); calls
 are never retried by Ray (`max_task_retries=0`): the driver resubmits, and the commit is idempotent.
 
-Heartbeats go to the async ProgressActor as fire-and-forget calls, so reporting never blocks a worker
-and the driver reads everyone's progress with one call. An actor also reports there the moment its
+Heartbeats go to the async HeartbeatActor as fire-and-forget calls, so reporting never blocks a worker
+and the driver reads everyone's heartbeats with one call. An actor also reports there the moment its
 constructor starts: until then it is waiting for a GPU (pending capacity, which the autoscaler scales
 on), after that it is loading models (which has a deadline).
 """
@@ -25,8 +25,9 @@ ACTOR_CONCURRENCY = 3
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)  # its calls are idempotent
-class ProgressActor:
-    """Latest heartbeat per shard attempt: images done and whether generation started."""
+class HeartbeatActor:
+    """Latest heartbeat per shard attempt (images done, the row running in isolation mode), and each
+    generator actor's latest constructor start."""
 
     def __init__(self):
         self._attempts: dict[str, dict] = {}
@@ -60,15 +61,15 @@ class ProgressActor:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=ACTOR_CONCURRENCY)
 class GeneratorActor:
     def __init__(
-        self, config_json: str, output: str, actor_index: int, progress_name: str, torch_threads: int
+        self, config_json: str, output: str, actor_index: int, heartbeats_name: str, torch_threads: int
     ):
         self._started = time.time()
         self._index = actor_index
         # By name, not handle: a handle argument would live in the object store, which Ray warns makes
         # restarts fragile; plain arguments are inlined into the actor's creation spec.
-        self._progress = ray.get_actor(progress_name)
+        self._heartbeats = ray.get_actor(heartbeats_name)
         context = ray.get_runtime_context()
-        self._progress.actor_starting.remote(actor_index, os.getpid(), context.get_node_id())
+        self._heartbeats.actor_starting.remote(actor_index, os.getpid(), context.get_node_id())
         placement = {"node_id": context.get_node_id(), "actor_id": context.get_actor_id()}
         from pipeline.run_config import RunConfig
         from pipeline.worker.shard_worker import ShardWorker
@@ -93,11 +94,13 @@ class GeneratorActor:
         self._load_s = time.time() - self._started
 
     def _heartbeat(self, attempt_id: str, shard_id: int, images_done: int) -> None:
-        self._progress.report.remote(attempt_id, shard_id, images_done, self._index)
+        self._heartbeats.report.remote(attempt_id, shard_id, images_done, self._index)
 
     def _row_started(self, attempt_id: str, shard_id: int, images_done: int, uid: str) -> None:
-        """Isolation mode: wait until the progress actor has it, so a crash right after cannot lose it."""
-        ray.get(self._progress.report.remote(attempt_id, shard_id, images_done, self._index, uid), timeout=60)
+        """Isolation mode: wait until the heartbeat actor has it, so a crash right after cannot lose it."""
+        ray.get(
+            self._heartbeats.report.remote(attempt_id, shard_id, images_done, self._index, uid), timeout=60
+        )
 
     def ready(self) -> dict:
         """Where this actor runs and what it holds; also the driver's health probe after a failure."""

@@ -66,7 +66,10 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from actors.pool import DeadlinePolicy, GeneratorPool, SchedulerHooks, ShardScheduler, start_ray
+    from actors.cluster import start_ray
+    from actors.deadlines import DeadlinePolicy
+    from actors.pool import GeneratorPool
+    from actors.scheduler import SchedulerHooks, ShardScheduler
     from pipeline.run.plan import plan_run, write_plan
     from pipeline.storage import open_store
 

@@ -26,7 +26,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import ray  # noqa: E402
 from run_fixtures import build_manifest, fake_config  # noqa: E402
 
-from actors.pool import DeadlinePolicy, GeneratorPool, SchedulerHooks, ShardScheduler  # noqa: E402
+from actors.deadlines import DeadlinePolicy  # noqa: E402
+from actors.pool import GeneratorPool  # noqa: E402
+from actors.scheduler import SchedulerHooks, ShardScheduler  # noqa: E402
 from pipeline.run.plan import plan_run, write_plan  # noqa: E402
 from pipeline.storage import open_store  # noqa: E402
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from run_fixtures import build_manifest, fake_config, local_ray
 
-from actors.pool import DeadlinePolicy, GeneratorPool, PoolError
+from actors.deadlines import DeadlinePolicy
+from actors.pool import GeneratorPool, PoolError
 from pipeline.run.job import run_job
 
 
@@ -70,7 +71,7 @@ def test_an_attempt_that_ray_fails_with_another_error_is_retried_not_fatal_to_th
     # error nor an actor death (like OutOfMemoryError): the shard is retried, the run goes on.
     import ray
 
-    from actors.pool import SchedulerHooks, ShardScheduler
+    from actors.scheduler import SchedulerHooks, ShardScheduler
     from pipeline.run.plan import plan_run, write_plan
     from pipeline.storage import open_store
 
@@ -109,7 +110,7 @@ def test_an_actor_killed_for_good_mid_run_is_replaced_and_the_run_completes(ray_
     # would) after the pool has worked is replaced by a fresh actor, so the pool stays at its target.
     import ray
 
-    from actors.pool import SchedulerHooks, ShardScheduler
+    from actors.scheduler import SchedulerHooks, ShardScheduler
     from pipeline.run.plan import plan_run, write_plan
     from pipeline.storage import open_store
 

@@ -69,7 +69,7 @@ def test_piped_output_is_not_cut_at_80_columns(tmp_path):
 def test_a_cluster_that_wants_a_token_gets_one_line_with_the_hint():
     from ray.exceptions import AuthenticationError
 
-    from actors.pool import connection_failure
+    from actors.cluster import connection_failure
 
     def chained() -> ConnectionError:  # how ray.init reports it: ConnectionError from RuntimeError from ...
         try:

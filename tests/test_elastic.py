@@ -23,7 +23,7 @@ import pytest
 import webdataset as wds
 from run_fixtures import build_manifest, fake_config, reference_tars, shard_rows
 
-from actors.pool import CapacityTimeout
+from actors.health import CapacityTimeout
 from manifests.read import read_manifest
 from pipeline.run.job import run_job
 

@@ -15,7 +15,7 @@ def test_a_local_run_starts_its_own_ray_even_when_another_cluster_was_started_on
     import ray
     from ray._common.utils import get_ray_address_file
 
-    from actors.pool import start_ray
+    from actors.cluster import start_ray
 
     if ray.is_initialized():
         pytest.skip("another test left Ray initialized in this process")

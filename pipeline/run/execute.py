@@ -53,19 +53,15 @@ def execute(
     log_key: str,
     stop: StopSignals | None = None,
 ) -> Executed:
-    """Run the pending shards on an elastic pool of generator actors (see actors/pool.py); `log_key`
+    """Run the pending shards on an elastic pool of generator actors (see actors/scheduler.py); `log_key`
     names this run in run.json's `runs`, where its pool is recorded."""
     import ray
 
+    from actors.cluster import detect_gpus, start_ray
+    from actors.deadlines import DeadlinePolicy
     from actors.metrics import RunMetrics
-    from actors.pool import (
-        DeadlinePolicy,
-        GeneratorPool,
-        SchedulerHooks,
-        ShardScheduler,
-        detect_gpus,
-        start_ray,
-    )
+    from actors.pool import GeneratorPool
+    from actors.scheduler import SchedulerHooks, ShardScheduler
 
     execution = config.execution
     wanted = placement.actors or execution.max_actors
