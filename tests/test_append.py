@@ -17,7 +17,7 @@ from pipeline.dataset.status import collect_status
 from pipeline.output.run_record import shard_sizes
 from pipeline.report.data import gather
 from pipeline.run.driver import RunRefused, plan_run, prepare_output, run_job
-from pipeline.worker.shard_worker import read_plan_shard
+from pipeline.worker.shard_files import read_plan_shard
 from tests.output_fixtures import KnownScorer, build_output
 
 

@@ -55,7 +55,7 @@ from pipeline.storage.layout import CARD_KEY, PLAN_KEY, REPORT_KEY, RUN_KEY, SUM
 from pipeline.storage.layout import log_key as run_log_key
 from pipeline.versions import package_versions
 from pipeline.worker.result import ShardResult
-from pipeline.worker.shard_worker import commit_failed_shard
+from pipeline.worker.shard_files import commit_failed_shard
 
 log = logging.getLogger("stylegen.driver")
 
