@@ -70,9 +70,11 @@ class GeneratorActor:
         self._heartbeats = ray.get_actor(heartbeats_name)
         context = ray.get_runtime_context()
         self._heartbeats.actor_starting.remote(actor_index, os.getpid(), context.get_node_id())
-        placement = {"node_id": context.get_node_id(), "actor_id": context.get_actor_id()}
         from pipeline.run_config import RunConfig
+        from pipeline.worker.result import RanOn
         from pipeline.worker.shard_worker import ShardWorker
+
+        ran_on = RanOn(node_id=context.get_node_id(), actor_id=context.get_actor_id())
 
         config = RunConfig.model_validate_json(config_json)
         device = "cpu"
@@ -89,7 +91,7 @@ class GeneratorActor:
             device=device,
             heartbeat=self._heartbeat,
             row_started=self._row_started,
-            placement=placement,
+            ran_on=ran_on,
         )
         self._load_s = time.time() - self._started
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.json_format import flatten
 from pipeline.models.fake_config import FakeGeneratorConfig
 from pipeline.scoring.registry import DEFAULT_SCORERS
 from pipeline.storage.s3 import looks_like_credential
@@ -201,8 +202,8 @@ def config_fingerprint(config_dict: dict[str, Any]) -> str:
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two configs' identity parts: 'key: old -> new'."""
-    before = _flatten(_drop_keys(old, OPERATIONAL_KEYS))
-    after = _flatten(_drop_keys(new, OPERATIONAL_KEYS))
+    before = flatten(_drop_keys(old, OPERATIONAL_KEYS))
+    after = flatten(_drop_keys(new, OPERATIONAL_KEYS))
     missing = object()
     changes = []
     for key in sorted(before.keys() | after.keys()):
@@ -330,15 +331,6 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"cannot set {dotted}: {part} is not a mapping")
     node[leaf] = value
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict) and data:
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): data}
 
 
 def _drop_keys(data: dict[str, Any], dotted_keys: frozenset[str], prefix: str = "") -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pipeline.report.data import gather
 from pipeline.run.job import run_job
 from pipeline.run.plan import plan_run
 from pipeline.run.resume import RunRefused, prepare_output
-from pipeline.worker.shard_worker import read_plan_shard
+from pipeline.worker.shard_files import read_plan_shard
 from tests.output_fixtures import KnownScorer, build_output
 
 

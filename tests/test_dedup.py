@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli.app import app
 from pipeline.dataset.dedup import Dedup, dedup_output
-from pipeline.dataset.select import SelectError
+from pipeline.dataset.subset import SelectError
 from pipeline.scoring.duplicates import MARGIN, duplicate_groups
 
 # --- the independent computation --------------------------------------------------------------------

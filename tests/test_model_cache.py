@@ -62,7 +62,7 @@ def test_stage_command_prints_a_config_whose_models_load_and_generate_like_the_l
 
     from pipeline.cli.app import app
     from pipeline.rbmod.generate import GenerationRequest, RBModGenerator, StyleRef
-    from pipeline.worker.shard_worker import build_parts
+    from pipeline.worker.parts import build_parts
 
     command = ["models", "stage", "--preset", "tiny", "--to", s3_bucket.uri("models/")]
     command += ["--scorers", "clip", "dino", "aesthetic", "nsfw"]

@@ -18,8 +18,9 @@ from output_fixtures import build_output
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
-from pipeline.dataset.select import SelectError, Selection, select_output
+from pipeline.dataset.select import Selection, select_output
 from pipeline.dataset.status import collect_status
+from pipeline.dataset.subset import SelectError
 from pipeline.storage import open_store
 
 pytest_plugins = ["s3_fixtures"]

@@ -29,7 +29,8 @@ from pipeline.run_config import RunConfig
 from pipeline.shards.images import encode_image
 from pipeline.storage import open_store
 from pipeline.worker.inputs import InputLoader
-from pipeline.worker.shard_worker import ShardWorker, commit_failed_shard, read_plan_shard
+from pipeline.worker.shard_files import commit_failed_shard, read_plan_shard
+from pipeline.worker.shard_worker import ShardWorker
 
 # The fake generator's model fingerprint: sha256 of its canonical description, 16 hex digits.
 FAKE_MODEL = hashlib.sha256(b'{"generator":"fake","size":16}').hexdigest()[:16]

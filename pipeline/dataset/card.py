@@ -38,7 +38,7 @@ from pipeline.storage.objects import ObjectNotFound
 
 SCORE_PREFIX = "score_"
 # The sample json's own fields and their types (written by
-# pipeline.worker.shard_worker.ShardFiles.sample_metadata).
+# pipeline.worker.shard_files.ShardFiles.sample_metadata).
 _STRING, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
 SAMPLE_FIELDS = {
     "uid": _STRING,

@@ -1,7 +1,8 @@
 """`stylegen dedup OUTPUT --by dino --threshold T [--within style|prompt] [--prefer SCORE] -o NEW_OUTPUT`.
 
 Keeps one sample of every group of near-duplicates among a finished run's kept samples and writes
-them to fresh shards, like `stylegen select` (the same writer, run.json record, resume and refusals):
+them to fresh shards like `stylegen select` (pipeline.dataset.subset: the same writer, run.json record,
+resume and refusals):
 
 1. Stream the committed shard parquets' `embedding_<by>` column (float16 vectors, written by the
    `<by>_embedding` scorer) into one float16 matrix, kept in a temporary memory-mapped file once it
@@ -25,7 +26,7 @@ import numpy as np
 import typer
 
 from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX
-from pipeline.dataset.select import SelectError, SelectSummary
+from pipeline.dataset.subset import SelectError, SelectSummary
 from pipeline.errors import OutputError
 from pipeline.output.shard_tables import iter_shard_tables
 
@@ -73,7 +74,7 @@ def dedup_output(
     memory_limit: int = MEMORY_LIMIT,
 ) -> DedupSummary:
     """Write one sample per near-duplicate group of `source`'s kept samples to `output`."""
-    from pipeline.dataset.select import open_source, write_subset
+    from pipeline.dataset.subset import open_source, write_subset
     from pipeline.scoring.duplicates import duplicate_groups
 
     source_store, output_store, source_run, markers = open_source(source, output, allow_partial)

@@ -17,7 +17,7 @@ from pipeline.run.stop import StopSignals
 from pipeline.run.summary import PoolStats
 from pipeline.run_config import RunConfig
 from pipeline.worker.result import ShardResult
-from pipeline.worker.shard_worker import commit_failed_shard
+from pipeline.worker.shard_files import commit_failed_shard
 
 log = logging.getLogger("stylegen.driver")
 

@@ -33,7 +33,7 @@ class ShardSample:
     """One kept (or rejected) sample: encoded image bytes, the metadata for its `.json` member and its
     caption for the `.txt` member (none when None).
 
-    `meta` is whatever the worker records (pipeline.worker.shard_worker.ShardFiles.sample_metadata).
+    `meta` is whatever the worker records (pipeline.worker.shard_files.ShardFiles.sample_metadata).
     It is written as canonical JSON with `uid` added; the caption as UTF-8."""
 
     uid: str

@@ -1,4 +1,4 @@
-"""What the worker hands back: one row's outcome, and a shard attempt's result."""
+"""What the worker hands back: one row's outcome, and a shard attempt's result (with where it ran)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ class RowOutcome:
 
 
 @dataclass(frozen=True)
+class RanOn:
+    """The Ray node and actor a worker runs on (both None without Ray), recorded in each shard's
+    parquet and result. Not the run's Placement (pipeline.run.driver), which decides where actors go."""
+
+    node_id: str | None = None
+    actor_id: str | None = None
+
+
+@dataclass(frozen=True)
 class ShardResult:
     """What a shard attempt did: handed from the worker through its Ray actor to the scheduler and the
     driver as this object (Ray pickles it), never as a dict of string keys."""
@@ -40,5 +49,5 @@ class ShardResult:
     generate_s: float = 0.0
     commit_s: float = 0.0
     models: dict[str, Any] = field(default_factory=dict)  # fingerprint -> public model info (run.json)
-    node_id: str | None = None  # where it ran (see ShardWorker.placement)
+    node_id: str | None = None  # where it ran (see RanOn)
     actor_id: str | None = None
