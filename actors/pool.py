@@ -42,6 +42,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.faults import CulpritSearch, StorageOutage, is_storage_error
 from actors.generator_actor import GeneratorActor, ProgressActor
+from pipeline.errors import UserError
 from pipeline.worker.result import ShardResult
 
 log = logging.getLogger("stylegen.pool")
@@ -51,7 +52,7 @@ PROBE_RETRY_S = 0.5
 HEARTBEAT_POLL_S = 0.5
 
 
-class PoolError(RuntimeError):
+class PoolError(UserError, RuntimeError):
     """The run cannot go on: no generator actor is alive (the message says why)."""
 
 

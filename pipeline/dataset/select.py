@@ -27,14 +27,11 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
-from pipeline.errors import OutputError
+from pipeline.errors import UserError
 from pipeline.json_format import canonical_json
 from pipeline.output.accounting import planned_counts
 from pipeline.output.run_record import RunRecordError, load_run_record, store_run_record
@@ -47,8 +44,10 @@ DEFAULT_SHARD_SIZE = 64
 _CORE_COLUMNS = ("uid", "shard_id", "status", "reason")
 
 
-class SelectError(ValueError):
+class SelectError(UserError, ValueError):
     """The selection cannot run; the message says what and where."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -494,50 +493,3 @@ def _meta_schema(schema):
         and not field.name.startswith((SCORE_PREFIX, TIME_PREFIX, EMBEDDING_PREFIX))
     ]
     return pa.schema(fields)
-
-
-# --- the command -------------------------------------------------------------------------------------
-
-
-class Group(str, Enum):
-    style = "style"
-    prompt = "prompt"
-
-
-def select(
-    output: str = typer.Argument(
-        ..., help="The finished run to select from: a folder or s3://bucket/prefix."
-    ),
-    by: str = typer.Option(..., "--by", help="The score to rank by, e.g. clip_t or csd_style."),
-    top: float | None = typer.Option(None, "--top", help="Keep the best FRACTION (0 < F <= 1) of the kept."),
-    minimum: float | None = typer.Option(None, "--min", help="Keep the samples whose score is >= VALUE."),
-    per: Group | None = typer.Option(None, "--per", help="Apply --top within each style or prompt."),
-    new_output: str = typer.Option(
-        ..., "-o", "--output", help="Where the new dataset goes (folder or s3://)."
-    ),
-    shard_size: int | None = typer.Option(
-        None, "--shard-size", min=1, help="Samples per new shard (default: the source's shard size)."
-    ),
-    allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Select from an unfinished run's committed shards."
-    ),
-    workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
-) -> None:
-    """Write a new dataset of fresh shards from OUTPUT's kept samples, chosen by a score."""
-    from rich.table import Table
-
-    from manifests.cli_format import make_console
-    from pipeline.storage import StorageError
-
-    try:
-        selection = Selection(by, top, minimum, per.value if per else None)
-        summary = select_output(
-            output, new_output, selection, shard_size=shard_size, allow_partial=allow_partial, workers=workers
-        )
-    except (SelectError, OutputError, StorageError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    table = Table(title=f"stylegen select: {summary.source} -> {summary.output}", show_header=False)
-    for name, value in summary.to_dict().items():
-        table.add_row(name.replace("_", " "), str(value))
-    make_console().print(table)

@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PRIOR_REPO = "stabilityai/stable-cascade-prior"
@@ -54,7 +56,7 @@ PATH_KEYS = {
 }
 
 
-class PresetError(RuntimeError):
+class PresetError(UserError, RuntimeError):
     """A preset cannot be loaded: names the component and where it was looked for."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 
 from manifests.cli_format import StylegenCommand, StylegenGroup
+from pipeline.errors import UserError
 
 PRESETS = ("stable-cascade", "tiny")
 # component -> where its staged URI goes in a run config
@@ -35,7 +36,7 @@ _NOT_LOADED = ["*.bin", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.ckpt", 
 _TRANSFORMERS_FOLDERS = ("text_encoder", "tokenizer", "image_encoder", "feature_extractor")
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """Staging cannot go on; the message names the component and what to do."""
 
 

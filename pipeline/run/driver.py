@@ -31,6 +31,7 @@ from typing import Any
 from rich.console import Console
 
 from manifests.cli_format import make_console
+from pipeline.errors import UserError
 from pipeline.json_format import pretty_json
 from pipeline.output.accounting import sample_counts
 from pipeline.output.run_record import (
@@ -60,9 +61,11 @@ from pipeline.worker.shard_worker import commit_failed_shard
 log = logging.getLogger("stylegen.driver")
 
 
-class RunRefused(RuntimeError):
+class RunRefused(UserError, RuntimeError):
     """The output holds a different run (changed manifest or config), or --restart would delete
     something that is not a stylegen output."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -291,7 +294,7 @@ def write_card(store) -> str | None:
 def write_run_report(store, summary: RunSummary | None = None) -> str | None:
     """report.html for the output (galleries, score histograms with the filter thresholds, throughput).
     The data is complete before this runs, so a failure here is a warning, not a failed run."""
-    from pipeline.report.command import build_report
+    from pipeline.report.build import build_report
 
     try:
         latest = summary.to_dict() if summary is not None else None
