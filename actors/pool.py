@@ -22,11 +22,12 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.generator_actor import GeneratorActor, HeartbeatActor
+from pipeline.errors import UserError
 
 SHARDS_IN_FLIGHT_PER_ACTOR = 2
 
 
-class PoolError(RuntimeError):
+class PoolError(UserError, RuntimeError):
     """The run cannot go on: no generator actor is alive (the message says why)."""
 
 

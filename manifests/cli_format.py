@@ -1,5 +1,5 @@
-"""How every stylegen command reads its options and shows its help (manifests/cli.py and pipeline/cli/app.py
-use these classes, so `stylegen manifest ...` and `stylegen run ...` behave alike).
+"""How every stylegen command reads its options and shows its help (every command in pipeline/cli/ uses
+these classes, so `stylegen manifest ...` and `stylegen run ...` behave alike).
 
 - A list option takes several values after one flag, as the README writes it: `--styles a b c` is read
   as `--styles a --styles b --styles c` (repeating the flag still works).

@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.errors import UserError
+
 UID, ROW, PROMPT, STYLE, CONTENT, ID, SEED = "uid", "row", "prompt", "style", "content", "id", "seed"
 SHARD_ID = "shard_id"  # added by the plan (manifests/plan.py)
 REQUIRED_COLUMNS = (PROMPT, STYLE)
@@ -44,7 +46,7 @@ _PANDAS_INDEX = re.compile(r"^__index_level_\d+__$")
 _INT64_MAX = 2**63 - 1
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest problem; the message names the file, the column and the row(s) where known."""
 
     def __init__(self, message: str, *, column: str | None = None, rows: list[int] | None = None):

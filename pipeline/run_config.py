@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import UserError
 from pipeline.json_format import flatten
 from pipeline.models.fake_config import FakeGeneratorConfig
 from pipeline.scoring.registry import DEFAULT_SCORERS
@@ -38,8 +39,10 @@ OPERATIONAL_KEYS = frozenset(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config file or flag; the message names the file and the key."""
+
+    exit_code = 2
 
 
 class _Section(BaseModel):

@@ -255,12 +255,12 @@ def test_a_damaged_run_json_is_refused_naming_the_file(tmp_path, content, messag
 
 @pytest.mark.slow
 def test_a_report_that_cannot_be_built_does_not_fail_a_finished_run(ray_cluster, tmp_path, monkeypatch):
-    import pipeline.report.command
+    import pipeline.report.build
 
     def broken(store, **options):
         raise RuntimeError("no fonts today")
 
-    monkeypatch.setattr(pipeline.report.command, "build_report", broken)
+    monkeypatch.setattr(pipeline.report.build, "build_report", broken)
     manifest = build_manifest(tmp_path, rows=6)
     output = tmp_path / "out"
     summary = run_job(str(manifest), str(output), fake_config(), actors=1, live=False)

@@ -100,7 +100,7 @@ def test_plan_refuses_duplicates_unless_dedupe(tmp_path):
 def test_manifest_cli_and_demo_modules_import_light():
     """`stylegen --help` must stay fast: no torch, transformers, ray or pyarrow at import time."""
     code = (
-        "import json, sys; import manifests.cli, pipeline.cli.demo; "
+        "import json, sys; import pipeline.cli.manifest, pipeline.cli.demo; "
         "print(json.dumps([m for m in ('torch', 'transformers', 'ray', 'pyarrow') if m in sys.modules]))"
     )
     output = subprocess.run(

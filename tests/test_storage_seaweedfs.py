@@ -151,7 +151,7 @@ def test_wrong_credentials_give_a_clear_error_without_the_secret(
 
     # The right key id with a wrong secret, through the CLI in a fresh process.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs_server.access_key)
-    script = "import typer; from pipeline.dataset.status import status; typer.run(status)"
+    script = "import typer; from pipeline.cli.status import status; typer.run(status)"
     run = subprocess.run(
         [sys.executable, "-c", script, store_uri, "--json"],
         cwd=REPO,

@@ -11,7 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.dataset.status import collect_status, status
+from pipeline.cli.status import status
+from pipeline.dataset.status import collect_status
 from pipeline.shards import ShardRow, write_shard_table, write_tar
 from pipeline.storage import LocalStore, S3Store, open_store
 

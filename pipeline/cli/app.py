@@ -1,21 +1,22 @@
-"""The `stylegen` command line. Each command lives beside the code it drives; this file only joins them.
+"""The `stylegen` command line: every command lives in this folder, one file each; this file only joins them.
 The command modules import their heavy parts (torch, ray, transformers) inside the commands, so
-`stylegen --help` stays fast."""
+`stylegen --help` stays fast. Each command turns a user error into one line and its exit code through
+pipeline/cli/errors.py."""
 
 from __future__ import annotations
 
 import typer
 
-from manifests.cli import manifest_app
 from manifests.cli_format import StylegenCommand, StylegenGroup
 from pipeline.cli.card import card
+from pipeline.cli.dedup import dedup
 from pipeline.cli.demo import demo_command
+from pipeline.cli.manifest import manifest_app
 from pipeline.cli.models import models_app
+from pipeline.cli.report import report
 from pipeline.cli.run import run
-from pipeline.dataset.dedup import dedup
-from pipeline.dataset.select import select
-from pipeline.dataset.status import status
-from pipeline.report.command import report
+from pipeline.cli.select import select
+from pipeline.cli.status import status
 
 app = typer.Typer(
     cls=StylegenGroup,

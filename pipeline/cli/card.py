@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import typer
 
+from pipeline.cli.errors import exits_on_user_error
 
+
+@exits_on_user_error(exit_code=2, also=(ValueError,))
 def card(output: str = typer.Argument(..., help="The output: a folder or s3://bucket/prefix.")) -> None:
     """Write README.md, the dataset card, so `datasets.load_dataset(OUTPUT)` reads the shards typed."""
     from pipeline.dataset.card import write_dataset_card
-    from pipeline.storage import ObjectNotFound, StorageError, open_store
+    from pipeline.errors import OutputError
+    from pipeline.storage import ObjectNotFound, open_store
 
     try:
         where = write_dataset_card(open_store(output))
     except ObjectNotFound as error:
-        typer.echo(f"error: no stylegen output at {output} ({error})", err=True)
-        raise typer.Exit(2) from None
-    except (StorageError, ValueError) as error:  # also a run.json that is not JSON
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise OutputError(f"no stylegen output at {output} ({error})") from None
     typer.echo(where)

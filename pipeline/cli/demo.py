@@ -15,6 +15,8 @@ from pathlib import Path
 
 import typer
 
+from pipeline.cli.errors import exits_on_user_error
+
 DEMO_SHARD_SIZE = 8
 # Thresholds picked for the tiny random-weight scorers so the demo shows both outcomes; real runs set
 # their own (e.g. clip_t >= 0.25 with openai/clip-vit-large-patch14).
@@ -172,6 +174,7 @@ def print_where(summary) -> None:
     )
 
 
+@exits_on_user_error
 def demo_command(
     output: Path = typer.Option(
         Path("demo-output"), "--output", "-o", help="Folder for everything the demo makes"

@@ -8,7 +8,9 @@ from pathlib import Path
 import typer
 
 from manifests.cli_format import StylegenCommand, StylegenGroup
-from pipeline.models.stage import DEFAULT_SCORER_MODELS, StageError, config_snippet, resolve_sources, stage
+from pipeline.cli.errors import exits_on_user_error
+from pipeline.errors import UsageError
+from pipeline.models.stage import DEFAULT_SCORER_MODELS, config_snippet, resolve_sources, stage
 
 models_app = typer.Typer(
     cls=StylegenGroup, help="Stage model weights in object storage for cluster runs.", no_args_is_help=True
@@ -29,6 +31,7 @@ STAGE_HELP = (
 
 
 @models_app.command("stage", help=STAGE_HELP, cls=StylegenCommand)
+@exits_on_user_error
 def stage_command(
     to: str = typer.Option(..., "--to", help="Where to stage: s3://bucket/models/"),
     preset: str = typer.Option("stable-cascade", "--preset", help="stable-cascade | tiny"),
@@ -47,24 +50,15 @@ def stage_command(
     ),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Where the tiny preset is built"),
 ) -> None:
-    from rich.console import Console
-
     overrides = {}
     for item in sources or []:
         component, sep, path = item.partition("=")
         if not sep or not path:
-            Console(stderr=True).print(f"[bold red]error:[/] --from {item!r}: expected COMPONENT=LOCAL_PATH")
-            raise typer.Exit(2)
+            raise UsageError(f"--from {item!r}: expected COMPONENT=LOCAL_PATH")
         overrides[component.strip()] = path
-    from pipeline.storage import StorageError
-
-    try:
-        scorer_models = tuple(name for name in scorers if name != "none")
-        resolved = resolve_sources(preset, overrides, cache_dir, scorer_models)
-        result = stage(resolved, to, echo=lambda line: typer.echo(line, err=True))
-    except (StageError, StorageError) as error:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(1) from None
+    scorer_models = tuple(name for name in scorers if name != "none")
+    resolved = resolve_sources(preset, overrides, cache_dir, scorer_models)
+    result = stage(resolved, to, echo=lambda line: typer.echo(line, err=True))
     typer.echo(
         f"# staged {len(resolved)} components under {to}: {result.uploaded} files uploaded "
         f"({result.bytes_uploaded / 1e9:.2f} GB), {result.skipped} already there",

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import typer
 
+from pipeline.cli.errors import exits_on_user_error
 
+
+@exits_on_user_error
 def run(
     manifest: str = typer.Argument(
         ..., help="Manifest: Parquet file or folder, CSV or JSONL; a path or s3://."
@@ -52,13 +55,13 @@ def run(
     """Generate, score, filter and commit every shard of MANIFEST into OUTPUT; rerun to resume.
 
     SIGTERM / Ctrl-C stop gracefully (commits in progress finish, exit 143 / 130); rerun to resume."""
-    from rich.markup import escape
+    from pydantic import ValidationError
 
     from manifests.cli_format import make_console
+    from pipeline.errors import UserError
     from pipeline.run.job import run_job
-    from pipeline.run.resume import RunRefused
-    from pipeline.run.stop import RunStopped
-    from pipeline.run_config import ConfigError, RunConfig
+    from pipeline.run_config import RunConfig
+    from pipeline.storage import StorageError
 
     console = make_console(stderr=True)
     overrides = {}
@@ -86,23 +89,12 @@ def run(
             retry_failed=retry_failed,
             console=console,
         )
-    except RunStopped as error:
-        console.print(f"stylegen: {error}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(error.exit_code) from None
-    except (ConfigError, RunRefused) as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(2) from None
     except OSError as error:  # the local filesystem (full, read-only, ...): one line, never a traceback
         from pipeline.storage.local import os_error_message
 
-        message = os_error_message(error, error.filename or output)
-        console.print(f"[red]error:[/red] {escape(message)}")
-        raise typer.Exit(1) from None
-    except Exception as error:
-        if type(error).__name__ not in _USER_ERRORS:
-            raise
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(1) from None
+        raise StorageError(os_error_message(error, error.filename or output)) from None
+    except ValidationError as error:  # options pydantic rejects outside the config (STYLEGEN_S3_*)
+        raise UserError(str(error)) from None
     if summary.shards_failed:
         console.print(
             f"{summary.shards_failed} shard(s) failed every attempt; their rows are recorded as failed in "
@@ -110,17 +102,3 @@ def run(
             style="yellow",
             markup=False,
         )
-
-
-# Errors that describe a problem with the user's input or setup: shown as one line, no traceback.
-_USER_ERRORS = {
-    "ManifestError",
-    "PlanError",
-    "PoolError",
-    "PresetError",
-    "RuleError",
-    "StorageError",
-    "StorageDown",
-    "ObjectNotFound",
-    "ValidationError",
-}

@@ -18,16 +18,13 @@ from __future__ import annotations
 import itertools
 import tempfile
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
 from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX
 from pipeline.dataset.subset import SelectError, SelectSummary
-from pipeline.errors import OutputError
 from pipeline.output.shard_tables import iter_shard_tables
 
 MEMORY_LIMIT = 1 << 30  # bytes of embeddings kept in RAM; above, a temporary memory-mapped file
@@ -231,63 +228,3 @@ def _representatives(rows, labels: np.ndarray, prefer: str | None) -> tuple[list
     sizes = np.diff(np.append(np.flatnonzero(first), len(order)))
     chosen = uids.take(order[first]).to_pylist()
     return chosen, int((sizes > 1).sum())
-
-
-# --- the command -------------------------------------------------------------------------------------
-
-
-class Within(str, Enum):
-    style = "style"
-    prompt = "prompt"
-
-
-def dedup(
-    output: str = typer.Argument(
-        ..., help="The finished run to deduplicate: a folder or s3://bucket/prefix."
-    ),
-    by: str = typer.Option(
-        "dino", "--by", help="The embedding: dino reads embedding_dino (dino_embedding scorer)."
-    ),
-    threshold: float = typer.Option(
-        ..., "--threshold", help="Cosine >= T makes two samples near-duplicates."
-    ),
-    within: Within | None = typer.Option(
-        None, "--within", help="Only compare samples of the same style/prompt."
-    ),
-    prefer: str | None = typer.Option(
-        None, "--prefer", help="Keep each group's best by this score (e.g. aesthetic)."
-    ),
-    new_output: str = typer.Option(
-        ..., "-o", "--output", help="Where the new dataset goes (folder or s3://)."
-    ),
-    shard_size: int | None = typer.Option(None, "--shard-size", min=1, help="Samples per new shard."),
-    allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Use an unfinished run's committed shards."
-    ),
-    workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
-    block: int = typer.Option(4096, "--block", min=1, help="Rows per block of the similarity products."),
-) -> None:
-    """Write a new dataset of fresh shards keeping one sample of every group of near-duplicates."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from pipeline.storage import StorageError
-
-    try:
-        spec = Dedup(by, threshold, within.value if within else None, prefer)
-        summary = dedup_output(
-            output,
-            new_output,
-            spec,
-            shard_size=shard_size,
-            allow_partial=allow_partial,
-            workers=workers,
-            block=block,
-        )
-    except (SelectError, OutputError, StorageError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    table = Table(title=f"stylegen dedup: {summary.source} -> {summary.output}", show_header=False)
-    for name, value in summary.to_dict().items():
-        table.add_row(name.replace("_", " "), str(value))
-    Console().print(table)

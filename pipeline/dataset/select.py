@@ -11,14 +11,10 @@ Offline selection: a new dataset of fresh shards made of a finished run's best K
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
-
-import typer
 
 from pipeline.columns import SCORE_PREFIX
 from pipeline.dataset.subset import SelectError, SelectSummary, open_source, write_subset
-from pipeline.errors import OutputError
 from pipeline.output.shard_tables import read_shard_tables, with_status
 
 
@@ -114,50 +110,3 @@ def _score_column(rows, selection: Selection, where: str) -> str:
 
 def _selection_column(name: str) -> bool:
     return name in ("uid", "shard_id", "status", "style", "prompt") or name.startswith(SCORE_PREFIX)
-
-
-# --- the command -------------------------------------------------------------------------------------
-
-
-class Group(str, Enum):
-    style = "style"
-    prompt = "prompt"
-
-
-def select(
-    output: str = typer.Argument(
-        ..., help="The finished run to select from: a folder or s3://bucket/prefix."
-    ),
-    by: str = typer.Option(..., "--by", help="The score to rank by, e.g. clip_t or csd_style."),
-    top: float | None = typer.Option(None, "--top", help="Keep the best FRACTION (0 < F <= 1) of the kept."),
-    minimum: float | None = typer.Option(None, "--min", help="Keep the samples whose score is >= VALUE."),
-    per: Group | None = typer.Option(None, "--per", help="Apply --top within each style or prompt."),
-    new_output: str = typer.Option(
-        ..., "-o", "--output", help="Where the new dataset goes (folder or s3://)."
-    ),
-    shard_size: int | None = typer.Option(
-        None, "--shard-size", min=1, help="Samples per new shard (default: the source's shard size)."
-    ),
-    allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Select from an unfinished run's committed shards."
-    ),
-    workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
-) -> None:
-    """Write a new dataset of fresh shards from OUTPUT's kept samples, chosen by a score."""
-    from rich.table import Table
-
-    from manifests.cli_format import make_console
-    from pipeline.storage import StorageError
-
-    try:
-        selection = Selection(by, top, minimum, per.value if per else None)
-        summary = select_output(
-            output, new_output, selection, shard_size=shard_size, allow_partial=allow_partial, workers=workers
-        )
-    except (SelectError, OutputError, StorageError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    table = Table(title=f"stylegen select: {summary.source} -> {summary.output}", show_header=False)
-    for name, value in summary.to_dict().items():
-        table.add_row(name.replace("_", " "), str(value))
-    make_console().print(table)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
+from pipeline.errors import UserError
 from pipeline.json_format import canonical_json, flatten
 from pipeline.output.accounting import planned_counts
 from pipeline.output.run_record import RunRecordError, load_run_record, store_run_record
@@ -42,8 +43,10 @@ DEFAULT_SHARD_SIZE = 64
 _CORE_COLUMNS = ("uid", "shard_id", "status", "reason")
 
 
-class SelectError(ValueError):
+class SelectError(UserError, ValueError):
     """A selection (or dedup) cannot run; the message says what and where."""
+
+    exit_code = 2
 
 
 @dataclass

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pipeline.errors import UserError
 from pipeline.storage import ObjectInfo, S3Store, StorageError, open_store
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ _CHUNK = 8 * 1024 * 1024
 _MD5 = re.compile(r"[0-9a-f]{32}")  # a multipart ETag ("<md5>-<parts>") is not the content's MD5
 
 
-class ModelCacheError(RuntimeError):
+class ModelCacheError(UserError, RuntimeError):
     """A staged model cannot be copied; the message names the S3 object or prefix."""
 
 

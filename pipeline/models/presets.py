@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.errors import UserError
+
 PRIOR_REPO = "stabilityai/stable-cascade-prior"
 DECODER_REPO = "stabilityai/stable-cascade"
 # The official `StageA.decode` multiplies by 0.43; diffusers' PaellaVQModel defaults to 0.3764 and a
@@ -38,7 +40,7 @@ PATH_KEYS = {
 }
 
 
-class PresetError(RuntimeError):
+class PresetError(UserError, RuntimeError):
     """A preset cannot be loaded: names the component and where it was looked for."""
 
 

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import UserError
+
 PRESETS = ("stable-cascade", "tiny")
 # component -> where its staged URI goes in a run config
 CONFIG_KEYS = {
@@ -31,7 +33,7 @@ _NOT_LOADED = ["*.bin", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.ckpt", 
 _TRANSFORMERS_FOLDERS = ("text_encoder", "tokenizer", "image_encoder", "feature_extractor")
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """Staging cannot go on; the message names the component and what to do."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.json_format import pretty_json
 from pipeline.storage.layout import RUN_KEY
 from pipeline.storage.objects import ObjectNotFound
@@ -17,8 +18,10 @@ RUN_FORMAT = "stylegen-run/2"  # 2: shard parquets under metadata/, models in ru
 READABLE_FORMATS = (RUN_FORMAT, "stylegen-run/1")  # a format-1 output resumes in its own layout
 
 
-class RunRecordError(ValueError):
+class RunRecordError(UserError, ValueError):
     """run.json exists but is not a JSON object (the message names it and says why)."""
+
+    exit_code = 2
 
 
 def load_run_record(store) -> dict[str, Any] | None:

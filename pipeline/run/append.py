@@ -31,14 +31,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.plan import METADATA_KEY, ROW_GROUP_TARGET_ROWS
+from pipeline.errors import UserError
 from pipeline.output.run_record import generations, shard_sizes, store_run_record
 from pipeline.storage.layout import PLAN_KEY
 
 SHOWN = 5  # rows named in a refusal
 
 
-class AppendRefused(RuntimeError):
+class AppendRefused(UserError, RuntimeError):
     """The new manifest drops or changes rows of the run; the message names them."""
+
+    exit_code = 2
 
 
 def append_run(store, prior: dict[str, Any], plan, record: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def write_card(store) -> str | None:
 def write_run_report(store, summary: RunSummary | None = None) -> str | None:
     """report.html for the output (galleries, score histograms with the filter thresholds, throughput).
     The data is complete before this runs, so a failure here is a warning, not a failed run."""
-    from pipeline.report.command import build_report
+    from pipeline.report.build import build_report
 
     try:
         latest = summary.to_dict() if summary is not None else None

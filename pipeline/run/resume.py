@@ -8,6 +8,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.output.run_record import (
     READABLE_FORMATS,
     RUN_FORMAT,
@@ -24,9 +25,11 @@ from pipeline.storage.layout import RUN_KEY
 log = logging.getLogger("stylegen.driver")
 
 
-class RunRefused(RuntimeError):
+class RunRefused(UserError, RuntimeError):
     """The output holds a different run (changed manifest or config), or --restart would delete
     something that is not a stylegen output."""
+
+    exit_code = 2
 
 
 def prepare_output(

@@ -18,13 +18,17 @@ import signal
 import sys
 import threading
 
+from pipeline.errors import UserError
+
 log = logging.getLogger("stylegen.driver")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class RunStopped(Exception):
+class RunStopped(UserError):
     """The run stopped on a signal; a rerun of the same command resumes. `exit_code` is 128 + signal."""
+
+    label = "stylegen"  # not an error: `stylegen: stopped by SIGTERM: ...`
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)

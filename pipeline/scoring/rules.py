@@ -24,6 +24,8 @@ import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from pipeline.errors import UserError
+
 OPERATORS = {
     ast.Lt: operator.lt,
     ast.LtE: operator.le,
@@ -35,7 +37,7 @@ OPERATORS = {
 MAX_RULE_LENGTH = 1000
 
 
-class RuleError(ValueError):
+class RuleError(UserError, ValueError):
     """A filter rule that cannot be accepted; the message names the rule and what is wrong."""
 
 

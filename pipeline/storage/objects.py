@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from pipeline.errors import UserError
+
 _CHUNK = 8 * 1024 * 1024
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """An object-store operation failed; the message names the operation and the object, never a secret."""
 
 

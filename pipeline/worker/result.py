@@ -27,7 +27,7 @@ class RowOutcome:
 @dataclass(frozen=True)
 class RanOn:
     """The Ray node and actor a worker runs on (both None without Ray), recorded in each shard's
-    parquet and result. Not the run's Placement (pipeline.run.driver), which decides where actors go."""
+    parquet and result. Not the run's Placement (pipeline.run.execute), which decides where actors go."""
 
     node_id: str | None = None
     actor_id: str | None = None

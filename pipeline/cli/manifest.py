@@ -1,4 +1,5 @@
-"""`stylegen manifest build | validate | plan`; imports live inside the commands to keep --help fast."""
+"""`stylegen manifest build | validate | plan` (the manifests package); imports live inside the commands, so
+`--help` stays fast."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import typer
 
 from manifests.cli_format import StylegenCommand, StylegenGroup
+from pipeline.cli.errors import exits_on_user_error
 
 manifest_app = typer.Typer(
     cls=StylegenGroup,
@@ -15,16 +17,8 @@ manifest_app = typer.Typer(
 )
 
 
-def _fail(error: Exception) -> None:
-    from rich.markup import escape
-
-    from manifests.cli_format import make_console
-
-    make_console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(error))}")
-    raise typer.Exit(1)
-
-
 @manifest_app.command(cls=StylegenCommand)
+@exits_on_user_error
 def build(
     styles: list[str] = typer.Option(
         ..., "--styles", metavar="PATH...", help="Style images: files, folders (recursive), globs, s3://"
@@ -43,12 +37,8 @@ def build(
 ) -> None:
     """Write a manifest from image folders and a prompt list (streams; any size)."""
     from manifests.build import build_manifest
-    from manifests.schema import ManifestError
 
-    try:
-        result = build_manifest(styles, prompts, out, contents or None, pairing, samples, repeats, seed)
-    except ManifestError as error:
-        _fail(error)
+    result = build_manifest(styles, prompts, out, contents or None, pairing, samples, repeats, seed)
     typer.echo(
         f"wrote {out}: {result.rows} rows from {result.styles} styles, {result.contents} contents, "
         f"{result.prompts} prompts ({pairing}, repeats={repeats})"
@@ -59,6 +49,7 @@ def build(
 
 
 @manifest_app.command(cls=StylegenCommand)
+@exits_on_user_error
 def validate(
     manifest: str = typer.Argument(..., help="Manifest file, folder or s3:// URI"),
     check_files: bool = typer.Option(False, "--check-files", help="Open and decode every referenced image"),
@@ -107,6 +98,7 @@ def _rows_text(problem) -> str:
 
 
 @manifest_app.command(cls=StylegenCommand)
+@exits_on_user_error(also=(ValueError,))  # ValueError: a bad --order
 def plan(
     manifest: str = typer.Argument(..., help="Manifest file, folder or s3:// URI"),
     shard_size: int = typer.Option(..., "--shard-size", min=1, help="Rows per shard"),
@@ -117,12 +109,8 @@ def plan(
     """Split the manifest into shards; print a summary, and write plan.parquet with -o."""
     from manifests.cli_format import make_console
     from manifests.plan import plan_manifest
-    from manifests.schema import ManifestError
 
-    try:
-        made = plan_manifest(manifest, shard_size, order, dedupe=dedupe)
-    except (ManifestError, ValueError) as error:
-        _fail(error)
+    made = plan_manifest(manifest, shard_size, order, dedupe=dedupe)
     lines = {**made.summary()}
     if made.dropped_rows:
         lines["dropped rows"] = ", ".join(map(str, made.dropped_rows[:20])) + (

@@ -1,10 +1,9 @@
-"""`stylegen report OUTPUT [-o FILE]` and `write_report`, which the end of `stylegen run` can call."""
+"""Build an output's report.html (`build_report`) and write it (`write_report`): what `stylegen report`
+and the end of `stylegen run` call."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import typer
 
 from pipeline.storage.layout import REPORT_KEY
 
@@ -47,22 +46,3 @@ def write_report(output_uri: str, destination: str | Path | None = None, **optio
         return str(path)
     store.put_bytes(REPORT_KEY, html)
     return store.url(REPORT_KEY)
-
-
-def report(
-    output: str = typer.Argument(..., help="The output: a folder or s3://bucket/prefix."),
-    destination: Path | None = typer.Option(
-        None, "-o", "--output", help="Write the report to this file instead of OUTPUT/report.html."
-    ),
-    per_style: int = typer.Option(8, "--per-style", min=1, help="Sample thumbnails per style."),
-    max_styles: int = typer.Option(30, "--max-styles", min=1, help="Styles shown."),
-) -> None:
-    """Write a self-contained report.html (images inline, no external assets) into OUTPUT or to FILE."""
-    from pipeline.storage import StorageError
-
-    try:
-        where = write_report(output, destination, per_style=per_style, max_styles=max_styles)
-    except (StorageError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(where)

@@ -1,0 +1,56 @@
+"""`stylegen select OUTPUT --by SCORE (--top F | --min V) [--per style|prompt] -o NEW_OUTPUT`: a new
+dataset of a finished run's best kept samples (pipeline.dataset.select). Only typer is imported here."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import typer
+
+from pipeline.cli.errors import exits_on_user_error
+
+
+class Group(str, Enum):
+    style = "style"
+    prompt = "prompt"
+
+
+@exits_on_user_error(exit_code=2)
+def select(
+    output: str = typer.Argument(
+        ..., help="The finished run to select from: a folder or s3://bucket/prefix."
+    ),
+    by: str = typer.Option(..., "--by", help="The score to rank by, e.g. clip_t or csd_style."),
+    top: float | None = typer.Option(None, "--top", help="Keep the best FRACTION (0 < F <= 1) of the kept."),
+    minimum: float | None = typer.Option(None, "--min", help="Keep the samples whose score is >= VALUE."),
+    per: Group | None = typer.Option(None, "--per", help="Apply --top within each style or prompt."),
+    new_output: str = typer.Option(
+        ..., "-o", "--output", help="Where the new dataset goes (folder or s3://)."
+    ),
+    shard_size: int | None = typer.Option(
+        None, "--shard-size", min=1, help="Samples per new shard (default: the source's shard size)."
+    ),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Select from an unfinished run's committed shards."
+    ),
+    workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
+) -> None:
+    """Write a new dataset of fresh shards from OUTPUT's kept samples, chosen by a score."""
+    from manifests.cli_format import make_console
+    from pipeline.dataset.select import Selection, select_output
+
+    selection = Selection(by, top, minimum, per.value if per else None)
+    summary = select_output(
+        output, new_output, selection, shard_size=shard_size, allow_partial=allow_partial, workers=workers
+    )
+    make_console().print(summary_table("select", summary))
+
+
+def summary_table(command: str, summary):
+    """The table `stylegen select` and `stylegen dedup` print: source -> new output and the counts."""
+    from rich.table import Table
+
+    table = Table(title=f"stylegen {command}: {summary.source} -> {summary.output}", show_header=False)
+    for name, value in summary.to_dict().items():
+        table.add_row(name.replace("_", " "), str(value))
+    return table

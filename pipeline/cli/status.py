@@ -1,0 +1,55 @@
+"""`stylegen status OUTPUT [--json]`: how far an output is (pipeline.dataset.status.collect_status).
+Only typer is imported here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from pipeline.cli.errors import exits_on_user_error
+
+
+@exits_on_user_error(exit_code=2, also=(ValueError,))
+def status(
+    output: str = typer.Argument(..., help="The output: a folder or s3://bucket/prefix."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+) -> None:
+    """Shards committed / planned and samples kept / rejected / failed of an output."""
+    import json
+
+    from manifests.cli_format import make_console
+    from pipeline.dataset.status import collect_status
+    from pipeline.storage import open_store
+
+    result = collect_status(open_store(output))
+    if as_json:
+        typer.echo(json.dumps(result, sort_keys=True))
+    else:
+        make_console().print(status_table(result))
+
+
+def status_table(status: dict[str, Any]):
+    """The rich table `stylegen status` prints."""
+    from rich.table import Table
+
+    from pipeline.output.accounting import SAMPLE_STATUSES
+
+    def show(value: Any) -> str:
+        return "?" if value is None else f"{value:,}"
+
+    table = Table(title=f"stylegen status: {status['output']}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row(
+        "shards committed / planned", f"{show(status['shards_committed'])} / {show(status['shards_planned'])}"
+    )
+    table.add_row(
+        "rows committed / planned", f"{show(status['rows_committed'])} / {show(status['rows_planned'])}"
+    )
+    for name in SAMPLE_STATUSES:
+        table.add_row(f"samples {name}", show(status["samples"][name]))
+    if status["shards_failed"]:
+        table.add_row("shards that failed every attempt", show(status["shards_failed"]))
+    table.add_row("complete", "yes" if status["complete"] else "no")
+    return table
