@@ -4,12 +4,17 @@ flat dotted-key view that names what differs between two records."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces, UTF-8 kept: the same value always gives the same text (fingerprints)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def canonical_json(value: Any, *, allow_nan: bool = True, default: Callable | None = None) -> str:
+    """Sorted keys, no spaces, UTF-8 kept: the same value always gives the same text (fingerprints,
+    sample metadata). `allow_nan=False` refuses NaN/inf (not valid JSON); `default` converts what JSON
+    lacks (json.dumps' hook)."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan, default=default
+    )
 
 
 def pretty_json(value: Any) -> bytes:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
-from pipeline.json_format import flatten
+from pipeline.json_format import canonical_json, flatten
 from pipeline.models.fake_config import FakeGeneratorConfig
 from pipeline.scoring.registry import DEFAULT_SCORERS
 from pipeline.storage.s3 import looks_like_credential
@@ -191,10 +191,6 @@ class RunConfig(_Section):
 
     def fingerprint(self) -> str:
         return config_fingerprint(self.to_dict())
-
-
-def canonical_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def config_fingerprint(config_dict: dict[str, Any]) -> str:

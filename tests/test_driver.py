@@ -219,7 +219,7 @@ def test_finalize_removes_unfinished_attempts_and_old_orphans_but_not_a_live_wri
     an_hour_ago = time.time() - 3600
     os.utime(tmp_path / "out" / stale, (an_hour_ago, an_hour_ago))
 
-    finalize(store, [(0, "ours-killed"), (0, "winner")], since_s=60)
+    finalize(store, store.committed_shards(), [(0, "ours-killed"), (0, "winner")], since_s=60)
 
     left = {info.key for info in store.list("")}
     assert live in left and ours not in left and stale not in left

@@ -111,16 +111,18 @@ def test_a_marker_written_again_wins_over_its_ledger_entry(store, tmp_path, capl
     assert "the ledger disagrees with" in caplog.text
 
 
-def test_many_folds_compact_into_one_file_holding_every_marker(store, tmp_path):  # noqa: F811
+def test_many_small_folds_merge_by_size_tier_and_keep_every_marker(store, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(ledger_module, "TIER_FILES", 3)  # tiers: 1-2 entries, 3-8, 9-26, ...
     files: list[str] = []
-    for shard_id in range(ledger_module.COMPACT_AFTER_FILES + 1):
+    for shard_id in range(10):
         result = commit(store, tmp_path, shard_id, f"a{shard_id}")
         files = fold_into_ledger(store, [result.ledger_entry], files)
     listed = [info.key for info in store.list(LEDGER_PREFIX)]
-    assert listed == files and len(files) == 1
+    # 10 single folds: three merges of 3 singles into files of 3, then one of those into a file of 9
+    assert listed == sorted(files) and sorted(ledger_module._name_field(key, 2) for key in files) == [1, 9]
     commits = read_commits(store)
     assert commits.unledgered == [] and attempts(commits) == markers_one_by_one(store)
-    assert len(commits.markers) == ledger_module.COMPACT_AFTER_FILES + 1
+    assert len(commits.markers) == 10
 
 
 def test_the_commit_result_gives_the_entry_a_listing_would(store, tmp_path):  # noqa: F811
@@ -142,5 +144,5 @@ def test_the_writer_folds_every_n_commits_and_on_flush(store, tmp_path):  # noqa
 
 
 def test_restart_deletes_the_ledger_too():
-    assert is_run_output_key("_ledger/ledger-00000003-0123abcd.parquet")
+    assert is_run_output_key("_ledger/ledger-00000003-000000512-0123abcd.parquet")
     assert not is_run_output_key("_ledger/notes.txt")

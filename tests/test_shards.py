@@ -22,9 +22,9 @@ from pipeline.shards import (
     ShardRow,
     ShardSample,
     TarStats,
-    canonical_json,
     encode_image,
     normalize_image_format,
+    sample_json,
     validate_uid,
     write_shard_table,
     write_tar,
@@ -139,7 +139,7 @@ def test_sample_json_is_canonical_and_carries_the_metadata(tmp_path):
         stored = tar.extractfile(f"{uid_of(0)}.json").read()
     plain = {"b": [1, 2.5], "a": {"z": None, "y": "é"}, "score": 0.5, "seed": 3, "uid": uid_of(0)}
     assert stored == json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    assert canonical_json({"uid": uid_of(0), **meta}) == stored
+    assert sample_json({"uid": uid_of(0), **meta}) == stored
 
 
 def test_non_json_metadata_fails_naming_the_sample(tmp_path):
@@ -273,7 +273,7 @@ def test_shard_table_has_one_typed_row_per_planned_row(tmp_path):
         assert record["time_generate"] == row.timings.get("generate")
         assert record["prompt"] == row.meta["prompt"] and record["seed"] == row.meta.get("seed")
         sampler = row.meta.get("sampler")
-        assert record["sampler"] == (None if sampler is None else canonical_json(sampler).decode())
+        assert record["sampler"] == (None if sampler is None else sample_json(sampler).decode())
 
 
 def test_shard_table_bytes_do_not_depend_on_row_order(tmp_path):

@@ -9,10 +9,11 @@ name is kept, so neither run.json nor any sample leaks the machine's layout (cac
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from typing import Any
+
+from pipeline.json_format import canonical_json
 
 FINGERPRINT_CHARS = 16
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
@@ -39,5 +40,5 @@ def model_fingerprint(public_info: dict[str, Any]) -> str | None:
     """A short sha256 of the public model description (None when there is none: a failed-shard record)."""
     if not public_info:
         return None
-    text = json.dumps(public_info, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = canonical_json(public_info)
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS]

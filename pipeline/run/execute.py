@@ -10,6 +10,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 
+from pipeline.run.commits import RunCommits
 from pipeline.run.progress import RunProgress
 from pipeline.run.resume import read_run_record
 from pipeline.run.run_json import record_models, record_pool
@@ -50,11 +51,13 @@ def execute(
     progress: RunProgress,
     placement: Placement,
     *,
+    commits: RunCommits,
     log_key: str,
     stop: StopSignals | None = None,
 ) -> Executed:
-    """Run the pending shards on an elastic pool of generator actors (see actors/scheduler.py); `log_key`
-    names this run in run.json's `runs`, where its pool is recorded."""
+    """Run the pending shards on an elastic pool of generator actors (see actors/scheduler.py); every
+    commit goes into `commits` (the driver's view, and the ledger); `log_key` names this run in
+    run.json's `runs`, where its pool is recorded."""
     import ray
 
     from actors.cluster import detect_gpus, start_ray
@@ -102,6 +105,7 @@ def execute(
         metrics = RunMetrics(store.uri)
 
         def committed(shard_id: int, result: ShardResult) -> None:
+            commits.add(result.ledger_entry)
             record_models(store, result.models, known_models)
             progress.shard_done(shard_id, result.rows, result.kept, result.rejected, result.failed)
             metrics.shard_committed(result)
@@ -120,7 +124,9 @@ def execute(
         def failed(shard_id: int, errors: list[str]) -> None:
             failed_errors[shard_id] = errors
             try:
-                commit_failed_shard(store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}")
+                recorded = commit_failed_shard(
+                    store, config, shard_id, errors, f"failed-{uuid.uuid4().hex[:12]}"
+                )
             except Exception as error:  # the driver never dies of one shard: the rerun redoes it
                 log.error(
                     "shard %d: could not record its rows as failed (%s: %s); it stays uncommitted and "
@@ -130,6 +136,7 @@ def execute(
                     error,
                 )
                 return
+            commits.add(recorded.ledger_entry)
             rows = pending[shard_id]
             progress.shard_done(shard_id, rows, 0, 0, rows)
             metrics.shard_failed(rows)

@@ -1,39 +1,35 @@
 """The end of a run, after its last shard: complete interrupted publishes and delete what attempts left
-behind (`finalize`), then the files that describe the whole output: the dataset card and report.html
-(each a warning when it fails: the data is complete before they are written)."""
+behind (`finalize`, from one listing of `_attempts/`, never of the shards), then the files that describe
+the whole output: the dataset card and report.html (each a warning when it fails: the data is complete
+before they are written)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from typing import Any
 
 from pipeline.run.summary import RunSummary
+from pipeline.storage.commit import sweep_attempts
 from pipeline.storage.layout import REPORT_KEY
 
 log = logging.getLogger("stylegen.driver")
 
 
-def finalize(store, unfinished: Iterable[tuple[int, str]], since_s: float) -> None:
-    """Complete any shard whose commit was interrupted after its marker, then delete what attempts
-    left behind: this run's attempts that ended without a result, and orphans older than this run
-    (from crashed earlier runs). Attempts that might still be writing for another driver are younger
-    than this run and not ours, so they are left alone: one driver per output at a time."""
-    from pipeline.storage.layout import attempt_prefix
-
-    completed = store.finalize()
-    if completed:
-        log.info("finalize: completed the interrupted publish of shards %s", completed)
-    markers = store.committed_shards()
-    doomed = []
-    for shard_id, attempt_id in unfinished:
-        marker = markers.get(shard_id)
-        if marker is None or marker.attempt_id != attempt_id:
-            doomed += [info.key for info in store.list(attempt_prefix(shard_id, attempt_id))]
-    store.delete(doomed)
-    removed = store.remove_orphans(older_than=timedelta(seconds=since_s))
-    if doomed or removed:
-        log.info("finalize: removed %d objects of unfinished attempts", len(doomed) + len(removed))
+def finalize(
+    store, markers: Mapping[int, Any], unfinished: Iterable[tuple[int, str]], since_s: float
+) -> None:
+    """Complete any shard whose publish was interrupted after its marker, then delete what attempts left
+    behind: this run's attempts that ended without a result, and dead attempts older than this run (from
+    crashed earlier runs), from one listing of `_attempts/` (pipeline.storage.commit.sweep_attempts;
+    `markers`: the run's view of the committed shards). Attempts that might still be writing for another
+    driver are younger than this run and not ours, so they are left alone: one driver per output."""
+    sweep = sweep_attempts(store, markers, timedelta(seconds=since_s), dead=unfinished)
+    if sweep.completed:
+        log.info("finalize: completed the interrupted publish of shards %s", sweep.completed)
+    if sweep.removed:
+        log.info("finalize: removed %d objects of unfinished attempts", len(sweep.removed))
 
 
 def write_card(store) -> str | None:

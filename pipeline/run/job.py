@@ -30,6 +30,7 @@ from manifests.cli_format import make_console
 from pipeline.json_format import pretty_json
 from pipeline.output.accounting import sample_counts
 from pipeline.output.run_record import retry_shards, shard_sizes, store_run_record
+from pipeline.run.commits import RunCommits
 from pipeline.run.execute import Executed, Placement, execute
 from pipeline.run.finalize import finalize, write_card, write_run_report
 from pipeline.run.logs import PeriodicLogUpload
@@ -115,8 +116,9 @@ def _run_logged(
     store = open_store(output, **config.storage)
     plan, record = plan_run(manifest, config)
     prior = prepare_output(store, record, restart, append=append, plan=plan)
+    commits = RunCommits(store)  # the output is ours (or empty) from here: the one listing of its markers
     if retry_failed:
-        prior = prepare_retry(store, prior)
+        prior = prepare_retry(store, prior, commits.markers)
     if prior is None:  # run.json first: from then on the output is provably ours
         store_run_record(store, record)
     if prior is None or not store.exists(PLAN_KEY):  # also after a crash between the two
@@ -138,6 +140,7 @@ def _run_logged(
             config=config,
             record=prior or record,
             resuming=prior is not None,
+            commits=commits,
             placement=placement,
             console=console,
             live=live,
@@ -159,7 +162,7 @@ def _run_logged(
         store.put_bytes(SUMMARY_KEY, pretty_json(summary.to_dict()))
         console.print(summary_table(summary))
         if summary.failed:
-            console.print(failed_rows_note(store, summary), markup=False)
+            console.print(failed_rows_note(store, summary, commits.markers), markup=False)
         return summary
     except RunStopped as error:
         log.warning("run %s", error)
@@ -186,6 +189,7 @@ def _run(
     config: RunConfig,
     record: dict[str, Any],
     resuming: bool,
+    commits: RunCommits,
     placement: Placement,
     console: Console,
     live: bool | None,
@@ -200,7 +204,7 @@ def _run(
     if resuming:
         log.info("resuming: run.json matches (config %s)", record["config_fingerprint"][:12])
 
-    done = store.committed_shards()
+    done = dict(commits.markers)
     pending = {shard_id: rows for shard_id, rows in sizes.items() if shard_id not in done}
     before = sample_counts(done)
     progress = RunProgress(
@@ -221,7 +225,10 @@ def _run(
 
         stop.interruptible = False  # from here on the scheduler drains on a signal
         with ray_output_to(log_path, console), progress:
-            executed = execute(store, config, pending, progress, placement, log_key=log_key, stop=stop)
+            executed = execute(
+                store, config, pending, progress, placement, commits=commits, log_key=log_key, stop=stop
+            )
+    commits.flush()
     pool = executed.pool
     if pool.stopped:
         raise RunStopped(
@@ -229,8 +236,8 @@ def _run(
             f"({progress.done_shards - len(done)} by this run); rerun the same command to resume",
             stop.exit_code,
         )
-    finalize(store, executed.unfinished, since_s=time.monotonic() - started)
-    final = store.committed_shards()
+    finalize(store, commits.markers, executed.unfinished, since_s=time.monotonic() - started)
+    final = commits.markers
     counts = sample_counts(final, record)  # every row once: retry shards replace failed rows
     fresh = sum(sizes[s] for s in final if s not in done and s in sizes)
     elapsed = time.monotonic() - started

@@ -67,14 +67,13 @@ def prepare_output(
     return prior
 
 
-def prepare_retry(store, prior: dict[str, Any] | None) -> dict[str, Any]:
+def prepare_retry(store, prior: dict[str, Any] | None, markers: dict[int, Any]) -> dict[str, Any]:
     """--retry-failed: the run record with the failed rows planned into new shards (pipeline.run.retry);
-    refused unless the output holds a finished run."""
+    refused unless the output holds a finished run. `markers`: the output's committed shards."""
     from pipeline.run.retry import plan_retry
 
     if prior is None:
         raise RunRefused(f"--retry-failed: {store.uri} holds no run to retry; run it first")
-    markers = store.committed_shards()
     missing = sorted(set(shard_sizes(prior)) - set(markers))
     if missing:
         raise RunRefused(

@@ -61,12 +61,11 @@ def nothing_to_do(summary: RunSummary) -> str:
     )
 
 
-def failed_rows_note(store, summary: RunSummary, top: int = 3) -> str:
+def failed_rows_note(store, summary: RunSummary, markers: dict[int, Any], top: int = 3) -> str:
     """The most frequent reasons rows failed, and where every failed row is listed."""
     from pipeline.report.data import failure_reasons
     from pipeline.storage.layout import table_key_of
 
-    markers = store.committed_shards()
     with_failures = {s: m for s, m in sorted(markers.items()) if int(m.summary.get("failed", 0))}
     reasons = failure_reasons(store, with_failures)
     lines = [f"{summary.failed} row(s) failed; most frequent reasons:"]

@@ -6,7 +6,7 @@ and file names travel inside the per-sample JSON, never in a member name.
 """
 
 from pipeline.shards.images import IMAGE_EXTENSIONS, encode_image, normalize_image_format
-from pipeline.shards.keys import canonical_json, validate_uid
+from pipeline.shards.keys import sample_json, validate_uid
 from pipeline.shards.table import ROW_STATUSES, ShardRow, TableStats, write_shard_table
 from pipeline.shards.tar import TAR_MTIME, ShardSample, TarStats, write_tar
 
@@ -18,7 +18,7 @@ __all__ = [
     "ShardSample",
     "TableStats",
     "TarStats",
-    "canonical_json",
+    "sample_json",
     "encode_image",
     "normalize_image_format",
     "validate_uid",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import PurePath
 from typing import Any
+
+from pipeline.json_format import canonical_json
 
 # A uid is a hex digest: it is the WebDataset __key__ and the tar member stem, so it must be dot-free
 # (readers split keys at the first dot) and must never contain a path separator.
@@ -31,14 +32,7 @@ def _to_json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def canonical_json(value: Any) -> bytes:
-    """UTF-8 JSON with sorted keys and fixed separators; NaN/inf are refused (not valid JSON)."""
-    text = json.dumps(
-        value,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-        default=_to_json_value,
-    )
-    return text.encode("utf-8")
+def sample_json(value: Any) -> bytes:
+    """A sample's metadata as UTF-8 canonical JSON; NaN/inf are refused (not valid JSON), numpy/torch
+    values and paths converted."""
+    return canonical_json(value, allow_nan=False, default=_to_json_value).encode("utf-8")

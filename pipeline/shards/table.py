@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.columns import EMBEDDING_PREFIX, SCORE_PREFIX, TIME_PREFIX
-from pipeline.shards.keys import canonical_json, validate_uid
+from pipeline.shards.keys import sample_json, validate_uid
 
 ROW_STATUSES = ("kept", "rejected", "failed")
 _CORE_COLUMNS = ("uid", "shard_id", "status", "reason")
@@ -67,7 +67,7 @@ def _meta_value(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         value = value.tolist()
     if isinstance(value, Mapping | list | tuple):
-        return canonical_json(value).decode("utf-8")
+        return sample_json(value).decode("utf-8")
     return value
 
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from webdataset import TarWriter
 
 from pipeline.shards.images import IMAGE_EXTENSIONS
-from pipeline.shards.keys import canonical_json, validate_uid
+from pipeline.shards.keys import sample_json, validate_uid
 
 TAR_MTIME = 0  # fixed member mtime (an int: a float mtime would add a pax header)
 _TAR_OWNER = "stylegen"
@@ -59,7 +59,7 @@ class ShardSample:
 
     def json_bytes(self) -> bytes:
         try:
-            return canonical_json({**self.meta, "uid": self.uid})
+            return sample_json({**self.meta, "uid": self.uid})
         except (TypeError, ValueError) as error:
             raise ValueError(f"sample {self.uid}: metadata is not JSON-serializable: {error}") from None
 

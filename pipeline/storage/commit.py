@@ -225,14 +225,21 @@ class Sweep:
     removed: list[str]  # attempt objects of attempts that own no shard
 
 
-def sweep_attempts(store: ObjectStore, markers: Mapping[int, ShardMarker], older_than: timedelta) -> Sweep:
+def sweep_attempts(
+    store: ObjectStore,
+    markers: Mapping[int, ShardMarker],
+    older_than: timedelta,
+    dead: Iterable[tuple[int, str]] = (),
+) -> Sweep:
     """What a driver does at the end of a run, from one LIST of `_attempts/` (never of the shards):
     complete every committed shard whose winning attempt left objects there (a publish interrupted
     between marker and rename/copy: the winner's keys go only once its files are final), and delete the
     objects of attempts older than `older_than` that own no shard. `markers` is the driver's view of the
     committed shards; a candidate orphan's marker is read again before deleting, so an attempt that
-    committed meanwhile keeps its files. The full checks of `finalize` and `remove_orphans` also list
-    the final names (every tar): they are for repairs, not for every run."""
+    committed meanwhile keeps its files. `dead`: (shard id, attempt id) of attempts known to have ended
+    without a result (the caller's own), removed whatever their age. The full checks of `finalize` and
+    `remove_orphans` also list the final names (every tar): they are for repairs, not for every run."""
+    dead = set(dead)
     cutoff = datetime.now(timezone.utc) - older_than
     groups: dict[tuple[int, str], list[ObjectInfo]] = defaultdict(list)
     for info in store.list(ATTEMPTS_PREFIX):
@@ -242,7 +249,7 @@ def sweep_attempts(store: ObjectStore, markers: Mapping[int, ShardMarker], older
     for (shard_id, attempt_id), infos in sorted(groups.items()):
         marker = markers.get(shard_id)
         if marker is None or marker.attempt_id != attempt_id:
-            if any(info.modified > cutoff for info in infos):
+            if (shard_id, attempt_id) not in dead and any(info.modified > cutoff for info in infos):
                 continue  # may still be uploading
             marker = read_marker(store, shard_id)  # committed since the driver's view was taken?
         if marker is not None and marker.attempt_id == attempt_id:

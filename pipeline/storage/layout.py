@@ -6,7 +6,7 @@ metadata/shard-NNNNNN.parquet                 every planned row of the shard (it
                                               directory reader takes them as one table)
 rejected/shard-NNNNNN.tar                     optional: rejected samples, same layout
 _SUCCESS/shard-NNNNNN.json                    the commit marker: the only truth for "done"
-_ledger/ledger-SEQUENCE-TOKEN.parquet         the markers folded into a few files (pipeline.storage.ledger)
+_ledger/ledger-SEQ-ENTRIES-TOKEN.parquet      the markers folded into a few files (pipeline.storage.ledger)
 _attempts/shard-NNNNNN/<attempt_id>/<final key>   an attempt's uploads before (and until) publish
 
 Outputs of format 1 (run.json "format": "stylegen-run/1" or "stylegen-select/1") kept the shard
@@ -36,7 +36,7 @@ RUN_FILES = (RUN_KEY, PLAN_KEY, SUMMARY_KEY, REPORT_KEY, CARD_KEY)
 _LOG_KEY = re.compile(r"logs/run-\d{8}T\d{12}Z\.log")
 _ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SHARD_FILE = re.compile(r"(?:shards|metadata|rejected|_SUCCESS)/shard-(\d{6,})\.(?:tar|parquet|json)")
-_LEDGER_KEY = re.compile(r"_ledger/ledger-\d{8}-[0-9a-f]{8}\.parquet")
+_LEDGER_KEY = re.compile(r"_ledger/ledger-\d{8}-\d{9}-[0-9a-f]{8}\.parquet")
 _ATTEMPT_KEY = re.compile(r"_attempts/shard-(\d{6,})/([A-Za-z0-9_-]{1,64})/.+")
 
 

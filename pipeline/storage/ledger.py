@@ -3,9 +3,9 @@
 The markers (`_SUCCESS/shard-N.json`) stay the truth: a shard is committed when its marker exists, and
 the marker is still written last. Reading 10^6 markers one GET each is what made resume, status and the
 report cost minutes to hours, so drivers also fold committed markers into ledger files
-(`_ledger/ledger-<sequence>-<token>.parquet`: per marker its key, size, ETag or modification time,
-and its bytes). `read_commits` then costs one LIST of `_SUCCESS/`, one LIST of `_ledger/` and a few
-file reads, plus one GET per marker the ledger does not hold yet.
+(`_ledger/ledger-<sequence>-<entries>-<token>.parquet`: per marker its key, size, ETag or
+modification time, and its bytes). `read_commits` then costs one LIST of `_SUCCESS/`, one LIST of
+`_ledger/` and a few file reads, plus one GET per marker the ledger does not hold yet.
 
 A ledger entry counts only while the listing shows its marker with the same size and ETag (S3) or
 modification time (a folder): a marker removed by hand, or deleted and written again, wins over the
@@ -20,6 +20,7 @@ import io
 import logging
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ LEDGER_SCHEMA = pa.schema(
         ("marker", pa.binary()),
     ]
 )
-COMPACT_AFTER_FILES = 16  # more ledger files than this: the next fold merges them into one
+TIER_FILES = 16  # this many files of one size tier (entries within a factor of 16) merge into one
 _GET_THREADS = 16
 
 
@@ -118,23 +119,29 @@ def read_ledger(store: ObjectStore) -> tuple[dict[str, LedgerEntry], list[str]]:
 
 
 def fold_into_ledger(store: ObjectStore, entries: Iterable[LedgerEntry], files: list[str]) -> list[str]:
-    """Write `entries` as one new ledger file (after the `files` already there) and, when there are
-    more than COMPACT_AFTER_FILES files, merge them all into one. Returns the ledger's files now."""
+    """Write `entries` as one new ledger file (after the `files` already there), then merge any
+    TIER_FILES files of one size tier into one. Returns the ledger's files now. Merging by tiers keeps
+    the work of a run's many small folds to about log16(commits) rewrites of each entry."""
     entries = list(entries)
     if not entries:
         return files
     files = [*files, _write_file(store, entries, _next_sequence(files))]
-    if len(files) > COMPACT_AFTER_FILES:
-        files = compact_ledger(store, files)
-    return files
+    while True:
+        tiers: dict[int, list[str]] = defaultdict(list)
+        for key in files:
+            tiers[_tier(key)].append(key)
+        full = next((group for _, group in sorted(tiers.items()) if len(group) >= TIER_FILES), None)
+        if full is None:
+            return files
+        files = [key for key in files if key not in full] + [compact_ledger(store, full, files)]
 
 
-def compact_ledger(store: ObjectStore, files: list[str]) -> list[str]:
-    """Merge the ledger `files` into one new file (written first), then delete them."""
-    ledger = _read_files(store, files)
-    merged = _write_file(store, list(ledger.values()), _next_sequence(files))
-    store.delete(files)
-    return [merged]
+def compact_ledger(store: ObjectStore, group: list[str], files: list[str]) -> str:
+    """Merge the ledger files `group` into one new file (written first, after every file of `files`),
+    then delete them; returns the new file's key."""
+    merged = _write_file(store, list(_read_files(store, group).values()), _next_sequence(files))
+    store.delete(group)
+    return merged
 
 
 class LedgerWriter:
@@ -201,14 +208,26 @@ def _write_file(store: ObjectStore, entries: list[LedgerEntry], sequence: int) -
     )
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
-    key = f"{LEDGER_PREFIX}ledger-{sequence:08d}-{uuid.uuid4().hex[:8]}.parquet"
+    key = f"{LEDGER_PREFIX}ledger-{sequence:08d}-{len(entries):09d}-{uuid.uuid4().hex[:8]}.parquet"
     store.put_bytes(key, sink.getvalue())  # whole: readers see the file or nothing
     return key
 
 
 def _next_sequence(files: list[str]) -> int:
-    numbers = [int(key.rsplit("/", 1)[-1].split("-")[1]) for key in files]
-    return max(numbers, default=0) + 1
+    return max((_name_field(key, 1) for key in files), default=0) + 1
+
+
+def _tier(key: str) -> int:
+    """A file's size tier: its entry count's order of magnitude in base TIER_FILES."""
+    entries, tier = _name_field(key, 2), 0
+    while entries >= TIER_FILES:  # integers: a float log misplaces exact powers
+        entries, tier = entries // TIER_FILES, tier + 1
+    return tier
+
+
+def _name_field(key: str, index: int) -> int:
+    """ledger-<sequence>-<entries>-<token>.parquet: field 1 is the sequence, 2 the entry count."""
+    return int(key.rsplit("/", 1)[-1].split("-")[index])
 
 
 def _get_markers(store: ObjectStore, infos: list[ObjectInfo]) -> list[bytes | None]:

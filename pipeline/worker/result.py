@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.storage.ledger import LedgerEntry
 
 
 @dataclass
@@ -51,3 +54,4 @@ class ShardResult:
     models: dict[str, Any] = field(default_factory=dict)  # fingerprint -> public model info (run.json)
     node_id: str | None = None  # where it ran (see RanOn)
     actor_id: str | None = None
+    ledger_entry: LedgerEntry | None = None  # the committed marker, for the driver's commit ledger

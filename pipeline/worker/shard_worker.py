@@ -280,6 +280,7 @@ class ShardWorker:
             models=self.files.models_record(),
             node_id=self.ran_on.node_id,
             actor_id=self.ran_on.actor_id,
+            ledger_entry=getattr(result, "ledger_entry", None),
             **count_statuses(outcomes),
         )
 
