@@ -34,7 +34,7 @@ from s3_fixtures import _client, _free_ports, start_seaweedfs, weed_binary  # no
 
 from pipeline.shards import ShardRow, ShardSample, write_shard_table, write_tar  # noqa: E402
 from pipeline.storage import LocalFile, S3Config, S3Store  # noqa: E402
-from pipeline.storage.s3 import s3_client  # noqa: E402
+from pipeline.storage.s3_config import s3_client  # noqa: E402
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from pipeline.errors import UserError
 from pipeline.json_format import canonical_json, flatten
 from pipeline.models.fake_config import FakeGeneratorConfig
 from pipeline.scoring.registry import DEFAULT_SCORERS
-from pipeline.storage.s3 import looks_like_credential
+from pipeline.storage.s3_config import looks_like_credential
 
 # Keys (dotted paths) that never change the output: left out of the fingerprint.
 OPERATIONAL_KEYS = frozenset(

@@ -4,7 +4,7 @@ spawned process imports only this (and boto3), not the test module's torch and m
 from __future__ import annotations
 
 from pipeline.models.cache import local_copy
-from pipeline.storage.s3 import S3Config, s3_client
+from pipeline.storage.s3_config import S3Config, s3_client
 
 
 def count_gets() -> list[str]:

@@ -5,10 +5,12 @@ is imported here."""
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 import typer
 
 from pipeline.cli.errors import exits_on_user_error
+from pipeline.cli.storage_options import CONFIG_OPTION, ENDPOINT_OPTION, storage_options
 
 
 class Within(str, Enum):
@@ -42,6 +44,8 @@ def dedup(
     ),
     workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
     block: int = typer.Option(4096, "--block", min=1, help="Rows per block of the similarity products."),
+    config: Path | None = CONFIG_OPTION,
+    endpoint_url: str | None = ENDPOINT_OPTION,
 ) -> None:
     """Write a new dataset of fresh shards keeping one sample of every group of near-duplicates."""
     from rich.console import Console
@@ -58,5 +62,6 @@ def dedup(
         allow_partial=allow_partial,
         workers=workers,
         block=block,
+        storage=storage_options([output, new_output], config, endpoint_url),
     )
     Console().print(summary_table("dedup", summary))

@@ -4,10 +4,12 @@ dataset of a finished run's best kept samples (pipeline.dataset.select). Only ty
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 import typer
 
 from pipeline.cli.errors import exits_on_user_error
+from pipeline.cli.storage_options import CONFIG_OPTION, ENDPOINT_OPTION, storage_options
 
 
 class Group(str, Enum):
@@ -34,6 +36,8 @@ def select(
         False, "--allow-partial", help="Select from an unfinished run's committed shards."
     ),
     workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
+    config: Path | None = CONFIG_OPTION,
+    endpoint_url: str | None = ENDPOINT_OPTION,
 ) -> None:
     """Write a new dataset of fresh shards from OUTPUT's kept samples, chosen by a score."""
     from manifests.cli_format import make_console
@@ -41,7 +45,13 @@ def select(
 
     selection = Selection(by, top, minimum, per.value if per else None)
     summary = select_output(
-        output, new_output, selection, shard_size=shard_size, allow_partial=allow_partial, workers=workers
+        output,
+        new_output,
+        selection,
+        shard_size=shard_size,
+        allow_partial=allow_partial,
+        workers=workers,
+        storage=storage_options([output, new_output], config, endpoint_url),
     )
     make_console().print(summary_table("select", summary))
 

@@ -3,26 +3,36 @@ Only typer is imported here."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from pipeline.cli.errors import exits_on_user_error
+from pipeline.cli.storage_options import CONFIG_OPTION, ENDPOINT_OPTION, storage_options
 
 
 @exits_on_user_error(exit_code=2, also=(ValueError,))
 def status(
     output: str = typer.Argument(..., help="The output: a folder or s3://bucket/prefix."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+    config: Path | None = CONFIG_OPTION,
+    endpoint_url: str | None = ENDPOINT_OPTION,
+    rebuild_ledger: bool = typer.Option(
+        False, "--rebuild-ledger", help="Write the commit ledger anew from the markers (one read each) first."
+    ),
 ) -> None:
     """Shards committed / planned and samples kept / rejected / failed of an output."""
     import json
 
     from manifests.cli_format import make_console
-    from pipeline.dataset.status import collect_status
+    from pipeline.dataset.status import collect_status, rebuild_output_ledger
     from pipeline.storage import open_store
 
-    result = collect_status(open_store(output))
+    store = open_store(output, **storage_options([output], config, endpoint_url))
+    if rebuild_ledger:
+        typer.echo(f"ledger rebuilt from {rebuild_output_ledger(store):,} commit markers", err=True)
+    result = collect_status(store)
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))
     else:

@@ -69,12 +69,14 @@ def dedup_output(
     workers: int = 4,
     block: int = 4096,
     memory_limit: int = MEMORY_LIMIT,
+    storage: dict[str, Any] | None = None,
 ) -> DedupSummary:
-    """Write one sample per near-duplicate group of `source`'s kept samples to `output`."""
+    """Write one sample per near-duplicate group of `source`'s kept samples to `output` (`storage`:
+    open_store options for the s3:// one(s))."""
     from pipeline.dataset.subset import open_source, write_subset
     from pipeline.scoring.duplicates import duplicate_groups
 
-    source_store, output_store, source_run, markers = open_source(source, output, allow_partial)
+    source_store, output_store, source_run, markers = open_source(source, output, allow_partial, storage)
     with tempfile.TemporaryDirectory(prefix="stylegen-dedup-") as scratch:
         rows, vectors, schema = read_embeddings(source_store, markers, dedup, Path(scratch), memory_limit)
         has_vector = rows.column("has_vector").to_numpy(zero_copy_only=False)  # the others: zeros, alone

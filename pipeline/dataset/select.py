@@ -58,13 +58,15 @@ def select_output(
     shard_size: int | None = None,
     allow_partial: bool = False,
     workers: int = 4,
+    storage: dict[str, Any] | None = None,
 ) -> SelectSummary:
-    """Write the selection of `source`'s kept samples to `output` (folders or s3://); see the module doc."""
+    """Write the selection of `source`'s kept samples to `output` (folders or s3://); see the module doc.
+    `storage`: open_store options for the s3:// one(s)."""
     import pyarrow as pa
 
     from pipeline.scoring.select_plan import select_uids
 
-    source_store, output_store, source_run, markers = open_source(source, output, allow_partial)
+    source_store, output_store, source_run, markers = open_source(source, output, allow_partial, storage)
     # Only the columns the choice needs; each new shard re-reads its few source parquets in full.
     rows, schema = read_shard_tables(source_store, markers, keep=_selection_column)
     rows = with_status(rows, "kept")

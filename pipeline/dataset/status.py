@@ -1,8 +1,9 @@
 """How far an output is, read from its commit markers (what `stylegen status OUTPUT` shows).
 
-Committed shards and the kept/rejected/failed sample counts come from `_SUCCESS/` (one LIST plus the
-markers); planned shards and rows from run.json (`plan.shards`, `manifest.rows`), or else from
-plan.parquet: its footer (row count, `stylegen.plan` metadata's num_shards) or its `shard_id` column."""
+Committed shards and the kept/rejected/failed sample counts come from `_SUCCESS/`: one LIST, plus the
+commit ledger and a GET of each marker it lacks (pipeline/storage/ledger.py). Planned shards and rows
+come from run.json (`plan.shards`, `manifest.rows`), or else from plan.parquet: its footer (row count,
+`stylegen.plan` metadata's num_shards) or its `shard_id` column."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from pipeline.errors import OutputError
 from pipeline.output.accounting import planned_counts, sample_counts
 from pipeline.output.run_record import load_run_record
+from pipeline.storage.ledger import rebuild_ledger
 
 
 def collect_status(store) -> dict[str, Any]:
@@ -31,3 +33,12 @@ def collect_status(store) -> dict[str, Any]:
         "samples": counts.as_dict(),
         "complete": shards_planned is not None and len(markers) >= shards_planned,
     }
+
+
+def rebuild_output_ledger(store) -> int:
+    """`status --rebuild-ledger`: write the output's commit ledger anew from its markers (one GET each);
+    only into a stylegen output (run or derived dataset). Returns how many markers it holds."""
+    record = load_run_record(store)
+    if record is None or not str(record.get("format", "")).startswith("stylegen-"):
+        raise OutputError(f"{store.uri} holds no stylegen run.json: not a stylegen output, nothing rebuilt")
+    return rebuild_ledger(store)

@@ -25,7 +25,7 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ from pipeline.output.accounting import planned_counts
 from pipeline.output.run_record import RunRecordError, load_run_record, store_run_record
 from pipeline.output.shard_tables import read_shard_tables
 from pipeline.output.shard_tars import read_tar_samples
+from pipeline.storage.commit import CommitResult, sweep_attempts
 from pipeline.storage.layout import PLAN_KEY, RUN_KEY
+from pipeline.storage.ledger import CommitView
 
 SELECT_FORMAT = "stylegen-select/2"  # /1: the same, shard parquets under shards/
 DEFAULT_SHARD_SIZE = 64
@@ -66,12 +68,16 @@ class SelectSummary:
 # --- the source and the new output ------------------------------------------------------------------
 
 
-def open_source(source: str, output: str, allow_partial: bool):
+def open_source(source: str, output: str, allow_partial: bool, storage: dict[str, Any] | None = None):
     """(source store, output store, source run.json, source markers) for a derived dataset, after the
-    checks every derived dataset needs: distinct locations, a stylegen source, finished unless allowed."""
+    checks every derived dataset needs: distinct locations, a stylegen source, finished unless allowed.
+    `storage`: open_store options (endpoint, addressing) for whichever of the two is on S3."""
     from pipeline.storage import open_store
 
-    source_store, output_store = open_store(source), open_store(output)
+    def opened(uri: str):
+        return open_store(uri, **(storage or {})) if str(uri).startswith("s3://") else open_store(uri)
+
+    source_store, output_store = opened(source), opened(output)
     _refuse_overlap(source_store.uri, output_store.uri)
     try:
         source_run = load_run_record(source_store)
@@ -116,17 +122,19 @@ def write_subset(
     if not output_store.exists(PLAN_KEY):
         write_selection_plan(source_store, output_store, selected, record)
 
-    done = output_store.committed_shards()
+    commits = CommitView(output_store)
+    done = dict(commits.markers)
     todo = [shard_id for shard_id in range(shards) if shard_id not in done]
 
-    def write_one(shard_id: int) -> None:
+    def write_one(shard_id: int):
         members = selected.slice(shard_id * shard_size, shard_size)
-        write_selected_shard(source_store, output_store, shard_id, members, schema, markers, legacy)
+        return write_selected_shard(source_store, output_store, shard_id, members, schema, markers, legacy)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(write_one, todo))  # re-raises the first shard's error
-    output_store.finalize()
-    output_store.remove_orphans()
+        for result in pool.map(write_one, todo):  # re-raises the first shard's error
+            commits.add(result.ledger_entry)
+    commits.flush()
+    sweep_attempts(output_store, commits.markers, older_than=timedelta(hours=1))
     write_dataset_card(output_store)  # the new dataset loads like a run's
     return SelectSummary(
         source=source_store.uri,
@@ -299,7 +307,7 @@ def write_selection_plan(source_store, output_store, selected, record: dict[str,
 
 def write_selected_shard(
     source_store, output_store, shard_id: int, members, schema, markers, legacy: bool = False
-) -> None:
+) -> CommitResult:
     """Copy one new shard's samples (`members`: shard_id, uid of the source) out of the source tars
     and commit them with their parquet rows (from the source parquets, all columns). `markers`: the
     source's commit markers (they name each source shard's files); `legacy`: the output is of format 1."""
@@ -327,7 +335,7 @@ def write_selected_shard(
         for uid in uids:
             samples.append(_sample(found.get(uid, {}), uid, shard_id, source_store.url(key)))
             rows.append(_row(by_uid[uid], source_shard, attempt_id, ShardRow))
-    commit_shard_files(
+    return commit_shard_files(
         output_store,
         shard_id,
         ShardContents([ShardSample(*sample) for sample in samples], rows, _meta_schema(schema)),

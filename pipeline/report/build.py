@@ -31,13 +31,16 @@ def build_report(
     return render(data, galleries)
 
 
-def write_report(output_uri: str, destination: str | Path | None = None, **options) -> str:
+def write_report(
+    output_uri: str, destination: str | Path | None = None, storage: dict | None = None, **options
+) -> str:
     """Build the report of `output_uri` (a folder or s3://bucket/prefix) and write it to `destination`
     (a local file) or, by default, to `report.html` in the output through its store. Returns where it
-    went (the file path, or the store's URL of report.html). `options`: see build_report."""
+    went (the file path, or the store's URL of report.html). `storage`: open_store options (endpoint,
+    addressing); `options`: see build_report."""
     from pipeline.storage import open_store
 
-    store = open_store(output_uri)
+    store = open_store(output_uri, **(storage or {}))
     html = build_report(store, **options).encode("utf-8")
     if destination is not None:
         path = Path(destination)

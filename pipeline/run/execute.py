@@ -10,13 +10,13 @@ import os
 import uuid
 from dataclasses import dataclass, field
 
-from pipeline.run.commits import RunCommits
 from pipeline.run.progress import RunProgress
 from pipeline.run.resume import read_run_record
 from pipeline.run.run_json import record_models, record_pool
 from pipeline.run.stop import StopSignals
 from pipeline.run.summary import PoolStats
 from pipeline.run_config import RunConfig
+from pipeline.storage.ledger import CommitView
 from pipeline.worker.result import ShardResult
 from pipeline.worker.shard_files import commit_failed_shard
 
@@ -51,7 +51,7 @@ def execute(
     progress: RunProgress,
     placement: Placement,
     *,
-    commits: RunCommits,
+    commits: CommitView,
     log_key: str,
     stop: StopSignals | None = None,
 ) -> Executed:

@@ -30,7 +30,6 @@ from manifests.cli_format import make_console
 from pipeline.json_format import pretty_json
 from pipeline.output.accounting import sample_counts
 from pipeline.output.run_record import retry_shards, shard_sizes, store_run_record
-from pipeline.run.commits import RunCommits
 from pipeline.run.execute import Executed, Placement, execute
 from pipeline.run.finalize import finalize, write_card, write_run_report
 from pipeline.run.logs import PeriodicLogUpload
@@ -43,6 +42,7 @@ from pipeline.run.summary import RunSummary, failed_rows_note, nothing_to_do
 from pipeline.run_config import RunConfig
 from pipeline.storage.layout import CARD_KEY, PLAN_KEY, REPORT_KEY, SUMMARY_KEY
 from pipeline.storage.layout import log_key as run_log_key
+from pipeline.storage.ledger import CommitView
 
 log = logging.getLogger("stylegen.driver")
 
@@ -116,7 +116,7 @@ def _run_logged(
     store = open_store(output, **config.storage)
     plan, record = plan_run(manifest, config)
     prior = prepare_output(store, record, restart, append=append, plan=plan)
-    commits = RunCommits(store)  # the output is ours (or empty) from here: the one listing of its markers
+    commits = CommitView(store)  # the output is ours (or empty) from here: the one listing of its markers
     if retry_failed:
         prior = prepare_retry(store, prior, commits.markers)
     if prior is None:  # run.json first: from then on the output is provably ours
@@ -189,7 +189,7 @@ def _run(
     config: RunConfig,
     record: dict[str, Any],
     resuming: bool,
-    commits: RunCommits,
+    commits: CommitView,
     placement: Placement,
     console: Console,
     live: bool | None,

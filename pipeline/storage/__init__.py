@@ -14,7 +14,8 @@ from pipeline.storage.factory import open_store
 from pipeline.storage.local import LocalStore
 from pipeline.storage.marker import FileEntry, ShardMarker
 from pipeline.storage.objects import LocalFile, ObjectInfo, ObjectNotFound, ShardIntegrityError, StorageError
-from pipeline.storage.s3 import S3Config, S3Store
+from pipeline.storage.s3 import S3Store
+from pipeline.storage.s3_config import S3Config
 from pipeline.storage.store import Store
 
 __all__ = [

@@ -7,7 +7,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pipeline.storage.local import LocalStore
-from pipeline.storage.s3 import S3Config, S3Store
+from pipeline.storage.s3 import S3Store
+from pipeline.storage.s3_config import S3Config
 from pipeline.storage.store import Store
 
 

@@ -167,6 +167,32 @@ class LedgerWriter:
         self._flushed_at = time.monotonic()
 
 
+class CommitView:
+    """A writer's view of the committed shards: read once (one listing of the markers plus the ledger),
+    kept up to date from the writer's own commit results, and folded into the ledger as it goes, so a
+    writer lists the markers once however many shards it commits."""
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+        commits = read_commits(store)
+        # Markers the ledger lacked (an output from before the ledger, a crash between a commit and the
+        # ledger write): folded in now, so the next command reads them from the ledger.
+        files = fold_into_ledger(store, commits.unledgered, commits.ledger_files)
+        self.markers: dict[int, ShardMarker] = dict(commits.markers)
+        self._ledger = LedgerWriter(store, files)
+
+    def add(self, entry: LedgerEntry | None) -> None:
+        """A shard this run committed (or saw committed by an earlier attempt): its marker as listed."""
+        if entry is None:
+            return
+        marker = ShardMarker.from_bytes(entry.marker, self.store.url(entry.key))
+        self.markers[marker.shard_id] = marker
+        self._ledger.add(entry)
+
+    def flush(self) -> None:
+        self._ledger.flush()
+
+
 def rebuild_ledger(store: ObjectStore) -> int:
     """Delete every ledger file and write one anew from the markers (one LIST, one GET per marker).
     Returns the number of markers it holds."""

@@ -15,15 +15,12 @@ import io
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import BinaryIO, Literal
 
 from pipeline.storage.base import Progress, content_type_for
 from pipeline.storage.layout import validate_key, validate_prefix
@@ -34,19 +31,10 @@ from pipeline.storage.objects import (
     ShardIntegrityError,
     StorageError,
 )
+from pipeline.storage.s3_config import MIB, S3Config, s3_client
 from pipeline.storage.store import Store
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
-ENV_PREFIX = "STYLEGEN_S3_"
-_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential", "session")
-
-
-def looks_like_credential(option: Any) -> bool:
-    """Whether an option name reads like a credential (those come only from the standard AWS chain)."""
-    return any(word in str(option).lower() for word in _SECRET_WORDS)
-
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -64,103 +52,6 @@ _AUTH_HINT = (
     "AWS_PROFILE, instance role) and the bucket permissions"
 )
 _CHUNK = 8 * MIB
-
-
-class S3Config(BaseModel):
-    """S3 options: defaults < STYLEGEN_S3_<FIELD> environment variables < run config < explicit options.
-
-    The endpoint may also come from AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, which boto3 reads itself."""
-
-    # hide_input_in_errors: a mistaken credential in a config must not be echoed in the error.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-    endpoint_url: str | None = None  # e.g. http://127.0.0.1:9000 for MinIO; None = boto3's resolution
-    region: str | None = None
-    addressing_style: Literal["auto", "virtual", "path"] = "auto"  # path for most self-hosted servers
-    max_attempts: int = Field(10, ge=1)  # per request, adaptive retry mode
-    max_pool_connections: int = Field(32, ge=1)
-    connect_timeout_s: float = Field(10.0, gt=0)
-    read_timeout_s: float = Field(120.0, gt=0)
-    multipart_threshold_mib: int = Field(64, ge=5)
-    multipart_chunksize_mib: int = Field(16, ge=5)  # S3 parts are at least 5 MiB
-    max_concurrency: int = Field(8, ge=1)  # parts in flight per upload
-    # True: the marker is created with If-None-Match: * (AWS S3 since 2024, MinIO, SeaweedFS, R2).
-    # False: HEAD-then-PUT-then-read-back for stores without conditional writes. Race: two attempts
-    # that both HEAD before either PUTs, and whose read-backs both come before the other's PUT, both
-    # believe they won; the marker then names the later one while both publish.
-    conditional_writes: bool = True
-    # head: HEAD checks size and the sha256 stored with the object (bytes in flight are protected by
-    # botocore's per-request checksums); read: also download and hash every uploaded object.
-    verify: Literal["head", "read"] = "head"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_credentials(cls, data: Any) -> Any:
-        for key in data if isinstance(data, dict) else ():
-            if looks_like_credential(key):
-                raise ValueError(
-                    f"S3 option {key!r} looks like a credential; credentials come only from the standard "
-                    "AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance role)"
-                )
-        return data
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **options: Any) -> S3Config:
-        """Options from STYLEGEN_S3_* variables (e.g. STYLEGEN_S3_ADDRESSING_STYLE=path), then `options`."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, value in environ.items():
-            if name.startswith(ENV_PREFIX):
-                field = name[len(ENV_PREFIX) :].lower()
-                if field not in cls.model_fields:
-                    raise ValueError(f"unknown S3 option in environment variable {name}")
-                values[field] = value
-        return cls.model_validate({**values, **options})
-
-    def transfer_config(self):
-        from boto3.s3.transfer import TransferConfig
-
-        return TransferConfig(
-            multipart_threshold=self.multipart_threshold_mib * MIB,
-            multipart_chunksize=self.multipart_chunksize_mib * MIB,
-            max_concurrency=self.max_concurrency,
-            use_threads=True,
-        )
-
-
-# --- one client per process -------------------------------------------------------------------------
-
-_clients: dict[tuple, Any] = {}
-_clients_lock = threading.Lock()
-# Environment variables that change which endpoint or identity a new client gets. The access key id
-# (not the secret) is part of the cache key so a process that switches identity gets a fresh client.
-_IDENTITY_ENV = ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
-
-
-def s3_client(config: S3Config):
-    """The process's boto3 S3 client for `config` (boto3 clients are thread-safe; sessions are not,
-    so each new client gets its own session). A forked child builds its own."""
-    identity = tuple(os.environ.get(name) for name in _IDENTITY_ENV)
-    cache_key = (os.getpid(), config, identity)
-    with _clients_lock:
-        client = _clients.get(cache_key)
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            botocore_config = Config(
-                region_name=config.region,
-                retries={"mode": "adaptive", "total_max_attempts": config.max_attempts},
-                max_pool_connections=config.max_pool_connections,
-                connect_timeout=config.connect_timeout_s,
-                read_timeout=config.read_timeout_s,
-                s3={"addressing_style": config.addressing_style},
-                user_agent_extra="stylegen",
-            )
-            session = boto3.session.Session()
-            client = session.client("s3", endpoint_url=config.endpoint_url, config=botocore_config)
-            _clients[cache_key] = client
-        return client
 
 
 # --- the store ----------------------------------------------------------------------------------------
@@ -224,7 +115,13 @@ class S3Store(Store):
     def _errors(self, operation: str, key: str) -> Iterator[None]:
         """Turn boto errors into StorageError naming the operation and object (never a credential)."""
         from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+        )
 
         where = f"{operation} {self.url(key)}"
         try:
@@ -244,6 +141,12 @@ class S3Store(Store):
             raise StorageError(
                 f"S3 {where} failed: no AWS credentials found in the standard chain "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance role)"
+            ) from None
+        except (EndpointConnectionError, ConnectTimeoutError):
+            raise StorageError(
+                f"S3 {where} failed: cannot reach the endpoint {self._client.meta.endpoint_url}; set the "
+                "output's endpoint with --endpoint-url, the run config's storage.endpoint_url (--config) "
+                "or AWS_ENDPOINT_URL"
             ) from None
         except BotoCoreError as error:
             raise StorageError(f"S3 {where} failed: {error}") from None
