@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli.app import app
 from pipeline.dataset.select import Selection, select_output
-from pipeline.report import write_report
+from pipeline.report.build import write_report
 from pipeline.report.charts import throughput_svg
 from pipeline.report.data import throughput
 from pipeline.storage import ShardMarker

@@ -4,14 +4,7 @@
 - `gallery`: chooses and loads the thumbnails (reference, samples, content) as data: URIs;
 - `charts`: inline SVG histograms and the throughput chart;
 - `page`: the HTML;
-- `build`: `build_report(store) -> str` and `write_report(output_uri, destination=None) -> str`.
+- `build`: `build_report(store) -> str`, `store_report(store)` and `write_report(output_uri, destination)`.
 
 Importing this package is cheap: numpy, pyarrow and PIL load when a report is built.
 """
-
-
-def write_report(output_uri: str, destination: str | None = None, **options) -> str:
-    """Build the report of `output_uri` and write it (see pipeline.report.build.write_report)."""
-    from pipeline.report.build import write_report as write
-
-    return write(output_uri, destination, **options)

@@ -41,11 +41,15 @@ def write_report(
     from pipeline.storage import open_store
 
     store = open_store(output_uri, **(storage or {}))
-    html = build_report(store, **options).encode("utf-8")
-    if destination is not None:
-        path = Path(destination)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(html)
-        return str(path)
-    store.put_bytes(REPORT_KEY, html)
+    if destination is None:
+        return store_report(store, **options)
+    path = Path(destination)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(build_report(store, **options).encode("utf-8"))
+    return str(path)
+
+
+def store_report(store, **options) -> str:
+    """Build the report of the output in `store` and write it there as report.html; returns its URL."""
+    store.put_bytes(REPORT_KEY, build_report(store, **options).encode("utf-8"))
     return store.url(REPORT_KEY)

@@ -12,7 +12,6 @@ from typing import Any
 
 from pipeline.run.summary import RunSummary
 from pipeline.storage.commit import sweep_attempts
-from pipeline.storage.layout import REPORT_KEY
 
 log = logging.getLogger("stylegen.driver")
 
@@ -51,14 +50,12 @@ def write_card(store) -> str | None:
 def write_run_report(store, summary: RunSummary | None = None) -> str | None:
     """report.html for the output (galleries, score histograms with the filter thresholds, throughput).
     The data is complete before this runs, so a failure here is a warning, not a failed run."""
-    from pipeline.report.build import build_report
+    from pipeline.report.build import store_report
 
     try:
-        latest = summary.to_dict() if summary is not None else None
-        store.put_bytes(REPORT_KEY, build_report(store, latest_run=latest).encode("utf-8"))
+        return store_report(store, latest_run=summary.to_dict() if summary is not None else None)
     except Exception as error:
         log.warning(
             "report.html not written (%s: %s); `stylegen report` can retry", type(error).__name__, error
         )
         return None
-    return store.url(REPORT_KEY)
