@@ -4,18 +4,13 @@ is imported here."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
 from pipeline.cli.errors import exits_on_user_error
+from pipeline.cli.select import Group, summary_table
 from pipeline.cli.storage_options import CONFIG_OPTION, ENDPOINT_OPTION, storage_options
-
-
-class Within(str, Enum):
-    style = "style"
-    prompt = "prompt"
 
 
 @exits_on_user_error(exit_code=2)
@@ -29,7 +24,7 @@ def dedup(
     threshold: float = typer.Option(
         ..., "--threshold", help="Cosine >= T makes two samples near-duplicates."
     ),
-    within: Within | None = typer.Option(
+    within: Group | None = typer.Option(
         None, "--within", help="Only compare samples of the same style/prompt."
     ),
     prefer: str | None = typer.Option(
@@ -50,7 +45,6 @@ def dedup(
     """Write a new dataset of fresh shards keeping one sample of every group of near-duplicates."""
     from rich.console import Console
 
-    from pipeline.cli.select import summary_table
     from pipeline.dataset.dedup import Dedup, dedup_output
 
     spec = Dedup(by, threshold, within.value if within else None, prefer)

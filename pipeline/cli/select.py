@@ -13,6 +13,8 @@ from pipeline.cli.storage_options import CONFIG_OPTION, ENDPOINT_OPTION, storage
 
 
 class Group(str, Enum):
+    """What --per (select) and --within (dedup) group by."""
+
     style = "style"
     prompt = "prompt"
 
