@@ -49,7 +49,7 @@ class RunMetrics:
     """The metrics of one run; call from the driver process after Ray is connected."""
 
     def __init__(self, output: str):
-        self._tags = {"output": output}
+        self._tags = {"output": tag_value(output)}
         try:
             self._metrics = self._make()
         except Exception as error:  # metrics are for watching a run, never a reason for it to fail
@@ -80,7 +80,13 @@ class RunMetrics:
 
     def _inc(self, name: str, value: float) -> None:
         if value > 0 and name in self._metrics:  # Ray refuses increments of 0
-            self._metrics[name].inc(value, tags=self._tags)
+            self._record(self._metrics[name].inc, value)
+
+    def _record(self, method, value: float) -> None:
+        try:
+            method(value, tags=self._tags)
+        except Exception as error:  # metrics are for watching a run, never a reason for it to fail
+            log.warning("a Ray metric was not recorded (%s: %s)", type(error).__name__, error)
 
     def shard_committed(self, result: ShardResult) -> None:
         """A result handed back by a GeneratorActor (pipeline.worker.result.ShardResult)."""
@@ -93,11 +99,9 @@ class RunMetrics:
         if not self._metrics:
             return
         if generated and result.generate_s:
-            self._metrics["stylegen_seconds_per_image"].observe(
-                result.generate_s / generated, tags=self._tags
-            )
+            self._record(self._metrics["stylegen_seconds_per_image"].observe, result.generate_s / generated)
         if result.commit_s:
-            self._metrics["stylegen_commit_seconds"].observe(result.commit_s, tags=self._tags)
+            self._record(self._metrics["stylegen_commit_seconds"].observe, result.commit_s)
 
     def shard_failed(self, rows: int) -> None:
         """A shard that failed every attempt, recorded with all its rows failed."""
@@ -107,5 +111,13 @@ class RunMetrics:
     def actors(self, ready: int, pending: int) -> None:
         if not self._metrics:
             return
-        self._metrics["stylegen_actors_ready"].set(ready, tags=self._tags)
-        self._metrics["stylegen_actors_pending"].set(pending, tags=self._tags)
+        self._record(self._metrics["stylegen_actors_ready"].set, ready)
+        self._record(self._metrics["stylegen_actors_pending"].set, pending)
+
+
+def tag_value(text: str) -> str:
+    """`text` as a tag value every exporter takes: printable ASCII, anything else percent-encoded
+    (an output path "ünïcødé 出力" made Ray's metric record raise UnicodeEncodeError)."""
+    from urllib.parse import quote
+
+    return quote(text, safe="/:@!$&'()*+,;=-._~ ")

@@ -47,7 +47,8 @@ class ConfigError(UserError, ValueError):
 
 class _Section(BaseModel):
     # hide_input_in_errors: a mistaken credential in a config must not be echoed in an error.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    # allow_inf_nan=False: `inf` would pass every bound and fail the run much later (or in run.json).
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False)
 
 
 class GeneratorConfig(_Section):

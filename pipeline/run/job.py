@@ -36,7 +36,7 @@ from pipeline.run.logs import PeriodicLogUpload
 from pipeline.run.plan import plan_run, write_plan
 from pipeline.run.preflight import check_config, check_staged_models
 from pipeline.run.progress import RunProgress, close_run_log, open_run_log, summary_table
-from pipeline.run.resume import prepare_output, prepare_retry
+from pipeline.run.resume import prepare_output, prepare_retry, refuse_conflicting_flags
 from pipeline.run.stop import RunStopped, StopSignals
 from pipeline.run.summary import RunSummary, failed_rows_note, nothing_to_do
 from pipeline.run_config import RunConfig
@@ -71,6 +71,7 @@ def run_job(
     run into new shards after its own (pipeline.run.retry); live: draw the progress bar (default: when the
     console is a terminal; else key=value lines). Raises RunStopped after SIGTERM/SIGINT (graceful: see
     pipeline/run/stop.py)."""
+    refuse_conflicting_flags(restart=restart, append=append, retry_failed=retry_failed)
     console = console or make_console(stderr=True)
     started = time.monotonic()
     # Everything that can refuse the run happens before anything is written or Ray starts.

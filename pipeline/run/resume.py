@@ -32,6 +32,21 @@ class RunRefused(UserError, RuntimeError):
     exit_code = 2
 
 
+def refuse_conflicting_flags(*, restart: bool, append: bool, retry_failed: bool) -> None:
+    """--restart (start over), --append (grow the run) and --retry-failed (regenerate its failed rows) each
+    change the output in their own way: two of them together are refused before anything is read."""
+    given = [
+        name
+        for name, on in (("--restart", restart), ("--append", append), ("--retry-failed", retry_failed))
+        if on
+    ]
+    if len(given) > 1:
+        raise RunRefused(
+            f"{' and '.join(given)} cannot be used together: --restart starts the run over, --append grows "
+            "it, --retry-failed regenerates its failed rows; give one (nothing was read, written or deleted)"
+        )
+
+
 def prepare_output(
     store, record: dict[str, Any], restart: bool, *, append: bool = False, plan=None
 ) -> dict[str, Any] | None:

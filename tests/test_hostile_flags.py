@@ -1,0 +1,62 @@
+"""Flags that cannot go together, or values no run can use, are refused before anything is read for
+writing, deleted or recorded (issue "Nothing lost, nothing overwritten, round two")."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import yaml
+from run_fixtures import build_manifest
+from typer.testing import CliRunner
+
+from actors.metrics import tag_value
+from pipeline.cli.app import app
+from pipeline.run_config import ConfigError, RunConfig
+from tests.output_fixtures import build_output
+
+
+def snapshot(folder):
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    return build_output(tmp_path_factory.mktemp("run"))
+
+
+@pytest.mark.parametrize(
+    "flags", list(itertools.combinations(["--restart", "--append", "--retry-failed"], 2))
+)
+def test_flags_that_cannot_go_together_change_nothing(finished, flags, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(RunConfig.model_validate(finished.run_record["config"]).to_dict()))
+    before = snapshot(finished.store.root)
+    result = CliRunner().invoke(
+        app, ["run", str(finished.manifest), "--output", finished.uri, "--config", str(config), *flags]
+    )
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {flags[0]} and {flags[1]} cannot be used together")
+    assert result.output.count("\n") == 1
+    assert snapshot(finished.store.root) == before
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_a_non_finite_number_is_refused_when_the_config_loads(value, tmp_path):
+    with pytest.raises(ConfigError, match=r"execution.progress_interval_s"):
+        RunConfig.load(None, {"execution.progress_interval_s": float(value)})
+    manifest = build_manifest(tmp_path, rows=2)
+    result = CliRunner().invoke(
+        app, ["run", str(manifest), "--output", str(tmp_path / "out"), f"--progress-interval={value}"]
+    )
+    assert result.exit_code == 2  # inf and nan: the config's check; -inf: the flag's lower bound
+    assert "progress_interval_s" in result.output or "--progress-interval" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_metric_tags_are_printable_ascii_and_name_the_output_once_decoded():
+    from urllib.parse import unquote
+
+    path = "/data/ünïcødé 出力/out"
+    assert tag_value(path).isascii() and tag_value(path).isprintable() and unquote(tag_value(path)) == path
+    assert tag_value("s3://bucket/runs/r1") == "s3://bucket/runs/r1"
