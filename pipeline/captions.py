@@ -4,21 +4,25 @@ A template is a Python format string over the plan row: `{prompt}`, `{style}`, `
 `{seed}`, `{uid}`, `{row}` and the manifest's extra columns as `{extra.NAME}`, e.g.
 `"{prompt}, in the style of {extra.artist}"`. A null value renders as an empty string. The names are
 checked twice: the fixed fields when the config loads, the extras once the manifest is read (both errors
-name the unknown field and list the known ones). A row whose caption cannot be rendered (a format spec
-that does not fit its value) fails that row, not the run.
+name the unknown field and list the known ones). Fields are looked up by name only, never as Python
+attributes (`{extra.__class__}` is the manifest column of that name, or an unknown field), and a format
+spec may not ask for more than MAX_SPEC_WIDTH characters. A row whose caption cannot be rendered (a
+format spec that does not fit its value) or comes out over MAX_CAPTION_CHARS fails that row, not the run.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Iterable, Mapping
-from types import SimpleNamespace
 from typing import Any
 
 from manifests.schema import CANONICAL_COLUMNS
 
 DEFAULT_TEMPLATE = "{prompt}"
 EXTRA = "extra"
+MAX_SPEC_WIDTH = 256  # `{prompt:>99999999}` would write a 100 MB caption
+MAX_CAPTION_CHARS = 65536
 
 
 class CaptionError(ValueError):
@@ -44,6 +48,11 @@ def template_fields(template: str) -> list[str]:
         if spec and "{" in spec:
             raise CaptionError(
                 f"caption.template {template!r}: nested fields in a format spec are not supported"
+            )
+        if any(int(number) > MAX_SPEC_WIDTH for number in re.findall(r"\d+", spec or "")):
+            raise CaptionError(
+                f"caption.template {template!r}: the format spec {spec!r} of {{{name}}} asks for more than "
+                f"{MAX_SPEC_WIDTH} characters"
             )
         fields.append(name)
     return fields
@@ -76,11 +85,25 @@ def extra_columns(names: Iterable[str]) -> list[str]:
     return [name for name in names if name not in CANONICAL_COLUMNS and name != "shard_id"]
 
 
+class _Fields(string.Formatter):
+    """Looks `{name}` and `{extra.NAME}` up in the row by name: never an attribute of a Python object."""
+
+    def get_field(self, field_name: str, args, kwargs) -> tuple[Any, str]:
+        root, _, attribute = field_name.partition(".")
+        return (kwargs[EXTRA][attribute] if root == EXTRA else kwargs[root]), field_name
+
+
 def render_caption(template: str, row: Mapping[str, Any]) -> str:
-    """The caption of one plan row (ValueError/KeyError/... if the row's values do not fit the template)."""
+    """The caption of one plan row (ValueError/KeyError/... if the row's values do not fit the template,
+    or the caption is over MAX_CAPTION_CHARS)."""
     values = {name: _value(row.get(name)) for name in CANONICAL_COLUMNS}
-    extras = SimpleNamespace(**{name: _value(row[name]) for name in extra_columns(row)})
-    return template.format_map({**values, EXTRA: extras})
+    extras = {name: _value(row[name]) for name in extra_columns(row)}
+    caption = _Fields().vformat(template, (), {**values, EXTRA: extras})
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise ValueError(
+            f"the caption is {len(caption):,} characters, over the limit of {MAX_CAPTION_CHARS:,}"
+        )
+    return caption
 
 
 def _value(value: Any) -> Any:
