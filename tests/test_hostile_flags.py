@@ -60,3 +60,40 @@ def test_metric_tags_are_printable_ascii_and_name_the_output_once_decoded():
     path = "/data/ünïcødé 出力/out"
     assert tag_value(path).isascii() and tag_value(path).isprintable() and unquote(tag_value(path)) == path
     assert tag_value("s3://bucket/runs/r1") == "s3://bucket/runs/r1"
+
+
+@pytest.mark.parametrize(
+    ("output", "why"),
+    [
+        ("s3:/bkt/x", "names no bucket"),
+        ("s3://", "names no bucket"),
+        ("s3:///x", "names no bucket"),
+        ("gs://bkt/x", "unsupported output URI scheme 'gs'"),
+    ],
+)
+def test_an_output_uri_that_cannot_work_is_one_line_before_anything_is_written(output, why, tmp_path):
+    manifest = build_manifest(tmp_path, rows=2)
+    result = CliRunner().invoke(app, ["run", str(manifest), "--output", output])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert result.output.startswith("error: ") and why in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["contents", "manifest.parquet", "styles"]
+
+
+def test_storage_options_for_a_local_output_are_one_line(tmp_path):
+    manifest = build_manifest(tmp_path, rows=2)
+    config = tmp_path / "run.yaml"
+    config.write_text("storage:\n  endpoint_url: http://127.0.0.1:9\n")
+    result = CliRunner().invoke(
+        app, ["run", str(manifest), "--output", str(tmp_path / "out"), "--config", str(config)]
+    )
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "only apply to s3:// outputs" in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_select_min_must_be_a_finite_number(finished, value, tmp_path):
+    result = CliRunner().invoke(
+        app, ["select", finished.uri, "--by", "clip_t", "--min", value, "-o", str(tmp_path / "sel")]
+    )
+    assert result.exit_code == 2 and f"--min must be a finite number, got {float(value)}" in result.output
+    assert not (tmp_path / "sel").exists()

@@ -10,6 +10,7 @@ Offline selection: a new dataset of fresh shards made of a finished run's best K
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ class Selection:
             raise SelectError("give exactly one of --top FRACTION or --min VALUE")
         if self.top is not None and not 0 < self.top <= 1:
             raise SelectError(f"--top must be a fraction in (0, 1], got {self.top}")
+        if self.minimum is not None and not math.isfinite(self.minimum):
+            raise SelectError(f"--min must be a finite number, got {self.minimum}")
         if self.per is not None and self.per not in ("style", "prompt"):
             raise SelectError(f"--per must be style or prompt, got {self.per!r}")
         if self.per is not None and self.minimum is not None:

@@ -13,7 +13,14 @@ from pipeline.storage.commit import CommitResult
 from pipeline.storage.factory import open_store
 from pipeline.storage.local import LocalStore
 from pipeline.storage.marker import FileEntry, ShardMarker
-from pipeline.storage.objects import LocalFile, ObjectInfo, ObjectNotFound, ShardIntegrityError, StorageError
+from pipeline.storage.objects import (
+    LocalFile,
+    ObjectInfo,
+    ObjectNotFound,
+    OutputURIError,
+    ShardIntegrityError,
+    StorageError,
+)
 from pipeline.storage.s3 import S3Store
 from pipeline.storage.s3_config import S3Config
 from pipeline.storage.store import Store
@@ -25,6 +32,7 @@ __all__ = [
     "LocalStore",
     "ObjectInfo",
     "ObjectNotFound",
+    "OutputURIError",
     "S3Config",
     "S3Store",
     "ShardIntegrityError",

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pipeline.storage.local import LocalStore
+from pipeline.storage.objects import OutputURIError
 from pipeline.storage.s3 import S3Store
 from pipeline.storage.s3_config import S3Config
 from pipeline.storage.store import Store
@@ -25,13 +26,15 @@ def open_store(uri: str | Path, **options: Any) -> Store:
         explicit = base.model_dump(exclude_unset=True) if isinstance(base, S3Config) else dict(base or {})
         config = S3Config.from_env(**{**explicit, **options})
         if not parsed.netloc:
-            raise ValueError(f"output URI {text!r} names no bucket (expected s3://bucket/prefix)")
+            raise OutputURIError(f"output URI {text!r} names no bucket (expected s3://bucket/prefix)")
         return S3Store(parsed.netloc, parsed.path.lstrip("/"), config)
     options.pop("s3_config", None)
     if options:
-        raise ValueError(f"options {sorted(options)} only apply to s3:// outputs, not {text!r}")
+        raise OutputURIError(f"options {sorted(options)} only apply to s3:// outputs, not {text!r}")
     if parsed.scheme == "file":
         return LocalStore(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive, not a scheme
-        raise ValueError(f"unsupported output URI scheme {parsed.scheme!r} in {text!r}; use a path or s3://")
+        raise OutputURIError(
+            f"unsupported output URI scheme {parsed.scheme!r} in {text!r}; use a path or s3://"
+        )
     return LocalStore(text)

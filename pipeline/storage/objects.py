@@ -12,6 +12,13 @@ from pipeline.errors import UserError
 _CHUNK = 8 * 1024 * 1024
 
 
+class OutputURIError(UserError, ValueError):
+    """An output location that cannot be used as given (no bucket, unknown scheme, S3 options for a
+    folder); the message names it."""
+
+    exit_code = 2
+
+
 class StorageError(UserError, RuntimeError):
     """An object-store operation failed; the message names the operation and the object, never a secret."""
 
