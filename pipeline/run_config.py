@@ -112,6 +112,8 @@ class ExecutionSection(_Section):
     # so a run with 1 actor and one with 2 would otherwise make different images.
     torch_threads: int = Field(1, ge=1)
     storage_outage_s: float = Field(300.0, gt=0)  # storage failing this long stops the run (uncharged)
+    lease_ttl_s: float = Field(120.0, gt=0)  # a driver's lease on its output lapses this long unrenewed
+    wait_for_lease_s: float = Field(0.0, ge=0)  # how long a driver waits for another's lease to end
     isolate_culprits: bool = True  # a shard failing every attempt reruns row by row: only culprits fail
     max_input_mib: int = Field(256, ge=1)  # a style/content file or object over this fails its row unread
 

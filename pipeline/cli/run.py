@@ -45,6 +45,12 @@ def run(
         help="Regenerate the failed rows of the finished run in OUTPUT into new shards.",
     ),
     dedupe: bool = typer.Option(False, "--dedupe", help="Keep the first of rows with the same uid."),
+    wait_for_lease: float | None = typer.Option(
+        None,
+        "--wait-for-lease",
+        min=0,
+        help="Seconds to wait while another driver writes OUTPUT (default: refuse at once).",
+    ),
     progress_interval: float | None = typer.Option(
         None,
         "--progress-interval",
@@ -75,6 +81,8 @@ def run(
         overrides["dedupe"] = True
     if progress_interval is not None:
         overrides["execution.progress_interval_s"] = progress_interval
+    if wait_for_lease is not None:
+        overrides["execution.wait_for_lease_s"] = wait_for_lease
     try:
         run_config = RunConfig.load(config, overrides)
         summary = run_job(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import uuid
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ def execute(
     commits: CommitView,
     log_key: str,
     stop: StopSignals | None = None,
+    lost_lease: threading.Event | None = None,
 ) -> Executed:
     """Run the pending shards on an elastic pool of generator actors (see actors/scheduler.py); every
     commit goes into `commits` (the driver's view, and the ledger); `log_key` names this run in
@@ -168,7 +170,9 @@ def execute(
             hooks,
             capacity_timeout_s=execution.capacity_timeout_s,
             drain_s=execution.drain_s,
-            should_stop=lambda: stop is not None and stop.requested,
+            should_stop=lambda: (
+                (stop is not None and stop.requested) or bool(lost_lease and lost_lease.is_set())
+            ),
             storage_outage_s=execution.storage_outage_s,
             isolate_culprits=execution.isolate_culprits,
         )

@@ -32,11 +32,12 @@ from pipeline.output.accounting import sample_counts
 from pipeline.output.run_record import retry_shards, shard_sizes, store_run_record
 from pipeline.run.execute import Executed, Placement, execute
 from pipeline.run.finalize import finalize, write_card, write_run_report
+from pipeline.run.lease import LeaseHeld, OutputLease
 from pipeline.run.logs import PeriodicLogUpload
 from pipeline.run.plan import plan_run, write_plan
 from pipeline.run.preflight import check_config, check_staged_models
 from pipeline.run.progress import RunProgress, close_run_log, open_run_log, summary_table
-from pipeline.run.resume import prepare_output, prepare_retry, refuse_conflicting_flags
+from pipeline.run.resume import prepare_output, prepare_retry, refuse_conflicting_flags, refuse_foreign_output
 from pipeline.run.stop import RunStopped, StopSignals
 from pipeline.run.summary import RunSummary, failed_rows_note, nothing_to_do
 from pipeline.run_config import RunConfig
@@ -116,71 +117,76 @@ def _run_logged(
 
     store = open_store(output, **config.storage)
     plan, record = plan_run(manifest, config)
-    prior = prepare_output(store, record, restart, append=append, plan=plan)
-    commits = CommitView(store)  # the output is ours (or empty) from here: the one listing of its markers
-    if retry_failed:
-        prior = prepare_retry(store, prior, commits.markers)
-    if prior is None:  # run.json first: from then on the output is provably ours
-        store_run_record(store, record)
-    if prior is None or not store.exists(PLAN_KEY):  # also after a crash between the two
-        write_plan(store, plan)
-    log_key = run_log_key(datetime.now(timezone.utc))
-    log_path = _local_log_path(store, log_key)
-    try:
-        handler = open_run_log(log_path)
-    except OSError as error:
-        raise StorageError(os_error_message(error, log_path)) from None
-    uploads = None
-    if not _is_local(store):
-        uploads = PeriodicLogUpload(store, log_key, log_path, handler, config.execution.log_upload_s)
-        uploads.__enter__()
-    try:
-        summary = _run(
-            manifest=manifest,
-            store=store,
-            config=config,
-            record=prior or record,
-            resuming=prior is not None,
-            commits=commits,
-            placement=placement,
-            console=console,
-            live=live,
-            started=started,
-            stop=stop,
-            log_key=log_key,
-            log_path=log_path,
-        )
-        summary.log_uri = store.url(log_key)
-        if not summary.shards_committed and summary.shards_resumed >= summary.shards_planned:
-            # A rerun of a finished run: summary.json, report.html and the card keep the run that did
-            # the work.
-            summary.report_uri = store.url(REPORT_KEY) if store.exists(REPORT_KEY) else None
-            summary.card_uri = store.url(CARD_KEY) if store.exists(CARD_KEY) else None
-            console.print(nothing_to_do(summary), markup=False)
-            return summary
-        summary.card_uri = write_card(store)
-        summary.report_uri = write_run_report(store, summary)
-        store.put_bytes(SUMMARY_KEY, pretty_json(summary.to_dict()))
-        console.print(summary_table(summary))
-        if summary.failed:
-            console.print(failed_rows_note(store, summary, commits.markers), markup=False)
-        return summary
-    except RunStopped as error:
-        log.warning("run %s", error)
-        raise
-    except BaseException as error:
-        log.error("run stopped: %s: %s", type(error).__name__, error)
-        raise
-    finally:
-        if uploads is not None:
-            uploads.stop()
-        close_run_log(handler)
+    # Reads only: nothing, not even a lease, is written into an output that is not ours.
+    refuse_foreign_output(store, restart)
+    execution = config.execution
+    with OutputLease(store, execution.lease_ttl_s, wait_s=execution.wait_for_lease_s) as lease:
+        prior = prepare_output(store, record, restart, append=append, plan=plan)
+        commits = CommitView(store)  # the output is ours (or empty) from here: the one listing of its markers
+        if retry_failed:
+            prior = prepare_retry(store, prior, commits.markers)
+        if prior is None:  # run.json first: from then on the output is provably ours
+            store_run_record(store, record)
+        if prior is None or not store.exists(PLAN_KEY):  # also after a crash between the two
+            write_plan(store, plan)
+        log_key = run_log_key(datetime.now(timezone.utc))
+        log_path = _local_log_path(store, log_key)
+        try:
+            handler = open_run_log(log_path)
+        except OSError as error:
+            raise StorageError(os_error_message(error, log_path)) from None
+        uploads = None
         if not _is_local(store):
-            try:
-                store.put_file(log_key, log_path)
-                log_path.unlink(missing_ok=True)
-            except Exception as error:  # never let the log upload hide why the run stopped
-                console.print(f"warning: the run log stays at {log_path}: upload failed ({error})")
+            uploads = PeriodicLogUpload(store, log_key, log_path, handler, config.execution.log_upload_s)
+            uploads.__enter__()
+        try:
+            summary = _run(
+                manifest=manifest,
+                store=store,
+                config=config,
+                record=prior or record,
+                resuming=prior is not None,
+                commits=commits,
+                lease=lease,
+                placement=placement,
+                console=console,
+                live=live,
+                started=started,
+                stop=stop,
+                log_key=log_key,
+                log_path=log_path,
+            )
+            summary.log_uri = store.url(log_key)
+            if not summary.shards_committed and summary.shards_resumed >= summary.shards_planned:
+                # A rerun of a finished run: summary.json, report.html and the card keep the run that did
+                # the work.
+                summary.report_uri = store.url(REPORT_KEY) if store.exists(REPORT_KEY) else None
+                summary.card_uri = store.url(CARD_KEY) if store.exists(CARD_KEY) else None
+                console.print(nothing_to_do(summary), markup=False)
+                return summary
+            summary.card_uri = write_card(store)
+            summary.report_uri = write_run_report(store, summary)
+            store.put_bytes(SUMMARY_KEY, pretty_json(summary.to_dict()))
+            console.print(summary_table(summary))
+            if summary.failed:
+                console.print(failed_rows_note(store, summary, commits.markers), markup=False)
+            return summary
+        except RunStopped as error:
+            log.warning("run %s", error)
+            raise
+        except BaseException as error:
+            log.error("run stopped: %s: %s", type(error).__name__, error)
+            raise
+        finally:
+            if uploads is not None:
+                uploads.stop()
+            close_run_log(handler)
+            if not _is_local(store):
+                try:
+                    store.put_file(log_key, log_path)
+                    log_path.unlink(missing_ok=True)
+                except Exception as error:  # never let the log upload hide why the run stopped
+                    console.print(f"warning: the run log stays at {log_path}: upload failed ({error})")
 
 
 def _run(
@@ -191,6 +197,7 @@ def _run(
     record: dict[str, Any],
     resuming: bool,
     commits: CommitView,
+    lease: OutputLease,
     placement: Placement,
     console: Console,
     live: bool | None,
@@ -227,9 +234,22 @@ def _run(
         stop.interruptible = False  # from here on the scheduler drains on a signal
         with ray_output_to(log_path, console), progress:
             executed = execute(
-                store, config, pending, progress, placement, commits=commits, log_key=log_key, stop=stop
+                store,
+                config,
+                pending,
+                progress,
+                placement,
+                commits=commits,
+                log_key=log_key,
+                stop=stop,
+                lost_lease=lease.lost,
             )
     commits.flush()
+    if lease.lost.is_set():
+        raise LeaseHeld(
+            f"{store.uri}: another driver took over this output's lease, so this one stopped after "
+            f"{progress.done_shards - len(done)} shard(s); see the log, and rerun the same command to resume"
+        )
     pool = executed.pool
     if pool.stopped:
         raise RunStopped(

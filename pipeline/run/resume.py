@@ -20,7 +20,7 @@ from pipeline.output.run_record import (
 )
 from pipeline.output.shard_tables import failed_uids
 from pipeline.run_config import RunConfig, changed_keys, config_fingerprint
-from pipeline.storage.layout import RUN_KEY
+from pipeline.storage.layout import LEASE_KEY, RUN_KEY
 
 log = logging.getLogger("stylegen.driver")
 
@@ -47,6 +47,34 @@ def refuse_conflicting_flags(*, restart: bool, append: bool, retry_failed: bool)
         )
 
 
+def refuse_foreign_output(store, restart: bool) -> dict[str, Any] | None:
+    """The output's run record (None: there is none); refuses, reading only, an output that no stylegen
+    run record proves is ours: a new run starts only in an empty folder or prefix (the whole output is
+    listed only when it has no run.json), and --restart deletes only a stylegen run. Runs before the
+    driver takes the output's lease, so a refused output gets nothing written, not even the lease."""
+    try:
+        prior = read_run_record(store)
+    except RunRefused:
+        if not restart:
+            raise
+        prior = None
+    if restart and prior is not None and is_run_record(prior):
+        return prior
+    if prior is None and not [info for info in store.list("") if info.key != LEASE_KEY]:
+        return None
+    if restart:
+        raise RunRefused(
+            f"--restart deletes only a stylegen run, but {store.url(RUN_KEY)} is not a stylegen run record "
+            f"(or is missing), so nothing under {store.uri} was deleted; choose another --output"
+        )
+    if prior is None:
+        raise RunRefused(
+            f"{store.uri} is not empty and has no {RUN_KEY}: it is not a stylegen output, and a run "
+            "could overwrite its files; choose an empty or new --output"
+        )
+    return prior
+
+
 def prepare_output(
     store, record: dict[str, Any], restart: bool, *, append: bool = False, plan=None
 ) -> dict[str, Any] | None:
@@ -55,16 +83,11 @@ def prepare_output(
     such an output's own files, and a new run only starts in an empty folder or prefix. With `append`,
     a bigger manifest is planned into new shards after the run's (the record returned is the updated
     one); a manifest that drops or changes rows of the run is refused, naming them."""
+    prior = refuse_foreign_output(store, restart)
     if restart:
         clear_output(store)
         return None
-    prior = read_run_record(store)
     if prior is None:
-        if store.list(""):
-            raise RunRefused(
-                f"{store.uri} is not empty and has no {RUN_KEY}: it is not a stylegen output, and a run "
-                "could overwrite its files; choose an empty or new --output"
-            )
         return None
     if append and prior.get("manifest", {}).get("fingerprint") != record["manifest"]["fingerprint"]:
         from pipeline.run.append import AppendRefused, append_run
@@ -181,18 +204,9 @@ def clear_output(store) -> None:
     run.json is a stylegen run record; any other file under the output stays."""
     from pipeline.storage.layout import is_run_output_key
 
+    if refuse_foreign_output(store, restart=True) is None:
+        return  # empty (but for this driver's lease)
     objects = store.list("")
-    if not objects:
-        return
-    try:
-        record = read_run_record(store)
-    except RunRefused:
-        record = None
-    if not is_run_record(record):
-        raise RunRefused(
-            f"--restart deletes only a stylegen run, but {store.url(RUN_KEY)} is not a stylegen run record "
-            f"(or is missing), so nothing under {store.uri} was deleted; choose another --output"
-        )
     ours = [info.key for info in objects if is_run_output_key(info.key) and info.key != RUN_KEY]
     store.delete(ours)
     store.delete([RUN_KEY])  # last: an interrupted restart can still be restarted

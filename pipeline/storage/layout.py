@@ -6,6 +6,7 @@ metadata/shard-NNNNNN.parquet                 every planned row of the shard (it
                                               directory reader takes them as one table)
 rejected/shard-NNNNNN.tar                     optional: rejected samples, same layout
 _SUCCESS/shard-NNNNNN.json                    the commit marker: the only truth for "done"
+_lease.json                                   the lease of the driver writing the output, while it runs
 _ledger/ledger-SEQ-ENTRIES-TOKEN.parquet      the markers folded into a few files (pipeline.storage.ledger)
 _attempts/shard-NNNNNN/<attempt_id>/<final key>   an attempt's uploads before (and until) publish
 
@@ -24,6 +25,7 @@ SUMMARY_KEY = "summary.json"
 REPORT_KEY = "report.html"
 MARKER_PREFIX = "_SUCCESS/"
 ATTEMPTS_PREFIX = "_attempts/"
+LEASE_KEY = "_lease.json"  # the writing driver's lease (pipeline.run.lease): one writer per output
 LEDGER_PREFIX = "_ledger/"  # the commit ledger (pipeline.storage.ledger): markers folded into Parquet
 CARD_KEY = "README.md"  # the Hugging Face dataset card
 SHARDS_PREFIX = "shards/"
