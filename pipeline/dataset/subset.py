@@ -357,7 +357,8 @@ def _sample(members: dict[str, bytes], uid: str, shard_id: int, tar_url: str):
     meta = json.loads(members["json"])
     meta["source_shard_id"] = meta.get("shard_id")
     meta["shard_id"] = shard_id
-    return uid, members[images[0]], images[0], meta
+    caption = members["txt"].decode("utf-8") if "txt" in members else None  # every member the source had
+    return uid, members[images[0]], images[0], meta, caption
 
 
 def _row(row: dict[str, Any], source_shard: int, attempt_id: str, row_type):
