@@ -97,3 +97,17 @@ def test_select_min_must_be_a_finite_number(finished, value, tmp_path):
     )
     assert result.exit_code == 2 and f"--min must be a finite number, got {float(value)}" in result.output
     assert not (tmp_path / "sel").exists()
+
+
+@pytest.mark.parametrize("command", [["card"], ["report"], ["status", "--rebuild-ledger"]])
+def test_commands_that_write_into_an_output_refuse_one_that_is_not_ours(command, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "run.json").write_text('{"name": "my own project"}')
+    (foreign / "README.md").write_text("my readme")
+    result = CliRunner().invoke(app, [command[0], str(foreign), *command[1:]])
+    assert (
+        result.exit_code == 2 and "is not a stylegen output, and nothing was written into it" in result.output
+    )
+    assert sorted(path.name for path in foreign.iterdir()) == ["README.md", "run.json"]
+    assert (foreign / "README.md").read_text() == "my readme"

@@ -99,5 +99,5 @@ def test_rebuild_ledger_rewrites_it_in_a_stylegen_output_only(local_output, tmp_
     foreign.mkdir()
     (foreign / "run.json").write_text("{}")
     refused = stylegen("status", foreign, "--rebuild-ledger")
-    assert refused.exit_code == 2 and "not a stylegen output, nothing rebuilt" in refused.output
+    assert refused.exit_code == 2 and "not a stylegen output, and nothing was written" in refused.output
     assert sorted(path.name for path in foreign.iterdir()) == ["run.json"]

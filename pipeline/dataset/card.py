@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.captions import extra_columns
-from pipeline.output.run_record import load_run_record
+from pipeline.output.run_record import load_run_record, require_stylegen_output
 from pipeline.storage.layout import (
     CARD_KEY,
     METADATA_PREFIX,
@@ -191,6 +191,7 @@ def build_card(store) -> str:
     run = load_run_record(store)
     if run is None:
         raise ObjectNotFound(store.url(RUN_KEY))
+    require_stylegen_output(store, run)  # the card replaces README.md: only in an output of ours
     markers = store.committed_shards()
     legacy = uses_legacy_layout(run)
     table_schema = pa.schema([])

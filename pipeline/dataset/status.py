@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.errors import OutputError
 from pipeline.output.accounting import planned_counts, sample_counts
-from pipeline.output.run_record import load_run_record
+from pipeline.output.run_record import load_run_record, require_stylegen_output
 from pipeline.storage.ledger import rebuild_ledger
 
 
@@ -38,7 +38,5 @@ def collect_status(store) -> dict[str, Any]:
 def rebuild_output_ledger(store) -> int:
     """`status --rebuild-ledger`: write the output's commit ledger anew from its markers (one GET each);
     only into a stylegen output (run or derived dataset). Returns how many markers it holds."""
-    record = load_run_record(store)
-    if record is None or not str(record.get("format", "")).startswith("stylegen-"):
-        raise OutputError(f"{store.uri} holds no stylegen run.json: not a stylegen output, nothing rebuilt")
+    require_stylegen_output(store)
     return rebuild_ledger(store)

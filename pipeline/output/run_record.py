@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.errors import OutputError, UserError
 from pipeline.json_format import pretty_json
 from pipeline.storage.layout import RUN_KEY
 from pipeline.storage.objects import ObjectNotFound
@@ -44,6 +44,21 @@ def load_run_record(store) -> dict[str, Any] | None:
 def store_run_record(store, record: dict[str, Any]) -> None:
     """Write run.json (whole: readers see the old record or the new one)."""
     store.put_bytes(RUN_KEY, pretty_json(record))
+
+
+def require_stylegen_output(store, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The output's run.json (`record`, read when not given), when it is one stylegen wrote (a run's or a
+    selection's); else OutputError, before a command writes anything into the output (card, report,
+    --rebuild-ledger)."""
+    record = load_run_record(store) if record is None else record
+    if record is None:
+        raise OutputError(f"no stylegen output at {store.uri} (no {RUN_KEY}); nothing was written into it")
+    if not str(record.get("format", "")).startswith(("stylegen-run/", "stylegen-select/")):
+        raise OutputError(
+            f"{store.url(RUN_KEY)} is not a stylegen run record: {store.uri} is not a stylegen output, "
+            "and nothing was written into it"
+        )
+    return record
 
 
 def is_run_record(record: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.output.run_record import require_stylegen_output
 from pipeline.storage.layout import REPORT_KEY
 
 
@@ -50,6 +51,8 @@ def write_report(
 
 
 def store_report(store, **options) -> str:
-    """Build the report of the output in `store` and write it there as report.html; returns its URL."""
+    """Build the report of the output in `store` and write it there as report.html (only into a stylegen
+    output); returns its URL."""
+    require_stylegen_output(store)
     store.put_bytes(REPORT_KEY, build_report(store, **options).encode("utf-8"))
     return store.url(REPORT_KEY)
