@@ -136,8 +136,42 @@ def run_demo(manifest: Path, output: Path, actors: int | None = None):
     return run_job(str(manifest), str(output), config, actors=actors or max(1, min(2, os.cpu_count() or 1)))
 
 
+DEMO_MARK = "stylegen-demo.txt"  # written first into a demo's folder: what a rerun recognises
+
+
+def claim_demo_folder(output: Path) -> None:
+    """Refuse, before anything is written, a target that is not a local folder or holds something other
+    than an earlier demo (the demo writes inputs/ and run/ there); mark a new one as the demo's."""
+    import re
+
+    from pipeline.errors import UsageError
+    from pipeline.output.run_record import RunRecordError, is_run_record, load_run_record
+    from pipeline.storage import LocalStore
+
+    text = str(output)
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", text):
+        raise UsageError(
+            f"--output {text}: the demo writes its inputs and run into a local folder; give a folder"
+        )
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {text}: is a file, not a folder")
+    if output.is_dir() and any(output.iterdir()) and not (output / DEMO_MARK).exists():
+        try:
+            earlier_demo = is_run_record(load_run_record(LocalStore(output / "run")))
+        except RunRecordError:
+            earlier_demo = False
+        if not earlier_demo:
+            raise UsageError(
+                f"--output {text}: the folder is not empty and holds no stylegen demo; the demo would "
+                "overwrite its inputs/ and run/ there: give an empty or new folder"
+            )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / DEMO_MARK).write_text("made by `stylegen demo`: its inputs/ and run/ may be rewritten by it\n")
+
+
 def demo(output: Path, *, run: bool = True, actors: int | None = None) -> DemoResult:
     output = Path(output)
+    claim_demo_folder(output)
     inputs = make_inputs(output)
     manifest = build_demo_manifest(inputs, output)
     report = validate_demo_manifest(manifest)
