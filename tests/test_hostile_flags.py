@@ -111,3 +111,14 @@ def test_commands_that_write_into_an_output_refuse_one_that_is_not_ours(command,
     )
     assert sorted(path.name for path in foreign.iterdir()) == ["README.md", "run.json"]
     assert (foreign / "README.md").read_text() == "my readme"
+
+
+def test_a_link_to_the_source_is_the_source(finished, tmp_path):
+    link = tmp_path / "link-to-run"
+    link.symlink_to(finished.store.root, target_is_directory=True)
+    inside = link / "sel"
+    result = CliRunner().invoke(
+        app, ["select", str(link), "--by", "clip_t", "--top", "0.5", "-o", str(inside)]
+    )
+    assert result.exit_code == 2 and "must not contain one another" in result.output
+    assert not (finished.store.root / "sel").exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import uuid
 from collections import defaultdict
@@ -148,7 +149,9 @@ def write_subset(
 
 
 def _refuse_overlap(source: str, output: str) -> None:
-    a, b = source.rstrip("/") + "/", output.rstrip("/") + "/"
+    # Folders compare by their real paths: a link to the source is the source.
+    a, b = (uri if "://" in uri else os.path.realpath(uri) for uri in (source, output))
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
     if a == b:
         raise SelectError(f"the new output must differ from the source output ({source})")
     if a.startswith(b) or b.startswith(a):
