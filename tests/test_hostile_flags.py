@@ -122,3 +122,14 @@ def test_a_link_to_the_source_is_the_source(finished, tmp_path):
     )
     assert result.exit_code == 2 and "must not contain one another" in result.output
     assert not (finished.store.root / "sel").exists()
+
+
+def test_models_stage_refuses_a_local_target_before_building_anything(tmp_path, monkeypatch):
+    import pipeline.models.tiny
+
+    monkeypatch.setattr(pipeline.models.tiny, "ensure_tiny_cache", lambda *a: pytest.fail("built models"))
+    result = CliRunner().invoke(
+        app, ["models", "stage", "--to", str(tmp_path / "models"), "--preset", "tiny"]
+    )
+    assert result.exit_code == 1 and "expected an s3://bucket/prefix/ URI" in result.output
+    assert not (tmp_path / "models").exists()

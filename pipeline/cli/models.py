@@ -10,7 +10,13 @@ import typer
 from manifests.cli_format import StylegenCommand, StylegenGroup
 from pipeline.cli.errors import exits_on_user_error
 from pipeline.errors import UsageError
-from pipeline.models.stage import DEFAULT_SCORER_MODELS, config_snippet, resolve_sources, stage
+from pipeline.models.stage import (
+    DEFAULT_SCORER_MODELS,
+    check_target,
+    config_snippet,
+    resolve_sources,
+    stage,
+)
 
 models_app = typer.Typer(
     cls=StylegenGroup, help="Stage model weights in object storage for cluster runs.", no_args_is_help=True
@@ -50,6 +56,7 @@ def stage_command(
     ),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Where the tiny preset is built"),
 ) -> None:
+    check_target(to)  # before minutes of building or downloading models
     overrides = {}
     for item in sources or []:
         component, sep, path = item.partition("=")

@@ -175,12 +175,17 @@ class StageResult:
     bytes_uploaded: int
 
 
+def check_target(to: str) -> None:
+    """Staging goes to S3 only (the nodes copy from there): said before any model is built or fetched."""
+    if not to.startswith("s3://"):
+        raise StageError(f"--to {to!r}: expected an s3://bucket/prefix/ URI")
+
+
 def stage(sources: list[Source], to: str, s3_options: dict | None = None, echo=print) -> StageResult:
     """Upload each source under `to` (s3://bucket/prefix/); skip objects already holding the same bytes."""
     from pipeline.storage import LocalFile, open_store
 
-    if not to.startswith("s3://"):
-        raise StageError(f"--to {to!r}: expected an s3://bucket/prefix/ URI")
+    check_target(to)
     store = open_store(to, **(s3_options or {}))
     result = StageResult({}, 0, 0, 0)
     for source in sources:
