@@ -5,6 +5,7 @@ over a lease that lapsed. On a folder and on S3 (conditional create)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -101,3 +102,28 @@ def test_a_lapsed_lease_is_taken_over(finished):
     result = rerun(finished)
     assert result.exit_code == 0 and "nothing to do" in result.output
     assert not built.store.exists(LEASE_KEY)
+
+
+def test_the_lease_of_a_driver_gone_from_this_machine_is_taken_over_at_once(store):  # noqa: F811
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    now = datetime.now(timezone.utc).isoformat()
+    record = {
+        "host": socket.gethostname(),
+        "pid": int(gone.stdout),
+        "token": "killed",
+        "since": now,
+        "renewed": now,
+    }
+    store.put_bytes(LEASE_KEY, json.dumps({**record, "ttl_s": 3600}).encode())
+    with OutputLease(store, ttl_s=3600) as taker:
+        assert json.loads(store.get_bytes(LEASE_KEY))["token"] == taker.holder["token"]
+    alive = {**record, "pid": os.getpid(), "token": "alive"}  # this very process: alive, fresh
+    store.put_bytes(LEASE_KEY, json.dumps({**alive, "ttl_s": 3600}).encode())
+    with pytest.raises(LeaseHeld):
+        OutputLease(store, ttl_s=3600).acquire()

@@ -4,8 +4,9 @@ The lease is `_lease.json` under the output, created only if absent (the commit 
 `If-None-Match: *` on S3, an exclusive create in a folder) and naming its holder (host, pid, a random
 token) and since when. A background thread renews it every `ttl_s / 3` seconds after checking it is
 still ours; a lease not renewed for `ttl_s` (a killed driver's) lapses and the next driver takes it
-over. A second driver on a held output is told in one line who holds it and since when, and exits (or
-waits, `--wait-for-lease`). The lease is deleted when the driver ends.
+over, at once when the holder ran on the same machine and its process is gone. A second driver on a
+held output is told in one line who holds it and since when, and exits (or waits, `--wait-for-lease`).
+The lease is deleted when the driver ends.
 
 Taking over a lapsed lease deletes it and creates a new one; two drivers taking over the same lapsed
 lease at the same moment can both believe they won until the next renewal check, when the loser finds
@@ -119,6 +120,8 @@ class OutputLease:
         return current is not None and current.get("token") == self.holder["token"]
 
     def _lapsed(self, current: dict[str, Any]) -> bool:
+        if current.get("host") == self.holder["host"] and not _alive(current.get("pid")):
+            return True  # its driver ran on this machine and is gone (killed): no need to wait
         try:
             renewed = datetime.fromisoformat(str(current.get("renewed")))
         except ValueError:
@@ -126,6 +129,19 @@ class OutputLease:
             renewed = info.modified if info is not None else datetime.now(timezone.utc)
         ttl = float(current.get("ttl_s") or self.ttl_s)
         return (datetime.now(timezone.utc) - renewed).total_seconds() > ttl
+
+
+def _alive(pid: Any) -> bool:
+    """Whether process `pid` exists on this machine (a pid we may not signal exists too)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown: only its renewal time can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _who(record: dict[str, Any] | None) -> str:
