@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,16 +123,68 @@ def tar_samples(path: Path) -> dict[str, dict]:
     return samples
 
 
+RAY_OPTIONS = dict(
+    address="local",
+    num_cpus=2,
+    num_gpus=4,
+    include_dashboard=False,
+    log_to_driver=False,
+    # Ray's default is 10 s: a test that reads the run's metrics on the node would wait that long
+    _system_config={"metrics_report_interval_ms": 1000},
+)
+_shared: dict[str, str] = {}  # the GCS address of the suite's shared local Ray, once started
+
+
 def local_ray():
-    """A local Ray with 4 logical GPUs, for a module-scoped fixture (`yield from local_ray()`): each
-    test module shuts its own down, so other areas' tests can start theirs."""
+    """The suite's shared local Ray with 4 logical GPUs, behind conftest's module-scoped `ray_cluster`.
+    A Ray start costs seconds, so it is started once and left running for the next module; conftest
+    runs those modules one after another and shuts it down at the end. A module that leaves actors
+    holding resources hands the next one a fresh Ray instead."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address != _shared.get("address"):
+        ray.shutdown()  # a Ray some test started for itself: not ours to reuse
+    if not ray.is_initialized():
+        ray.init(**RAY_OPTIONS)
+        _shared["address"] = ray.get_runtime_context().gcs_address
     yield ray
-    if started:
+    if not resources_released(ray):
+        stop_shared_ray()
+
+
+def resources_released(ray, timeout_s: float = 10) -> bool:
+    """Whether every CPU and GPU of the cluster is free again (killed actors release theirs a moment
+    later), within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        if all(free.get(name, 0) >= total.get(name, 0) for name in ("CPU", "GPU")):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def stop_shared_ray() -> None:
+    """Shut down the shared local Ray if it runs (for a test that needs Ray down or a Ray of its own)."""
+    import ray
+
+    if _shared.pop("address", None) is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@contextmanager
+def own_ray():
+    """A local Ray of this test's own, started now (so its actors inherit the environment as it is
+    now, e.g. a moto endpoint) and shut down on exit."""
+    import ray
+
+    stop_shared_ray()
+    assert not ray.is_initialized(), "another test left Ray initialized in this process"
+    ray.init(**RAY_OPTIONS)
+    try:
+        yield ray
+    finally:
         ray.shutdown()
 
 

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from run_fixtures import build_manifest, fake_config, local_ray
+from run_fixtures import build_manifest, fake_config
 
 from actors.deadlines import DeadlinePolicy
 from actors.pool import GeneratorPool, PoolError
 from pipeline.run.job import run_job
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    yield from local_ray()
 
 
 def test_deadline_is_the_floor_until_shards_finish_then_scales_with_observed_time():

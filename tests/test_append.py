@@ -9,7 +9,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from run_fixtures import build_manifest, fake_config, local_ray
+from run_fixtures import build_manifest, fake_config
 
 from manifests.read import read_manifest
 from pipeline.dataset.select import Selection, select_output
@@ -153,31 +153,28 @@ def test_a_manifest_that_drops_or_changes_rows_is_refused_naming_them(tmp_path, 
 
 
 @pytest.mark.slow
-def test_stylegen_run_append_end_to_end(tmp_path):
+def test_stylegen_run_append_end_to_end(ray_cluster, tmp_path):
     """The same through run_job on local Ray: the new shards run, the old ones are not touched."""
-    for _ in local_ray():
-        small = build_manifest(tmp_path / "small", rows=14)
-        big = build_manifest(tmp_path / "small", rows=20, name="big.parquet")  # the same 14 rows, and 6 more
-        output = tmp_path / "out"
-        config = fake_config()
-        first = run_job(str(small), str(output), config, actors=2, live=False)
-        assert (first.shards_planned, first.rows) == (3, 14)
-        tars = {path.name: path.read_bytes() for path in (output / "shards").glob("*.tar")}
-        grown = run_job(str(big), str(output), config, actors=2, live=False, append=True)
-        assert (grown.shards_planned, grown.shards_resumed, grown.shards_committed) == (4, 3, 1)
-        assert (grown.rows, grown.kept, grown.images_this_run) == (20, 20, 6)
-        assert {
-            n: p.read_bytes()
-            for n, p in ((p.name, p) for p in (output / "shards").glob("*.tar"))
-            if n in tars
-        } == tars
-        again = run_job(str(big), str(output), config, actors=2, live=False)
-        assert (again.shards_resumed, again.images_this_run) == (4, 0)
+    small = build_manifest(tmp_path / "small", rows=14)
+    big = build_manifest(tmp_path / "small", rows=20, name="big.parquet")  # the same 14 rows, and 6 more
+    output = tmp_path / "out"
+    config = fake_config()
+    first = run_job(str(small), str(output), config, actors=2, live=False)
+    assert (first.shards_planned, first.rows) == (3, 14)
+    tars = {path.name: path.read_bytes() for path in (output / "shards").glob("*.tar")}
+    grown = run_job(str(big), str(output), config, actors=2, live=False, append=True)
+    assert (grown.shards_planned, grown.shards_resumed, grown.shards_committed) == (4, 3, 1)
+    assert (grown.rows, grown.kept, grown.images_this_run) == (20, 20, 6)
+    assert {
+        n: p.read_bytes() for n, p in ((p.name, p) for p in (output / "shards").glob("*.tar")) if n in tars
+    } == tars
+    again = run_job(str(big), str(output), config, actors=2, live=False)
+    assert (again.shards_resumed, again.images_this_run) == (4, 0)
 
-        # ray.data reads the grown run as one dataset: the tars, and the metadata/ folder as one table.
-        import ray.data
+    # ray.data reads the grown run as one dataset: the tars, and the metadata/ folder as one table.
+    import ray.data
 
-        uids = sorted(read_manifest(str(big)).column("uid").to_pylist())
-        samples = ray.data.read_webdataset(str(output / "shards"), file_extensions=["tar"])
-        assert sorted(row["__key__"] for row in samples.iter_rows()) == uids
-        assert sorted(ray.data.read_parquet(str(output / "metadata")).to_pandas()["uid"]) == uids
+    uids = sorted(read_manifest(str(big)).column("uid").to_pylist())
+    samples = ray.data.read_webdataset(str(output / "shards"), file_extensions=["tar"])
+    assert sorted(row["__key__"] for row in samples.iter_rows()) == uids
+    assert sorted(ray.data.read_parquet(str(output / "metadata")).to_pandas()["uid"]) == uids

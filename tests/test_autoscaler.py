@@ -79,24 +79,29 @@ def cluster_config(port: int) -> dict:
 
 
 def session_pids(session_id: int) -> list[int]:
-    listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True, check=True).stdout
+    """The live processes of that session (a zombie has exited: it only waits for its parent)."""
+    listing = subprocess.run(
+        ["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True, check=True
+    ).stdout
     pids = []
     for line in listing.splitlines():
-        pid, sid = (int(field) for field in line.split())
-        if sid == session_id and pid != os.getpid():
-            pids.append(pid)
+        pid, sid, stat = line.split()
+        if int(sid) == session_id and int(pid) != os.getpid() and not stat.startswith("Z"):
+            pids.append(int(pid))
     return pids
 
 
-def stop_session(session_id: int) -> None:
-    """SIGTERM, then SIGKILL, to the processes of that session only (never `ray stop`)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def stop_session(session_id: int, grace_s: float = 2) -> None:
+    """SIGTERM, then SIGKILL to what is left after `grace_s`, to the processes of that session only
+    (never `ray stop`). The GCS and the runtime-env agents outlast a SIGTERM by more than 10 s: a longer
+    grace would only wait."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
         for pid in session_pids(session_id):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + wait_s
         while session_pids(session_id) and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.1)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ def _digests(folder: Path) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("shards/*.tar"))}
 
 
-def test_demo_runs_every_row_once_and_resumes_without_redoing_anything(tmp_path, monkeypatch):
+def test_demo_runs_every_row_once_and_resumes_without_redoing_anything(no_shared_ray, tmp_path, monkeypatch):
     monkeypatch.setenv("STYLEGEN_CACHE", str(tmp_path / "cache"))
     first = demo(tmp_path / "demo", actors=2)
     run = first.run

@@ -8,17 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from run_fixtures import build_manifest, fake_config, local_ray, shard_rows
+from run_fixtures import build_manifest, fake_config, shard_rows
 
 from manifests.read import read_manifest
 from pipeline.run.job import run_job
 from pipeline.run.resume import RunRefused
 from pipeline.run_config import RunConfig
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    yield from local_ray()
 
 
 def markers(output) -> dict[str, dict]:

@@ -34,12 +34,11 @@ LATENCY_S = 0.1  # per image: ~0.6 s a shard, ~24 s of work for the first node's
 
 
 @pytest.fixture
-def gpu_less_cluster(monkeypatch):
+def gpu_less_cluster(no_shared_ray, monkeypatch):
     """A head with no GPU; the test adds GPU nodes. A private Ray temp folder (see test_multinode)."""
     import ray
     from ray.cluster_utils import Cluster
 
-    assert not ray.is_initialized(), "another test left Ray initialized in this process"
     ray_tmp = Path(tempfile.mkdtemp(prefix="stylegen-elastic-"))
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     cluster = Cluster(
@@ -79,13 +78,13 @@ def test_gpu_nodes_join_and_leave_a_running_job(gpu_less_cluster, tmp_path):
     output = tmp_path / "out"
     run = {"shard_size": SHARD_SIZE, "generator.fake.latency_s": LATENCY_S}
     # An actor waiting for a GPU has no start deadline (else these would be declared dead after 1 s)
-    config = fake_config(**run, **{"execution.capacity_timeout_s": 2, "execution.actor_start_timeout_s": 1})
+    config = fake_config(**run, **{"execution.capacity_timeout_s": 1, "execution.actor_start_timeout_s": 1})
 
     # 1. no GPU ever comes: one clear error after capacity_timeout_s, nothing committed
     with pytest.raises(CapacityTimeout) as stopped:
         run_job(str(manifest), str(output), config, actors=4, address=cluster.address, live=False)
     message = str(stopped.value)
-    assert "no generator actor was ready for 2 s (execution.capacity_timeout_s)" in message
+    assert "no generator actor was ready for 1 s (execution.capacity_timeout_s)" in message
     assert "4 actor(s) x 1 GPU still waiting" in message and "the cluster has 0 GPUs now" in message
     assert message.endswith("rerun the same command to resume")
     assert not list((output / "_SUCCESS").glob("*.json"))
@@ -107,7 +106,9 @@ def test_gpu_nodes_join_and_leave_a_running_job(gpu_less_cluster, tmp_path):
     runner.start()
     try:
         wait_for(lambda: len(list((output / "logs").iterdir())) == 2, "the second run to start")
-        time.sleep(1)  # its actors are requested while no GPU exists
+        second_log = max((output / "logs").glob("run-*.log"))  # the names sort by start time
+        # its actors are requested while no GPU exists
+        wait_for(lambda: "GPU requested" in second_log.read_text(), "the second run to request its actors")
         a = cluster.add_node(num_cpus=1, num_gpus=2)
         wait_for(lambda: committed_nodes(output)[a.node_id] >= 1, "a shard on node a")
         b = cluster.add_node(num_cpus=1, num_gpus=1)

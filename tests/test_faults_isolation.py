@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from run_fixtures import build_manifest, fake_config, local_ray, planned_uids, shard_rows
+from run_fixtures import build_manifest, fake_config, planned_uids, shard_rows
 
 from actors.faults import StorageDown
 from manifests.read import read_manifest
@@ -16,10 +16,7 @@ from pipeline.run.job import run_job
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    yield from local_ray()
+DEADLINE_S = 3  # a healthy shard here takes under a second, even on a loaded machine
 
 
 def run_log(output: Path) -> str:
@@ -44,8 +41,8 @@ def test_a_row_that_hangs_every_time_fails_alone(ray_cluster, tmp_path):
             "generator.fake.hang_uids": [hanger],
             "generator.fake.hang_every_time": True,
             "execution.max_attempts": 2,
-            "execution.first_deadline_s": 4.0,
-            "execution.min_deadline_s": 4.0,
+            "execution.first_deadline_s": DEADLINE_S,
+            "execution.min_deadline_s": DEADLINE_S,
         }
     )
     summary = run_job(str(manifest), str(output), config, actors=2, live=False)
@@ -53,15 +50,16 @@ def test_a_row_that_hangs_every_time_fails_alone(ray_cluster, tmp_path):
     assert rows[hanger]["status"] == "failed"
     reason = rows[hanger]["reason"]
     assert reason.startswith(
-        "this row failed its shard every time it ran (attempt 3: deadline of 4 s exceeded)"
+        f"this row failed its shard every time it ran (attempt 3: deadline of {DEADLINE_S} s exceeded)"
     )
     assert all(row["status"] == "kept" for uid, row in rows.items() if uid != hanger)
     assert (summary.kept, summary.failed, summary.shards_failed) == (11, 1, 0)
     log = run_log(output)
     assert (
-        "shard 1: failed 2 times (attempt 2: deadline of 4 s exceeded); rerunning it one row at a time" in log
+        f"shard 1: failed 2 times (attempt 2: deadline of {DEADLINE_S} s exceeded); rerunning it one row "
+        "at a time" in log
     )
-    assert f"shard 1: row {hanger} isolated (attempt 3: deadline of 4 s exceeded)" in log
+    assert f"shard 1: row {hanger} isolated (attempt 3: deadline of {DEADLINE_S} s exceeded)" in log
 
 
 def test_a_failed_shard_record_that_raises_leaves_the_shard_to_the_rerun_which_isolates_the_crash(
@@ -104,7 +102,8 @@ def test_a_failed_shard_record_that_raises_leaves_the_shard_to_the_rerun_which_i
 
 def block_storage_when_the_run_starts(output: Path, lasting: bool) -> threading.Thread:
     """Once run.json exists, make every commit fail (a file where the attempts folder goes): for good,
-    or until the run has logged a storage failure and a couple of seconds more."""
+    or until the run has logged a storage failure and half a second more (the first retry, 1 s after
+    the failure, then finds storage back)."""
     blocker = output / "_attempts"
 
     def block() -> None:
@@ -116,7 +115,7 @@ def block_storage_when_the_run_starts(output: Path, lasting: bool) -> threading.
             return
         while "storage failed" not in run_log(output) and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(2)
+        time.sleep(0.5)
         blocker.unlink()
 
     thread = threading.Thread(target=block, daemon=True)
@@ -140,7 +139,7 @@ def test_a_passing_storage_fault_is_waited_out_and_a_lasting_one_stops_the_run(r
 
     output = tmp_path / "lasting"
     blocker = block_storage_when_the_run_starts(output, lasting=True)
-    lasting = fake_config(**{"generator.fake.latency_s": 0.05, "execution.storage_outage_s": 3})
+    lasting = fake_config(**{"generator.fake.latency_s": 0.05, "execution.storage_outage_s": 1})
     with pytest.raises(StorageDown, match=r"storage has been failing for \d+ s .* rerun the same command"):
         run_job(str(manifest), str(output), lasting, actors=2, live=False)
     blocker.join()

@@ -3,14 +3,13 @@ S3 store, the log uploaded, the result read back with webdataset, and a resume t
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from run_fixtures import build_manifest, fake_config, local_ray
+from run_fixtures import build_manifest, fake_config, own_ray
 
 from manifests.read import read_manifest
 from pipeline.run.job import run_job
@@ -40,7 +39,7 @@ def test_run_into_s3_reads_back_every_kept_uid_once_and_resumes(s3_bucket, tmp_p
     config = fake_config(**{"generator.fake.latency_s": 0.01, "scoring.enabled": False})
 
     # Ray starts after s3_env pointed the AWS environment at moto, so the actors inherit it.
-    with contextlib.contextmanager(local_ray)():
+    with own_ray():
         summary = run_job(manifest, output, config, actors=2, live=False)
         resumed = run_job(manifest, output, config, actors=2, live=False)
 

@@ -291,9 +291,7 @@ def test_an_unusable_cache_folder_is_one_error_naming_the_model(staged, tmp_path
 def test_a_ray_run_with_staged_weights_writes_the_images_of_a_local_run(s3_bucket, tiny_cache_dir, tmp_path):
     """Through the driver and two Ray actor processes on one node: the driver's check, each actor's copy
     from S3 (the env points at moto before Ray starts), the images and captions of the local preset."""
-    import contextlib
-
-    from run_fixtures import build_manifest, local_ray, reference_tars, tar_members
+    from run_fixtures import build_manifest, own_ray, reference_tars, tar_members
 
     from pipeline.run.job import run_job
 
@@ -314,7 +312,7 @@ def test_a_ray_run_with_staged_weights_writes_the_images_of_a_local_run(s3_bucke
     staged = RunConfig.model_validate(
         {**common, "model_paths": staged_paths, "scoring": scoring, "model_cache_dir": str(node_cache)}
     )
-    with contextlib.contextmanager(local_ray)():
+    with own_ray():
         summary = run_job(str(manifest), str(tmp_path / "staged"), staged, actors=2, live=False)
     assert (summary.shards_committed, summary.kept) == (2, 2)
 

@@ -36,13 +36,12 @@ REMOVE_AFTER_MARKERS = 2  # remove a node once this many shards have committed
 
 
 @pytest.fixture
-def cluster(monkeypatch):
+def cluster(no_shared_ray, monkeypatch):
     """A head without GPUs and two GPU nodes. Its Ray temp folder is private: a Cluster records its
     address as "the latest cluster" there, and a plain ray.init() elsewhere would connect to it."""
     import ray
     from ray.cluster_utils import Cluster
 
-    assert not ray.is_initialized(), "another test left Ray initialized in this process"
     ray_tmp = Path(tempfile.mkdtemp(prefix="stylegen-multinode-"))
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     cluster = Cluster(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from run_fixtures import build_manifest, fake_config, local_ray
+from run_fixtures import build_manifest, fake_config
 
 from actors.metrics import METRICS, exported_names
 from pipeline.run.job import run_job
@@ -24,11 +24,6 @@ from pipeline.storage import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SERIES = re.compile(r"^(ray_stylegen_\w+)\{([^}]*)\} ([0-9.e+-]+)$")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    yield from local_ray()
 
 
 def dashboard_metrics() -> list[tuple[str, set[str]]]:
@@ -105,7 +100,7 @@ def test_headless_progress_lines_and_ray_metrics_match_the_run(ray_cluster, tmp_
     assert float(last["images_per_s"]) > 0 and "2" in {f["actors_ready"] for f in fields}
 
     # the metrics on the driver node's Prometheus endpoint equal the run's counts (Ray exports them
-    # periodically: poll until they arrive)
+    # periodically, every second on the tests' Ray: poll until they arrive)
     driver_node = ray.get_runtime_context().get_node_id()
     port = next(node["MetricsExportPort"] for node in ray.nodes() if node["NodeID"] == driver_node)
     expected = {
@@ -123,7 +118,7 @@ def test_headless_progress_lines_and_ray_metrics_match_the_run(ray_cluster, tmp_
         values = scrape(port, str(output))
         if all(values.get(name) == value for name, value in expected.items()) or time.monotonic() > deadline:
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert {name: values.get(name) for name in expected} == expected
     assert "ray_stylegen_images_rejected_total" not in values  # nothing rejected: never incremented
     assert values["ray_stylegen_seconds_per_image_bucket{le=+Inf}"] == 4.0

@@ -6,10 +6,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
 
-
-def test_a_local_run_starts_its_own_ray_even_when_another_cluster_was_started_on_the_machine(monkeypatch):
+def test_a_local_run_starts_its_own_ray_even_when_another_cluster_was_started_on_the_machine(
+    no_shared_ray, monkeypatch
+):
     """`ray start` elsewhere on the machine records its address as "the latest cluster"; a bare
     ray.init() would attach to it (and refuse our logical GPUs). stylegen starts its own instance."""
     import ray
@@ -17,8 +17,6 @@ def test_a_local_run_starts_its_own_ray_even_when_another_cluster_was_started_on
 
     from actors.cluster import start_ray
 
-    if ray.is_initialized():
-        pytest.skip("another test left Ray initialized in this process")
     # Where Ray looks for "the latest cluster"; short, since Ray puts unix sockets below it.
     tmp_path = Path(tempfile.mkdtemp(prefix="sg-"))
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import traceback
 from collections import Counter
 
 import datasets
@@ -110,7 +111,16 @@ def test_a_dataloader_with_two_workers_reads_every_sample_once(finished, tmp_pat
     def count(urls, **options) -> Counter:
         dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, **options)
         loader = torch.utils.data.DataLoader(dataset.to_tuple("__key__"), num_workers=2, batch_size=None)
-        return Counter(key for (key,) in loader)
+        batches = iter(loader)
+        try:
+            return Counter(key for (key,) in batches)
+        except Exception as error:
+            # The traceback's frames hold the iterator: cleared, it is freed below and its workers stop
+            # at once. Left to the garbage collector, whichever later test triggers it waits 5 s a worker.
+            traceback.clear_frames(error.__traceback__)
+            raise
+        finally:
+            del batches
 
     assert count(tars(finished)) == Counter(list(expected_captions(finished)))  # 5 shards, 2 workers
 

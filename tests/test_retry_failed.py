@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from run_fixtures import build_manifest, fake_config, local_ray, make_image, shard_rows
+from run_fixtures import build_manifest, fake_config, make_image, shard_rows
 
 from manifests.read import read_manifest
 from pipeline.dataset.status import collect_status
@@ -19,11 +19,6 @@ from pipeline.run.resume import RunRefused
 from pipeline.storage import open_store
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    yield from local_ray()
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

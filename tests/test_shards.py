@@ -206,19 +206,15 @@ def test_webdataset_reads_every_uid_exactly_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_data_reads_every_uid_exactly_once(tmp_path):
-    ray = pytest.importorskip("ray")
+def test_ray_data_reads_every_uid_exactly_once(ray_cluster, tmp_path):
+    ray = ray_cluster
     samples = make_samples(10)
     write_tar(samples[:4], tmp_path / "shard-000000.tar")
     write_tar(samples[4:], tmp_path / "shard-000001.tar")
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        dataset = ray.data.read_webdataset(
-            [str(tmp_path / "shard-000000.tar"), str(tmp_path / "shard-000001.tar")], decoder=None
-        )
-        records = dataset.take_all()
-    finally:
-        ray.shutdown()
+    dataset = ray.data.read_webdataset(
+        [str(tmp_path / "shard-000000.tar"), str(tmp_path / "shard-000001.tar")], decoder=None
+    )
+    records = dataset.take_all()
     assert Counter(record["__key__"] for record in records) == Counter(s.uid for s in samples)
     by_uid = {sample.uid: sample for sample in samples}
     for record in records:
