@@ -10,9 +10,9 @@ fake generator: tiny tar, one-row parquet, marker, publish), on a local folder a
     append    `stylegen run BIGGER --append` (4 more rows)
 
 each twice: as an output written before the commit ledger (every marker read, one GET each: the
-`_ledger/` folder removed) and with the ledger the driver keeps. `ratio_*` is markers / ledger. The
-per-shard cost of each command over N extrapolates to 10^6 shards (`*_1m_s`, linear in N, stated as an
-estimate).
+`_ledger/` folder removed) and with the ledger the driver keeps. `ratio_*` is markers / ledger. Each is
+measured on two outputs, of N/4 and N shards: the difference is the per-shard cost, which extrapolates
+the time at N to 10^6 shards (`*_1m_s`, an estimate: a process's fixed start-up is not multiplied).
 
     .venv/bin/python bench/bench_scale.py [--shards 2000] [--s3-shards 1000] [--threads 8]
 
@@ -118,13 +118,27 @@ def measure(folder: Path, uri: str, shards: int, threads: int, storage: dict, en
     return figures
 
 
+def measure_sizes(folder: Path, uri: str, shards: int, threads: int, storage: dict, env: dict) -> dict:
+    """The figures at N shards, and each command's extrapolation to 10^6 shards from N/4 and N."""
+    small = max(1, shards // 4)
+    at_small = measure(folder / "small", f"{uri}-small", small, threads, storage, env)
+    figures = measure(folder / "full", uri, shards, threads, storage, env)
+    for name in ("resume", "status", "report"):
+        for kind in ("markers", "ledger"):
+            key = f"{name}_{kind}_s"
+            slope = max(0.0, (figures[key] - at_small[key]) / (shards - small))
+            figures[f"{name}_{kind}_1m_s"] = figures[key] + slope * (1e6 - shards)
+    return figures
+
+
 def show(label: str, shards: int, figures: dict) -> None:
     print(f"{label}: {shards} one-row shards built in {figures['build_s']:.1f} s")
     for name in ("resume", "status", "report"):
         markers, ledger = figures[f"{name}_markers_s"], figures[f"{name}_ledger_s"]
         print(
             f"  {name:7} markers {markers:7.2f} s   ledger {ledger:7.2f} s   ratio {markers / ledger:5.2f}"
-            f"   per 10^6 shards (linear estimate) {ledger / shards * 1e6:8.0f} s"
+            f"   at 10^6 shards (estimate): markers {figures[f'{name}_markers_1m_s']:6.0f} s, "
+            f"ledger {figures[f'{name}_ledger_1m_s']:6.0f} s"
         )
     print(f"  append of {APPENDED_ROWS} rows: {figures['append_s']:.2f} s")
 
@@ -141,10 +155,11 @@ def main() -> None:
     summary = {"shards": args.shards}
     with tempfile.TemporaryDirectory(prefix="stylegen-bench-scale-") as name, ExitStack() as stack:
         folder = Path(name)
-        local = measure(folder / "local", str(folder / "local" / "out"), args.shards, args.threads, {}, env)
+        local = measure_sizes(
+            folder / "local", str(folder / "local" / "out"), args.shards, args.threads, {}, env
+        )
         show("local folder", args.shards, local)
         summary.update({key: round(value, 3) for key, value in local.items()})
-        summary["resume_1m_s"] = round(local["resume_ledger_s"] / args.shards * 1e6)
         from s3_fixtures import _new_bucket, start_seaweedfs, weed_binary
 
         if args.s3_shards and weed_binary():
@@ -155,12 +170,10 @@ def main() -> None:
             os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret")
             storage = {"endpoint_url": server.endpoint_url, "addressing_style": "path"}
             uri = bucket.uri("runs/scale")
-            s3 = measure(folder / "s3", uri, args.s3_shards, args.threads, storage, s3_env)
+            s3 = measure_sizes(folder / "s3", uri, args.s3_shards, args.threads, storage, s3_env)
             show(f"SeaweedFS ({server.endpoint_url})", args.s3_shards, s3)
             summary["s3_shards"] = args.s3_shards
             summary.update({f"s3_{key}": round(value, 3) for key, value in s3.items()})
-            for name in ("resume", "status", "report"):
-                summary[f"s3_{name}_1m_s"] = round(s3[f"{name}_ledger_s"] / args.s3_shards * 1e6)
         elif args.s3_shards:
             print("SeaweedFS (weed) not installed: the S3 figures are skipped")
         shutil.rmtree(folder / "local", ignore_errors=True)

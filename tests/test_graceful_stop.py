@@ -19,7 +19,7 @@ import yaml
 from run_fixtures import build_manifest, fake_config, reference_tars, shard_rows
 
 from manifests.read import read_manifest
-from pipeline.run.driver import run_job
+from pipeline.run.job import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = 8
