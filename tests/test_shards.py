@@ -345,3 +345,27 @@ def test_schema_gives_an_all_failed_shard_the_same_columns_as_a_scored_one(tmp_p
     both = pq.ParquetDataset(tmp_path).read()  # a reader over the folder sees one schema
     assert both.column("score_clip_t").to_pylist() == [0.3, None]
     assert both.column("content").to_pylist() == [None, None]
+
+
+def test_the_tar_is_byte_for_byte_what_webdatasets_tar_writer_writes(tmp_path):
+    """write_tar uses a plain tarfile stream (no torch import); the bytes are TarWriter's, same settings."""
+    from webdataset import TarWriter
+
+    from pipeline.shards.tar import _TAR_MODE, _TAR_OWNER, TAR_MTIME
+
+    samples = [
+        ShardSample(uid_of(n), bytes([n + 1]) * (700 * n + 1), ext, {"n": n}, caption)
+        for n, (ext, caption) in enumerate([("png", "a boat"), ("jpg", None), ("webp", "ünïcødé 出力 " * 90)])
+    ]
+    write_tar(samples, tmp_path / "ours.tar")
+    with open(tmp_path / "theirs.tar", "wb") as file:
+        writer = TarWriter(
+            file, encoder=False, mtime=TAR_MTIME, user=_TAR_OWNER, group=_TAR_OWNER, mode=_TAR_MODE
+        )
+        for sample in sorted(samples, key=lambda s: s.uid):
+            members = {sample.ext: sample.image, "json": sample.json_bytes()}
+            if sample.caption is not None:
+                members["txt"] = sample.caption.encode("utf-8")
+            writer.write({"__key__": sample.uid, **members})
+        writer.close()
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "theirs.tar").read_bytes()

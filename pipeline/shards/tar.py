@@ -3,22 +3,24 @@ sample, byte-reproducible.
 
 Samples are sorted by uid and each sample's members are written together in extension order; since
 '.' sorts before every hex digit this is also plain member-name order. Every header field that could
-vary between machines or runs (mtime, owner, mode) is fixed, and the tar is written through
-webdataset's TarWriter into a temporary file that is renamed into place only when complete.
+vary between machines or runs (mtime, owner, mode) is fixed, as webdataset's TarWriter sets them with
+a fixed mtime (a plain `tarfile` stream, so writing a shard does not import torch through webdataset;
+tests/test_shards.py checks the bytes against TarWriter's), into a temporary file that is renamed into
+place only when complete.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import tarfile
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
-
-from webdataset import TarWriter
 
 from pipeline.shards.images import IMAGE_EXTENSIONS
 from pipeline.shards.keys import sample_json, validate_uid
@@ -96,18 +98,23 @@ def write_tar(samples: Iterable[ShardSample], path: str | Path) -> TarStats:
     try:
         with open(temp, "wb") as file:
             sink = _HashingWriter(file)
-            writer = TarWriter(
-                sink, encoder=False, mtime=TAR_MTIME, user=_TAR_OWNER, group=_TAR_OWNER, mode=_TAR_MODE
-            )
-            for sample in ordered:
-                members = {sample.ext: bytes(sample.image), "json": sample.json_bytes()}
-                if sample.caption is not None:
-                    members["txt"] = sample.caption.encode("utf-8")
-                writer.write({"__key__": sample.uid, **members})
-            writer.close()
+            with tarfile.open(fileobj=sink, mode="w|") as tar:  # a stream: written once, in order
+                for sample in ordered:
+                    members = {sample.ext: bytes(sample.image), "json": sample.json_bytes()}
+                    if sample.caption is not None:
+                        members["txt"] = sample.caption.encode("utf-8")
+                    for ext, data in sorted(members.items()):
+                        tar.addfile(_member(f"{sample.uid}.{ext}", len(data)), io.BytesIO(data))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     return TarStats(size=sink.size, sha256=sink.hash.hexdigest(), count=len(ordered))
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, TAR_MTIME, _TAR_MODE
+    info.uname = info.gname = _TAR_OWNER
+    return info
