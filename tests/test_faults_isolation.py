@@ -3,6 +3,7 @@ or the failed-shard record raises stops the driver (local Ray, FakeGenerator).""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -55,10 +56,10 @@ def test_a_row_that_hangs_every_time_fails_alone(ray_cluster, tmp_path):
     assert all(row["status"] == "kept" for uid, row in rows.items() if uid != hanger)
     assert (summary.kept, summary.failed, summary.shards_failed) == (11, 1, 0)
     log = run_log(output)
-    assert (
-        f"shard 1: failed 2 times (attempt 2: deadline of {DEADLINE_S} s exceeded); rerunning it one row "
-        "at a time" in log
-    )
+    # Attempt 2's deadline may come from the observed pace (shard 0 done first), never under DEADLINE_S.
+    pattern = r"shard 1: failed 2 times \(attempt 2: deadline of (\d+) s exceeded\); rerunning it one row"
+    retried = re.search(pattern, log)
+    assert retried and int(retried.group(1)) >= DEADLINE_S
     assert f"shard 1: row {hanger} isolated (attempt 3: deadline of {DEADLINE_S} s exceeded)" in log
 
 
