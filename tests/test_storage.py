@@ -607,3 +607,28 @@ def test_no_credential_is_ever_written(s3_bucket, tmp_path):
         data = s3_bucket.read(key)
         assert MOTO_SECRET.encode() not in data and MOTO_KEY.encode() not in data
     assert MOTO_SECRET not in repr(store) and MOTO_SECRET not in store.config.model_dump_json()
+
+
+def test_a_commit_survives_another_writers_pruning_of_the_folder_it_just_made(tmp_path, monkeypatch):
+    """Workers sharing a local output: one attempt's cleanup prunes empty `_attempts/` folders while
+    another has just created them (it raised FileNotFoundError). The race, made to happen every time."""
+    store = LocalStore(tmp_path / "output")
+    files = build_shard(tmp_path, 3, "a3")
+    real_mkdir, pruned, depth = Path.mkdir, [], []
+
+    def mkdir_then_pruned_once(self, *args, **kwargs):
+        depth.append(self)
+        try:
+            real_mkdir(self, *args, **kwargs)  # with parents=True it recurses through this function
+        finally:
+            depth.pop()
+        if depth or "_attempts" not in self.parts or pruned:
+            return
+        pruned.append(self)  # the whole chain is made; the other writer's delete prunes it right away
+        while self != store.root and not any(self.iterdir()):
+            self.rmdir()
+            self = self.parent
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_pruned_once)
+    assert store.commit_shard(3, attempt_id="a3", **files).won
+    assert pruned and sorted(store.committed_shards()) == [3] and keys(store, "_attempts/") == []

@@ -54,6 +54,19 @@ def _os_errors(path: Path) -> Iterator[None]:
         raise StorageError(os_error_message(error, path)) from None
 
 
+def _create_in_folder(path: Path, tries: int = 5) -> BinaryIO:
+    """Open a new file, making its folders. Another writer's delete may prune a folder we just made
+    while it is still empty (LocalStore.delete removes empty attempt folders): make it again."""
+    for attempt in range(tries):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return open(path, "wb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -79,10 +92,9 @@ class LocalStore(Store):
     def _write_atomically(self, key: str, fill: Callable[[BinaryIO], None]) -> Path:
         path = self._path(key)
         with _os_errors(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
             temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex}")
             try:
-                with open(temp, "wb") as file:
+                with _create_in_folder(temp) as file:
                     fill(file)
                     file.flush()
                     os.fsync(file.fileno())
@@ -183,10 +195,9 @@ class LocalStore(Store):
         filesystems without hard links it falls back to O_CREAT|O_EXCL on the key itself."""
         path = self._path(key)
         with _os_errors(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
             temp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex}")
             try:
-                with open(temp, "wb") as file:
+                with _create_in_folder(temp) as file:
                     file.write(data)
                     file.flush()
                     os.fsync(file.fileno())
