@@ -609,7 +609,8 @@ def test_no_credential_is_ever_written(s3_bucket, tmp_path):
     assert MOTO_SECRET not in repr(store) and MOTO_SECRET not in store.config.model_dump_json()
 
 
-def test_a_commit_survives_another_writers_pruning_of_the_folder_it_just_made(tmp_path, monkeypatch):
+@pytest.mark.parametrize("when", ["after mkdir", "within mkdir"])
+def test_a_commit_survives_another_writers_pruning_of_the_folder_it_just_made(tmp_path, monkeypatch, when):
     """Workers sharing a local output: one attempt's cleanup prunes empty `_attempts/` folders while
     another has just created them (it raised FileNotFoundError). The race, made to happen every time."""
     store = LocalStore(tmp_path / "output")
@@ -622,9 +623,10 @@ def test_a_commit_survives_another_writers_pruning_of_the_folder_it_just_made(tm
             real_mkdir(self, *args, **kwargs)  # with parents=True it recurses through this function
         finally:
             depth.pop()
-        if depth or "_attempts" not in self.parts or pruned:
+        inner = bool(depth)  # a level made inside mkdir's own recursion, before its child
+        if inner != (when == "within mkdir") or "_attempts" not in self.parts or pruned:
             return
-        pruned.append(self)  # the whole chain is made; the other writer's delete prunes it right away
+        pruned.append(self)  # the other writer's delete prunes it right away
         while self != store.root and not any(self.iterdir()):
             self.rmdir()
             self = self.parent

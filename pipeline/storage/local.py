@@ -58,8 +58,8 @@ def _create_in_folder(path: Path, tries: int = 5) -> BinaryIO:
     """Open a new file, making its folders. Another writer's delete may prune a folder we just made
     while it is still empty (LocalStore.delete removes empty attempt folders): make it again."""
     for attempt in range(tries):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        try:  # the pruning can also strike between two levels of mkdir's own recursion
+            path.parent.mkdir(parents=True, exist_ok=True)
             return open(path, "wb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
             if attempt == tries - 1:
