@@ -34,6 +34,7 @@ class Blame:
         self._on_event = on_event
         self._on_failed = on_failed
         self._errors: dict[int, list[str]] = defaultdict(list)
+        self._unstarted: dict[int, int] = defaultdict(int)  # isolation attempts lost before any row
 
     def storage_failed(self, attempt: Attempt, error: str) -> None:
         """A storage failure is not the shard's fault: resubmit it after a back-off, uncharged (and
@@ -52,6 +53,13 @@ class Blame:
             culprit = self.search.blame(shard_id, attempt.running, error)
             if culprit is not None:
                 self._on_event(f"shard {shard_id}: row {culprit} isolated ({error}); rerunning the others")
+                self.shards.pending.appendleft(shard_id)
+                return
+            if attempt.running is None and attempt.started_at is None and self._unstarted[shard_id] < 3:
+                # No row was announced, so none caused it: the actor was gone (restarting) before the
+                # shard began. Resubmitted, a bounded number of times.
+                self._unstarted[shard_id] += 1
+                self._on_event(f"shard {shard_id}: {error} before its first row; resubmitted")
                 self.shards.pending.appendleft(shard_id)
                 return
             self._on_event(f"shard {shard_id}: no row to blame for {error}; giving up")
