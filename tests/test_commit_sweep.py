@@ -9,7 +9,13 @@ import pytest
 
 from pipeline.storage.commit import committed_shards, sweep_attempts
 from pipeline.storage.layout import table_key, tar_key
-from tests.test_storage import assert_published, build_shard, keys, store  # noqa: F401
+from tests.test_storage import (  # noqa: F401 - store: the fixture
+    assert_published,
+    build_shard,
+    commit_dying_after_one_publish,
+    keys,
+    store,
+)
 
 pytest_plugins = ["s3_fixtures"]
 
@@ -25,19 +31,7 @@ def listed(store, monkeypatch):  # noqa: F811
 
 def test_an_interrupted_publish_is_completed_from_the_attempts_listing(store, tmp_path, monkeypatch, listed):  # noqa: F811, E501
     winner = build_shard(tmp_path, 8, "winner")
-    publish = store.publish
-    published = []
-
-    def crash_after_one(source, destination, size, sha256):
-        if published:
-            raise RuntimeError("worker died while publishing")
-        publish(source, destination, size, sha256)
-        published.append(destination)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(store, "publish", crash_after_one)
-        with pytest.raises(RuntimeError, match="died while publishing"):
-            store.commit_shard(8, attempt_id="winner", **winner)
+    commit_dying_after_one_publish(store, 8, winner, monkeypatch)
     markers = committed_shards(store)
     listed.clear()
     sweep = sweep_attempts(store, markers, older_than=timedelta(0))

@@ -71,6 +71,24 @@ def read_final(store, key: str) -> bytes:
     return store.get_bytes(key)
 
 
+def commit_dying_after_one_publish(store, shard_id: int, files: dict, monkeypatch, **overrides) -> None:
+    """Commit `files` as attempt "winner" and die after publishing one of them: the marker exists, the
+    shard is half published."""
+    publish = store.publish
+    published = []
+
+    def crash_after_one(source, destination, size, sha256):
+        if published:
+            raise RuntimeError("worker died while publishing")
+        publish(source, destination, size, sha256)
+        published.append(destination)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "publish", crash_after_one)
+        with pytest.raises(RuntimeError, match="died while publishing"):
+            store.commit_shard(shard_id, attempt_id="winner", **{**files, **overrides})
+
+
 def keys(store, prefix: str = "") -> list[str]:
     return [info.key for info in store.list(prefix)]
 
@@ -363,21 +381,7 @@ def test_crash_before_the_marker_is_redone_and_its_orphans_removed(store, tmp_pa
 def test_crash_after_the_marker_is_completed_from_the_marked_attempt(store, tmp_path, monkeypatch, completer):
     winner = build_shard(tmp_path, 8, "winner")
     other = build_shard(tmp_path, 8, "other")
-    publish = store.publish
-    published = []
-
-    def crash_after_one(source, destination, size, sha256):
-        if published:
-            raise RuntimeError("worker died while publishing")
-        publish(source, destination, size, sha256)
-        published.append(destination)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(store, "publish", crash_after_one)
-        with pytest.raises(RuntimeError, match="died while publishing"):
-            store.commit_shard(
-                8, tar=winner["tar"], table=winner["table"], summary={"kept": 3}, attempt_id="winner"
-            )
+    commit_dying_after_one_publish(store, 8, winner, monkeypatch, summary={"kept": 3})
     assert store.read_marker(8).attempt_id == "winner"
     assert len(keys(store, "shards/") + keys(store, "metadata/")) == 1  # one of two files published
 
