@@ -58,7 +58,7 @@ def newest_rows(rows: pa.Table) -> pa.Table:
     if rows.num_rows == 0 or pc.count_distinct(rows.column("uid")).as_py() == rows.num_rows:
         return rows
     newest = rows.group_by("uid").aggregate([("shard_id", "max")])
-    key = lambda uids, shards: pc.binary_join_element_wise(uids, pc.cast(shards, pa.string()), "#")  # noqa: E731
+    key = lambda uids, shards: pc.binary_join_element_wise(uids, pc.cast(shards, uids.type), "#")  # noqa: E731
     wanted = key(newest.column("uid"), newest.column("shard_id_max"))
     return rows.filter(pc.is_in(key(rows.column("uid"), rows.column("shard_id")), value_set=wanted))
 

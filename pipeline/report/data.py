@@ -3,6 +3,12 @@
 Counts come from the shard parquets (every planned row of every committed shard), so they agree with
 `stylegen status`, whose counts come from the markers' summaries. Thresholds come from run.json's
 filter rules (`config.scoring.filters`) and, for a selection output, its `--min`.
+
+The parquets are read as one dataset (pipeline.output.shard_dataset: Arrow's threads, no work per file
+in Python), and only the small columns the charts and tables need are read for every row; the prompts
+and content URIs are read only for the rows the page shows (gallery tiles, extremes, failed rows), from
+their shards alone (`with_details`). The scan reads shards in order and each shard's rows are sorted by
+uid, so `rows` is in (shard_id, uid) order.
 """
 
 from __future__ import annotations
@@ -15,17 +21,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from pipeline.columns import SCORE_PREFIX
 from pipeline.output.accounting import planned_counts
-from pipeline.output.run_record import load_run_record
+from pipeline.output.run_record import generations, load_run_record
+from pipeline.output.shard_dataset import ShardDataset
 from pipeline.output.shard_tables import newest_rows, read_shard_tables, with_status
 from pipeline.report.runs import parse_time, read_latest_summary, run_history
 
 STATUSES = ("kept", "rejected", "failed")
 GENERATED = ("kept", "rejected")  # rows with an image (and scores)
 TIME_PREFIX = "time_"
-REPORT_COLUMNS = ("uid", "shard_id", "status", "reason", "filter_rule", "style", "content", "prompt")
+REPORT_COLUMNS = ("uid", "shard_id", "status", "reason", "filter_rule", "style")  # read for every row
+DETAIL_COLUMNS = ("prompt", "content")  # read only for the rows the page shows
+HAS_CONTENT = "has_content"  # every row's "content is set", without the URI itself
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,7 @@ class ReportData:
     run: dict[str, Any]  # run.json ({} when missing)
     shards_planned: int | None
     shards_committed: int
-    rows: pa.Table  # every row of every committed shard parquet
+    rows: pa.Table  # every uid's newest row (REPORT_COLUMNS, has_content, scores, timings), by (shard, uid)
     status_counts: dict[str, int]
     rule_counts: list[tuple[str, int]]  # rejection rule -> rows, most frequent first
     failed_rows: list[dict[str, Any]]  # the first `max_failed`, by (shard_id, uid)
@@ -104,6 +114,7 @@ class ReportData:
     runs: list = field(default_factory=list)  # pipeline.report.runs.RunStats, oldest first
     latest_run: dict[str, Any] | None = None  # the newest run's summary
     notes: list[str] = field(default_factory=list)
+    source: ShardDataset | None = None  # where `with_details` reads the shown rows' prompts and contents
 
     @property
     def is_selection(self) -> bool:
@@ -120,9 +131,8 @@ def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = N
     markers = store.committed_shards()
     if not markers and not run:
         raise ValueError(f"no stylegen output at {store.uri}: no run.json and no committed shards")
-    rows, _ = read_shard_tables(store, markers, keep=_report_column)
-    rows = newest_rows(rows)  # a row retried by --retry-failed counts once: its newest result
-    rows = rows.sort_by([("shard_id", "ascending"), ("uid", "ascending")]) if rows.num_rows else rows
+    source = ShardDataset(store, markers, first_shards=_first_shards(run))
+    rows = newest_rows(source.read(report_columns(source)))  # a retried row counts once: its newest result
     planned, _ = planned_counts(store)
     statuses = Counter(_column(rows, "status"))
     rejected_tars = {shard for shard, marker in markers.items() if rejected_key(shard) in marker.files}
@@ -136,7 +146,7 @@ def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = N
         rows=rows,
         status_counts={status: statuses.get(status, 0) for status in STATUSES},
         rule_counts=rule_counts(rows),
-        failed_rows=failed_rows(rows, max_failed),
+        failed_rows=with_details(source, failed_rows(rows, max_failed), ("prompt",)),
         scores=score_values(rows, thresholds(run)),
         throughput=throughput(markers, run),
         rejected_tars=rejected_tars,
@@ -144,12 +154,41 @@ def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = N
         styles=style_stats(rows),
         runs=[] if selection else run_history(store, markers, latest_run, run),
         latest_run=latest_run,
+        source=source,
     )
 
 
-def _report_column(name: str) -> bool:
-    """The columns the report uses (not the bulky per-row JSON: params, models, versions)."""
-    return name in REPORT_COLUMNS or name.startswith((SCORE_PREFIX, TIME_PREFIX))
+def report_columns(source: ShardDataset) -> dict:
+    """What the report reads of every row: REPORT_COLUMNS, scores, timings and whether it has a content
+    image (not the prompts, URIs or the bulky per-row JSON: params, models, versions)."""
+    wanted = source.columns(
+        lambda name: name in REPORT_COLUMNS or name.startswith((SCORE_PREFIX, TIME_PREFIX))
+    )
+    columns = {name: ds.field(name) for name in wanted}
+    if "content" in source.schema.names:
+        columns[HAS_CONTENT] = ds.field("content").is_valid()
+    return columns
+
+
+def with_details(
+    source: ShardDataset | None, rows: list[dict[str, Any]], details: tuple[str, ...] = DETAIL_COLUMNS
+) -> list[dict[str, Any]]:
+    """`rows` (each with its uid and shard_id) with their `details` columns, read from their shards only."""
+    if source is None or not rows:
+        return rows
+    columns = ["uid", "shard_id", *(c for c in details if c in source.schema.names)]
+    wanted = {(row["uid"], row["shard_id"]) for row in rows}
+    found = source.read(columns, shards={shard for _, shard in wanted}).to_pylist()
+    details = {(item["uid"], item["shard_id"]): item for item in found}
+    return [{**details.get((row["uid"], row["shard_id"]), {}), **row} for row in rows]
+
+
+def _first_shards(run: dict[str, Any]) -> list[int]:
+    """The first shard of each of the run's generations (a selection output has one)."""
+    try:
+        return [int(generation["first_shard"]) for generation in generations(run)]
+    except (KeyError, TypeError, ValueError):
+        return [0]
 
 
 def read_run(store) -> dict[str, Any]:
@@ -190,8 +229,9 @@ def failure_reasons(store, markers: dict) -> list[tuple[str, int]]:
 
 
 def failed_rows(rows: pa.Table, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` failed rows (uid, shard_id, reason; `with_details` adds their prompts)."""
     failed = with_status(rows, "failed").slice(0, limit)
-    columns = [c for c in ("uid", "shard_id", "prompt", "reason") if c in failed.column_names]
+    columns = [c for c in ("uid", "shard_id", "reason") if c in failed.column_names]
     return failed.select(columns).to_pylist()
 
 

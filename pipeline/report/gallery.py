@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from pipeline.columns import SCORE_PREFIX
 from pipeline.output.shard_tables import with_status
 from pipeline.output.shard_tars import read_tar_samples
-from pipeline.report.data import STATUSES, ReportData, rule_counts, rule_of
+from pipeline.report.data import HAS_CONTENT, STATUSES, ReportData, rule_counts, rule_of, with_details
 from pipeline.report.data import extremes as extremes_of
 
 IMAGE_EXTENSIONS = ("png", "jpg", "webp")
@@ -118,6 +118,7 @@ def build_galleries(
         ends.append(ScoreExtremes(score.name, [_tile(r) for r in best], [_tile(r) for r in worst]))
     tiles = [tile for gallery in galleries for tile in gallery.tiles]
     tiles += [tile for end in ends for tile in end.best + end.worst]
+    _add_details(data, tiles)
     wanted: dict[str, list[str]] = defaultdict(list)  # tar key -> uids
     for tile in tiles:
         wanted[tile.tar_key].append(tile.uid)
@@ -167,11 +168,11 @@ def _gallery(style: str, members: pa.Table, rejected_tars: set[int], per_style: 
     statuses = {
         item["values"]: item["counts"] for item in pc.value_counts(members.column("status")).to_pylist()
     }
-    has_content = "content" in members.column_names
+    has_content = HAS_CONTENT in members.column_names
     gallery = StyleGallery(
         style=style,
         counts={status: statuses.get(status, 0) for status in STATUSES},
-        composition_rows=members.num_rows - members.column("content").null_count if has_content else 0,
+        composition_rows=pc.sum(members.column(HAS_CONTENT)).as_py() or 0 if has_content else 0,
         tiles=[_tile(row) for row in chosen],
     )
     if rejected.num_rows and not showable.num_rows:
@@ -201,6 +202,14 @@ def _tile(row: dict) -> Tile:
         style=row.get("style"),
         scores=dict(sorted(scores.items())),
     )
+
+
+def _add_details(data: ReportData, tiles: list[Tile]) -> None:
+    """The tiles' prompts and content URIs, read from the tiles' shards only."""
+    rows = with_details(data.source, [{"uid": tile.uid, "shard_id": tile.shard_id} for tile in tiles])
+    for tile, row in zip(tiles, rows, strict=True):
+        tile.prompt = row.get("prompt") or tile.prompt
+        tile.content_uri = row.get("content") or tile.content_uri
 
 
 def _read(store, key: str, uids: list[str]) -> dict[str, bytes]:

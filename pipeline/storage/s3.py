@@ -99,6 +99,7 @@ class S3Store(Store):
         self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._client = s3_client(self.config)
         self.endpoint_url: str = self._client.meta.endpoint_url  # after boto3's own resolution
+        self.region: str | None = self._client.meta.region_name
         self._transfer = self.config.transfer_config()
 
     def __repr__(self) -> str:
