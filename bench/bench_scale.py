@@ -10,8 +10,12 @@ fake generator: tiny tar, one-row parquet, marker, publish), on a local folder a
     append    `stylegen run BIGGER --append` (4 more rows)
 
 each twice: as an output written before the commit ledger (every marker read, one GET each: the
-`_ledger/` folder removed) and with the ledger the driver keeps. `ratio_*` is markers / ledger. Each is
-measured on two outputs, of N/4 and N shards: the difference is the per-shard cost, which extrapolates
+`_ledger/` folder removed) and with the ledger the driver keeps. `ratio_*` is markers / ledger.
+The report's reading of the shard parquets is also timed in this process, old against new on the same
+output: `report_read_old_s` one GET per parquet through the store in 16 threads, every report column,
+concatenated (what the report did before); `report_read_new_s` the parquets as one pyarrow dataset
+(pipeline.output.shard_dataset: Arrow's threads, the small columns only); `ratio_report_read` old / new.
+Each is measured on two outputs, of N/4 and N shards: the difference is the per-shard cost, which extrapolates
 the time at N to 10^6 shards (`*_1m_s`, an estimate: a process's fixed start-up is not multiplied).
 
     .venv/bin/python bench/bench_scale.py [--shards 2000] [--s3-shards 1000] [--threads 8]
@@ -115,7 +119,31 @@ def measure(folder: Path, uri: str, shards: int, threads: int, storage: dict, en
     figures["append_s"] = timed([*bigger, "--actors", "1"], env)
     for name in commands:
         figures[f"ratio_{name}"] = figures[f"{name}_markers_s"] / figures[f"{name}_ledger_s"]
+    figures.update(time_report_read(store))
     return figures
+
+
+def time_report_read(store) -> dict:
+    """The report's read of every committed shard parquet, before (one GET per parquet through the
+    store, every report column, concatenated) and now (one pyarrow dataset, the small columns)."""
+    from pipeline.columns import SCORE_PREFIX
+    from pipeline.output.shard_dataset import ShardDataset
+    from pipeline.output.shard_tables import newest_rows, read_shard_tables
+    from pipeline.report.data import TIME_PREFIX, report_columns
+
+    before = ("uid", "shard_id", "status", "reason", "filter_rule", "style", "content", "prompt")
+    markers = store.committed_shards()
+    started = time.perf_counter()
+    keep = lambda name: name in before or name.startswith((SCORE_PREFIX, TIME_PREFIX))  # noqa: E731
+    old = newest_rows(read_shard_tables(store, markers, keep=keep)[0])
+    old_s = time.perf_counter() - started
+    started = time.perf_counter()
+    source = ShardDataset(store, markers)
+    new = newest_rows(source.read(report_columns(source)))
+    new_s = time.perf_counter() - started
+    if old.column("uid").to_pylist() != new.column("uid").to_pylist():
+        raise SystemExit("the report's old and new reads disagree on the rows")
+    return {"report_read_old_s": old_s, "report_read_new_s": new_s, "ratio_report_read": old_s / new_s}
 
 
 def measure_sizes(folder: Path, uri: str, shards: int, threads: int, storage: dict, env: dict) -> dict:
@@ -126,9 +154,16 @@ def measure_sizes(folder: Path, uri: str, shards: int, threads: int, storage: di
     for name in ("resume", "status", "report"):
         for kind in ("markers", "ledger"):
             key = f"{name}_{kind}_s"
-            slope = max(0.0, (figures[key] - at_small[key]) / (shards - small))
-            figures[f"{name}_{kind}_1m_s"] = figures[key] + slope * (1e6 - shards)
+            figures[f"{name}_{kind}_1m_s"] = _at_1m(at_small[key], figures[key], small, shards)
+    for kind in ("old", "new"):
+        key = f"report_read_{kind}_s"
+        figures[f"report_read_{kind}_1m_s"] = _at_1m(at_small[key], figures[key], small, shards)
     return figures
+
+
+def _at_1m(small_s: float, full_s: float, small: int, shards: int) -> float:
+    """The time at 10^6 shards, extrapolated from the per-shard slope between `small` and `shards`."""
+    return full_s + max(0.0, (full_s - small_s) / (shards - small)) * (1e6 - shards)
 
 
 def show(label: str, shards: int, figures: dict) -> None:
@@ -141,6 +176,12 @@ def show(label: str, shards: int, figures: dict) -> None:
             f"ledger {figures[f'{name}_ledger_1m_s']:6.0f} s"
         )
     print(f"  append of {APPENDED_ROWS} rows: {figures['append_s']:.2f} s")
+    print(
+        f"  report's parquet read: old {figures['report_read_old_s']:6.2f} s   new "
+        f"{figures['report_read_new_s']:6.2f} s   ratio {figures['ratio_report_read']:5.2f}   at 10^6 shards "
+        f"(estimate): old {figures['report_read_old_1m_s']:6.0f} s, "
+        f"new {figures['report_read_new_1m_s']:6.0f} s"
+    )
 
 
 def main() -> None:

@@ -25,27 +25,50 @@ _SLICE_ROWS = 1 << 20
 
 
 def table_fingerprint(table: pa.Table) -> str:
-    outer = hashlib.sha256(FINGERPRINT_VERSION)
-    for name in sorted(table.column_names):
-        column = table.column(name)
-        dtype = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-        outer.update(_frame(name.encode()) + _frame(str(dtype).encode()))
-        outer.update(_column_digest(column))
-    return outer.hexdigest()
+    return TableHasher().update(table).hexdigest()
+
+
+class TableHasher:
+    """The fingerprint of a table fed in row batches (the same as of their concatenation): every batch
+    must have the columns and types of the first."""
+
+    def __init__(self):
+        self.types: dict[str, pa.DataType] | None = None
+        self.digests: dict[str, tuple] = {}
+
+    def update(self, table: pa.Table) -> TableHasher:
+        types = {name: _value_type(table.column(name).type) for name in table.column_names}
+        if self.types is None:
+            self.types = types
+            self.digests = {name: (hashlib.sha256(), hashlib.sha256(), hashlib.sha256()) for name in types}
+        elif types != self.types:
+            raise ValueError(f"a batch has other columns or types than the first: {types} != {self.types}")
+        for name, digests in self.digests.items():
+            _feed_column(table.column(name), *digests)
+        return self
+
+    def hexdigest(self) -> str:
+        outer = hashlib.sha256(FINGERPRINT_VERSION)
+        for name in sorted(self.types or {}):
+            outer.update(_frame(name.encode()) + _frame(str(self.types[name]).encode()))
+            outer.update(b"".join(digest.digest() for digest in self.digests[name]))
+        return outer.hexdigest()
+
+
+def _value_type(dtype: pa.DataType) -> pa.DataType:
+    return dtype.value_type if pa.types.is_dictionary(dtype) else dtype
 
 
 def _frame(data: bytes) -> bytes:
     return len(data).to_bytes(8, "little") + data
 
 
-def _column_digest(column: pa.ChunkedArray) -> bytes:
-    validity, lengths, values = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+def _feed_column(column: pa.ChunkedArray, validity, lengths, values) -> None:
     for chunk in column.chunks:
         for start in range(0, len(chunk), _SLICE_ROWS):  # slices bound the temporary buffers
             piece = chunk.slice(start, _SLICE_ROWS)
             validity.update(pc.is_valid(piece).to_numpy(zero_copy_only=False).astype(np.uint8).tobytes())
             _feed_values(piece, lengths, values)
-    return validity.digest() + lengths.digest() + values.digest()
 
 
 def _feed_values(chunk: pa.Array, lengths, values) -> None:

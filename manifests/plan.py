@@ -175,41 +175,75 @@ def _style_ranks(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def make_plan(table: pa.Table, shard_size: int, order: str = "style", *, dedupe: bool = False) -> Plan:
     """Plan a normalized manifest (the output of read_manifest, plain or compact)."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    check_plan_options(shard_size, order)
     missing = [c for c in (UID, ROW) if c not in table.column_names]
     if missing:
         raise ValueError(f"the table lacks {missing}: plan the output of read_manifest()")
-    keys = {"style_rank": _style_ranks(table.column(STYLE))} if order == "style" else {}
-    keys |= {UID: table.column(UID), ROW: table.column(ROW)}
-    sort_keys = [(name, "ascending") for name in keys]
-    positions = pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy().astype(np.int64)  # nulls last
+    positions = plan_order(table, order)
     dropped: list[int] = []
     duplicates = duplicate_uid_groups(table, order=positions)
     if duplicates and not dedupe:
-        shown = "; ".join(f"uid {uid}: {format_rows(rows)}" for uid, rows in duplicates[:5])
-        more = f" (and {len(duplicates) - 5} more)" if len(duplicates) > 5 else ""
-        raise ManifestError(
-            f"{len(duplicates)} duplicate uid(s), i.e. rows with the same style, content, prompt and seed: "
-            f"{shown}{more}. Use --dedupe to keep the first row of each.",
-            column=UID,
-            rows=[int(r) for _, rows in duplicates for r in rows],
-        )
+        raise duplicates_error(duplicates)
     if duplicates:  # keep the first (lowest row) of each run; the sort put it first
         drop = np.concatenate([rows[1:] for _, rows in duplicates])
         dropped = sorted(drop.tolist())
         positions = positions[~np.isin(table.column(ROW).to_numpy()[positions], drop)]
     manifest_fingerprint = table_fingerprint(table)
+    fingerprint = plan_fingerprint(manifest_fingerprint, shard_size, order, dedupe)
+    return Plan(
+        table, positions, shard_size, order, dedupe, manifest_fingerprint, fingerprint, tuple(dropped)
+    )
+
+
+def check_plan_options(shard_size: int, order: str) -> None:
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+
+
+def sort_keys(table: pa.Table, order: str) -> dict[str, pa.ChunkedArray]:
+    """The plan order, as key columns compared in turn, ascending, nulls last: (style, uid, row) for
+    "style", (uid, row) for "uid". The one definition of the order: make_plan sorts by it and the
+    streamed planner (manifests/plan_stream.py) merges by it. Equal uids must stay adjacent in it (the
+    uid hashes the style), which the duplicate check relies on."""
+    keys = {STYLE: table.column(STYLE)} if order == "style" else {}
+    return keys | {UID: table.column(UID), ROW: table.column(ROW)}
+
+
+def plan_order(table: pa.Table, order: str) -> np.ndarray:
+    """The positions of `table`'s rows in plan order. Text keys other than the uid sort by their rank in
+    byte order: the same order, cheaper, and for compact (dictionary) tables too."""
+    keys = {
+        name: _style_ranks(column) if name != UID and _is_text(column.type) else column
+        for name, column in sort_keys(table, order).items()
+    }
+    by = [(name, "ascending") for name in keys]
+    return pc.sort_indices(pa.table(keys), sort_keys=by).to_numpy().astype(np.int64)  # nulls last
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    return pa.types.is_dictionary(dtype) or pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+
+
+def duplicates_error(duplicates: list[tuple[str, np.ndarray]]) -> ManifestError:
+    """The refusal of a manifest whose rows share uids (`duplicates`: (uid, rows) in plan order)."""
+    shown = "; ".join(f"uid {uid}: {format_rows(rows)}" for uid, rows in duplicates[:5])
+    more = f" (and {len(duplicates) - 5} more)" if len(duplicates) > 5 else ""
+    return ManifestError(
+        f"{len(duplicates)} duplicate uid(s), i.e. rows with the same style, content, prompt and seed: "
+        f"{shown}{more}. Use --dedupe to keep the first row of each.",
+        column=UID,
+        rows=[int(r) for _, rows in duplicates for r in rows],
+    )
+
+
+def plan_fingerprint(manifest_fingerprint: str, shard_size: int, order: str, dedupe: bool) -> str:
     params = {"shard_size": shard_size, "order": order, "dedupe": dedupe, "plan_version": PLAN_VERSION}
     canonical = json.dumps(
         {"manifest": manifest_fingerprint, **params}, sort_keys=True, separators=(",", ":")
     )
-    fingerprint = hashlib.sha256(b"stylegen-plan-v1" + canonical.encode()).hexdigest()
-    return Plan(
-        table, positions, shard_size, order, dedupe, manifest_fingerprint, fingerprint, tuple(dropped)
-    )
+    return hashlib.sha256(b"stylegen-plan-v1" + canonical.encode()).hexdigest()
 
 
 def _plan_file(plan_uri: str | Path) -> tuple[pa_fs.FileSystem, str]:

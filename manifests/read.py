@@ -186,3 +186,36 @@ def _json_column(name: str, values: list, source: str) -> pa.Array:
             kinds.setdefault(type(value).__name__, row)
         seen = ", ".join(f"{kind} (row {row})" for kind, row in kinds.items() if kind != "NoneType")
         raise ManifestError(f"{source}: column {name!r} mixes value types: {seen}", column=name) from None
+
+
+def iter_manifest(uri: str, batch_rows: int):
+    """The normalized manifest (as read_manifest gives it, plain text) in tables of at most `batch_rows`
+    rows, in row order: Parquet files are read a batch at a time, CSV and JSONL (hand-made, small) whole."""
+    next_row = 0
+    for file in list_manifest_files(uri):
+        if file.format == "parquet":
+            try:
+                parquet = pq.ParquetFile(file.path, filesystem=file.filesystem)
+                raws = (pa.Table.from_batches([batch]) for batch in parquet.iter_batches(batch_rows))
+            except (pa.ArrowException, OSError) as error:
+                raise ManifestError(f"{file.uri}: cannot read as parquet: {error}") from None
+        else:
+            whole = read_raw(file)
+            raws = (whole.slice(start, batch_rows) for start in range(0, max(whole.num_rows, 1), batch_rows))
+        for raw in raws:
+            table = normalize_table(raw, source=file.uri, first_row=next_row)
+            next_row += table.num_rows
+            if table.num_rows:
+                yield table.add_column(0, "uid", compute_uids(table))
+    if next_row == 0:
+        raise ManifestError(f"{uri}: the manifest has no rows")
+
+
+def manifest_rows(uri: str) -> int | None:
+    """The manifest's row count from its Parquet footers; None when a file is CSV or JSONL."""
+    rows = 0
+    for file in list_manifest_files(uri):
+        if file.format != "parquet":
+            return None
+        rows += pq.read_metadata(file.path, filesystem=file.filesystem).num_rows
+    return rows
