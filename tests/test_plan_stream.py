@@ -9,10 +9,11 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from run_fixtures import fake_config
 
 import manifests.plan_stream as plan_stream
 from manifests.plan import make_plan, read_plan_info
-from manifests.plan_stream import stream_plan
+from manifests.plan_stream import StreamedPlan, stream_plan
 from manifests.read import read_manifest
 from manifests.schema import ManifestError
 
@@ -79,3 +80,25 @@ def test_streamed_plan_refuses_duplicates_as_make_plan_does(tmp_path):
         stream_plan(manifest, 16, run_rows=17)
     assert str(streamed.value) == str(expected.value)
     assert streamed.value.rows == expected.value.rows
+
+
+def test_a_run_plans_a_big_manifest_by_streaming_into_the_same_plan_and_record(tmp_path, monkeypatch):
+    """plan_run streams manifests of STREAM_ROWS rows or more: the same run.json and plan.parquet."""
+    import pipeline.run.plan as run_plan
+    from pipeline.storage import open_store
+
+    manifest = random_manifest(tmp_path / "m.parquet", 5, 300, duplicates=3, compact=False)
+    config = fake_config(shard_size=7, dedupe=True)
+    outputs = {}
+    for name, threshold in (("memory", 10**9), ("streamed", 1)):
+        monkeypatch.setattr(run_plan, "STREAM_ROWS", threshold)
+        plan, record = run_plan.plan_run(manifest, config)
+        assert isinstance(plan, StreamedPlan) == (name == "streamed")
+        store = open_store(str(tmp_path / name))
+        run_plan.write_plan(store, plan)
+        outputs[name] = (
+            {k: v for k, v in record.items() if k != "created"},
+            pq.read_table(tmp_path / name / "plan.parquet"),
+        )
+    assert outputs["streamed"][0] == outputs["memory"][0]
+    assert outputs["streamed"][1].equals(outputs["memory"][1], check_metadata=True)

@@ -52,7 +52,7 @@ def append_run(store, prior: dict[str, Any], plan, record: dict[str, Any]) -> di
     old, schema = stored_plan(store, prior)
     fresh = plan.table
     check_contains(old, fresh, prior["manifest"]["uri"], record["manifest"]["uri"])
-    new = fresh.filter(pc.invert(pc.is_in(fresh.column("uid"), value_set=old.column("uid"))))
+    new = fresh.filter(pa.array(find_sorted(fresh.column("uid"), old.column("uid")) < 0))  # in plan order
     generation = {"manifest": record["manifest"], "plan_fingerprint": record["plan"]["fingerprint"]}
     return add_generation(store, prior, old, schema, new, generation, plan.shard_size)
 
@@ -128,8 +128,8 @@ def check_contains(old: pa.Table, fresh: pa.Table, old_uri: str, new_uri: str) -
             f"--append: {new_uri} has other columns than the run's manifest {old_uri}: {', '.join(differ)}; "
             "every row must stay as it was"
         )
-    present = pc.is_in(old.column("uid"), value_set=fresh.column("uid"))
-    dropped = old.filter(pc.invert(present))
+    found = find_sorted(old.column("uid"), fresh.column("uid"))  # old row -> its fresh row, -1: absent
+    dropped = old.filter(pa.array(found < 0))
     problems = []
     if dropped.num_rows:
         shown = "; ".join(
@@ -137,18 +137,19 @@ def check_contains(old: pa.Table, fresh: pa.Table, old_uri: str, new_uri: str) -
             for row in dropped.slice(0, SHOWN).to_pylist()
         )
         problems.append(f"{dropped.num_rows} row(s) of the run are missing: {shown}")
-    kept_old = old.filter(present).sort_by("uid")
-    same_new = fresh.filter(pc.is_in(fresh.column("uid"), value_set=old.column("uid"))).sort_by("uid")
+    kept_old = old.filter(pa.array(found >= 0))
+    same_new = fresh.take(pa.array(found[found >= 0]))
     changed: dict[str, list[str]] = {}
     for name in columns:
         for index in np.flatnonzero(~_equal(kept_old.column(name), same_new.column(name))):
             changed.setdefault(kept_old.column("uid")[int(index)].as_py(), []).append(name)
     if changed:
-        rows = dict(zip(same_new.column("uid").to_pylist(), same_new.column("row").to_pylist(), strict=True))
-        shown = "; ".join(
-            f"uid {uid} (row {rows[uid]}: {', '.join(names)})"
-            for uid, names in sorted(changed.items())[:SHOWN]
+        shown_uids = sorted(changed)[:SHOWN]
+        shown_rows = same_new.filter(pc.is_in(same_new.column("uid"), value_set=pa.array(shown_uids)))
+        rows = dict(
+            zip(shown_rows.column("uid").to_pylist(), shown_rows.column("row").to_pylist(), strict=True)
         )
+        shown = "; ".join(f"uid {uid} (row {rows[uid]}: {', '.join(changed[uid])})" for uid in shown_uids)
         problems.append(f"{len(changed)} row(s) of the run changed: {shown}")
     if problems:
         raise AppendRefused(
@@ -156,6 +157,32 @@ def check_contains(old: pa.Table, fresh: pa.Table, old_uri: str, new_uri: str) -
             + " and ".join(problems)
             + ". Append with a manifest that keeps every old row, or start another output."
         )
+
+
+def find_sorted(wanted: pa.ChunkedArray, among: pa.ChunkedArray) -> np.ndarray:
+    """For each uid of `wanted`, its position in `among` (uids, each once), or -1: a merge of the two
+    sorted by uid (binary searches over fixed-width bytes), not a set of strings."""
+    order = pc.sort_indices(among).to_numpy().astype(np.int64)
+    sorted_among = _uid_bytes(among.take(pa.array(order)))
+    keys = _uid_bytes(wanted)
+    at = np.searchsorted(sorted_among, keys)
+    hit = at < len(sorted_among)
+    hit[hit] = sorted_among[at[hit]] == keys[hit]
+    return np.where(hit, order[np.minimum(at, len(order) - 1)], -1) if len(order) else np.full(len(keys), -1)
+
+
+def _uid_bytes(uids: pa.ChunkedArray) -> np.ndarray:
+    """Uids as numpy fixed-width bytes, ordered as Arrow orders the strings (32 hex digits each: a view
+    of the Arrow buffer, no Python string per uid)."""
+    array = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
+    array = array.cast(pa.string())
+    lengths = pc.binary_length(array)
+    width = max(pc.max(lengths).as_py() or 1, 1)
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + len(array) + 1]
+    if array.null_count == 0 and pc.min(lengths).as_py() == width:
+        data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+        return data.view(f"S{width}")
+    return np.array([uid.encode() for uid in array.to_pylist()], dtype=f"S{width}")
 
 
 def _equal(a: pa.ChunkedArray, b: pa.ChunkedArray) -> np.ndarray:

@@ -16,14 +16,27 @@ from pipeline.versions import run_versions
 log = logging.getLogger("stylegen.driver")
 
 
-def plan_run(manifest: str, config: RunConfig):
-    """Read and plan the manifest; the run record (run.json) that identifies this run."""
-    from manifests.plan import make_plan
-    from manifests.read import read_manifest
+# A manifest of this many rows or more is planned through disk (manifests/plan_stream.py).
+STREAM_ROWS = 1 << 20
 
-    table = read_manifest(manifest)
-    check_caption(config, table.column_names)
-    plan = make_plan(table, config.shard_size, order=config.plan_order, dedupe=config.dedupe)
+
+def plan_run(manifest: str, config: RunConfig):
+    """Read and plan the manifest; the run record (run.json) that identifies this run. A big Parquet
+    manifest is planned by streaming (the same plan.parquet, in bounded memory: the driver keeps the
+    plan's counts and its file, not its rows); a small one in memory, which is faster."""
+    from manifests.plan import make_plan
+    from manifests.plan_stream import stream_plan
+    from manifests.read import manifest_rows, read_manifest
+
+    options = {"order": config.plan_order, "dedupe": config.dedupe}
+    if (manifest_rows(manifest) or 0) >= STREAM_ROWS:
+        plan = stream_plan(manifest, config.shard_size, **options)
+        columns, rows = plan.column_names, plan.manifest_rows
+    else:
+        table = read_manifest(manifest)
+        plan = make_plan(table, config.shard_size, **options)
+        columns, rows = table.column_names, table.num_rows
+    check_caption(config, columns)
     if plan.dropped_rows:
         log.warning(
             "dedupe: dropped %d duplicate rows: %s", len(plan.dropped_rows), list(plan.dropped_rows)[:20]
@@ -31,7 +44,7 @@ def plan_run(manifest: str, config: RunConfig):
     record = {
         "format": RUN_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "manifest": {"uri": manifest, "fingerprint": plan.manifest_fingerprint, "rows": table.num_rows},
+        "manifest": {"uri": manifest, "fingerprint": plan.manifest_fingerprint, "rows": rows},
         "plan": {
             "fingerprint": plan.fingerprint,
             "shards": plan.num_shards,
@@ -47,5 +60,11 @@ def plan_run(manifest: str, config: RunConfig):
 
 
 def write_plan(store, plan) -> None:
+    """plan.parquet into the output: a streamed plan's file as it is, an in-memory plan written first."""
+    from manifests.plan_stream import StreamedPlan
+
+    if isinstance(plan, StreamedPlan):
+        store.put_file(PLAN_KEY, plan.path)
+        return
     with tempfile.TemporaryDirectory(prefix="stylegen-plan-") as folder:
         store.put_file(PLAN_KEY, plan.write(folder))
