@@ -60,7 +60,7 @@ class ShardDataset:
         dataset = ds.FileSystemDataset(fragments, self.schema, parquet, self.filesystem)
         scanner = dataset.scanner(columns=columns, use_threads=True, fragment_readahead=READ_AHEAD)
         try:
-            return scanner.to_table()
+            return scanner.to_table().combine_chunks()  # one chunk per file otherwise: slow kernels
         except (pa.ArrowException, OSError) as error:
             raise OutputError(f"cannot read the shard parquets of {self.store.uri}: {error}") from None
 
@@ -89,7 +89,7 @@ class ShardDataset:
 
         markers = {shard: _Files(self.keys[shard]) for shard in chosen}
         tables = [_conform(table, self.schema) for _, table, _ in iter_shard_tables(self.store, markers)]
-        return ds.InMemoryDataset(tables, schema=self.schema).to_table(columns=columns)
+        return ds.InMemoryDataset(tables, schema=self.schema).to_table(columns=columns).combine_chunks()
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
