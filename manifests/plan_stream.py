@@ -90,16 +90,7 @@ def stream_plan(
     check_plan_options(shard_size, order)
     folder = tempfile.TemporaryDirectory(prefix="stylegen-plan-")
     work = Path(folder.name)
-    hasher, runs, rows, columns = TableHasher(), [], 0, []
-    for batch in iter_manifest(uri, run_rows):
-        try:
-            hasher.update(batch)
-        except ValueError as error:
-            raise ManifestError(f"{uri}: the files disagree on a column type: {error}") from None
-        columns = batch.column_names
-        runs.append(_spill(batch, order, work / f"run-{len(runs):06d}.parquet"))
-        rows += batch.num_rows
-    manifest_fingerprint = hasher.hexdigest()
+    runs, rows, columns, manifest_fingerprint = _spill_runs(uri, order, run_rows, work)
     fingerprint = plan_fingerprint(manifest_fingerprint, shard_size, order, dedupe)
     writer = _PlanWriter(work / PLAN_FILE, shard_size)
     duplicates: list[tuple[str, np.ndarray]] = []
@@ -157,6 +148,20 @@ def _note_duplicates(
             groups.append((uids[index], np.array([first, rows[index]], dtype=np.int64)))
 
 
+def _spill_runs(uri: str, order: str, run_rows: int, work: Path) -> tuple[list[Path], int, list[str], str]:
+    """The manifest as sorted run files in `work`; its rows, columns and fingerprint."""
+    hasher, runs, rows, columns = TableHasher(), [], 0, []
+    for batch in iter_manifest(uri, run_rows):
+        try:
+            hasher.update(batch)
+        except ValueError as error:
+            raise ManifestError(f"{uri}: the files disagree on a column type: {error}") from None
+        columns = batch.column_names
+        runs.append(_spill(batch, order, work / f"run-{len(runs):06d}.parquet"))
+        rows += batch.num_rows
+    return runs, rows, columns, hasher.hexdigest()
+
+
 def _spill(batch: pa.Table, order: str, path: Path) -> Path:
     """One run: the batch sorted by plan order, in text columns of plain strings."""
     plain = pa.schema(
@@ -190,17 +195,17 @@ class _Keys:
 
 def _merge(runs: list[Path], order: str):
     """The rows of the sorted `runs`, merged into plan order, a part at a time."""
-    readers = [pq.ParquetFile(run).iter_batches(MERGE_ROWS) for run in runs]
+    readers = [_row_groups(run) for run in runs]
     buffers: list[pa.Table | None] = [None] * len(runs)
     more = [True] * len(runs)
     while True:
         for index, reader in enumerate(readers):
             while more[index] and (buffers[index] is None or buffers[index].num_rows == 0):
-                batch = next(reader, None)
-                if batch is None:
+                group = next(reader, None)
+                if group is None:
                     more[index] = False
                 else:
-                    buffers[index] = pa.Table.from_batches([batch])
+                    buffers[index] = group
         live = [i for i, table in enumerate(buffers) if table is not None and table.num_rows]
         if not live:
             return
@@ -215,6 +220,13 @@ def _merge(runs: list[Path], order: str):
             buffers[i] = buffers[i].slice(counts[i])
         merged = pa.concat_tables(parts).combine_chunks()
         yield merged.take(pa.array(plan_order(merged, order)))
+
+
+def _row_groups(path: Path):
+    """A run's row groups (MERGE_ROWS rows each), one at a time: a batch reader reads ahead."""
+    run = pq.ParquetFile(path)
+    for index in range(run.num_row_groups):
+        yield run.read_row_group(index)
 
 
 class _PlanWriter:
