@@ -9,7 +9,8 @@ An external sort by the plan's one sort-key function (`plan.sort_keys`):
    the key tuples), sorted by `plan_order`, comes next in plan order;
 3. the merged rows get their shard ids and are written in row groups of whole shards, as
    `Plan.write_parquet` does. Equal uids are adjacent in plan order, so duplicates are found (or, with
-   dedupe, each uid's first row kept) by comparing each row with the one before it.
+   dedupe, each uid's first row kept) by comparing each row with the one before it. The file's metadata
+   is written first as if no row were dropped; when dedupe drops some, the file is rewritten once.
 What the driver keeps is a StreamedPlan: the counts, fingerprints and the file, no rows.
 """
 
@@ -92,7 +93,18 @@ def stream_plan(
     work = Path(folder.name)
     runs, rows, columns, manifest_fingerprint = _spill_runs(uri, order, run_rows, work)
     fingerprint = plan_fingerprint(manifest_fingerprint, shard_size, order, dedupe)
-    writer = _PlanWriter(work / PLAN_FILE, shard_size)
+    info = {
+        "plan_version": PLAN_VERSION,
+        "fingerprint": fingerprint,
+        "manifest_fingerprint": manifest_fingerprint,
+        "shard_size": shard_size,
+        "order": order,
+        "dedupe": dedupe,
+        "num_rows": rows,  # until a duplicate is dropped
+        "num_shards": -(-rows // shard_size),
+        "dropped_rows": 0,
+    }
+    writer = _PlanWriter(work / PLAN_FILE, shard_size, info)
     duplicates: list[tuple[str, np.ndarray]] = []
     previous: tuple[str | None, int | None] = (None, None)  # the last merged row's uid and row number
     dropped: list[np.ndarray] = []
@@ -107,27 +119,17 @@ def stream_plan(
             part = part.filter(pa.array(~same))
         writer.write(part)
     if duplicates and not dedupe:
-        writer.close({})
         folder.cleanup()
         raise duplicates_error(duplicates)
     drops = tuple(sorted(np.concatenate(dropped).tolist())) if dropped else ()
-    writer.finish()
-    info = {
-        "plan_version": PLAN_VERSION,
-        "fingerprint": fingerprint,
-        "manifest_fingerprint": manifest_fingerprint,
-        "shard_size": shard_size,
-        "order": order,
-        "dedupe": dedupe,
-        "num_rows": writer.rows,
-        "num_shards": -(-writer.rows // shard_size),
-        "dropped_rows": len(drops),
-    }
-    writer.close(info)
+    planned = writer.finish()
+    writer.close(
+        {**info, "num_rows": planned, "num_shards": -(-planned // shard_size), "dropped_rows": len(drops)}
+    )
     for run in runs:
         run.unlink()
     return StreamedPlan(
-        writer.path, rows, writer.rows, shard_size, order, dedupe, manifest_fingerprint, fingerprint,
+        writer.path, rows, planned, shard_size, order, dedupe, manifest_fingerprint, fingerprint,
         columns, drops, folder,
     )  # fmt: skip
 
@@ -231,10 +233,11 @@ def _row_groups(path: Path):
 
 class _PlanWriter:
     """plan.parquet written as its rows arrive in plan order: shard ids, row groups of whole shards, and
-    the plan's metadata added to the footer when the counts are known."""
+    the plan's metadata (`info`) in its schema. Arrow reads a schema's metadata as it was when writing
+    began, so when the counts turn out otherwise (duplicates dropped), `close` rewrites the file."""
 
-    def __init__(self, path: Path, shard_size: int):
-        self.path, self.shard_size = path, shard_size
+    def __init__(self, path: Path, shard_size: int, info: dict):
+        self.path, self.shard_size, self.info = path, shard_size, info
         self.group_rows = shard_size * max(1, ROW_GROUP_TARGET_ROWS // shard_size)
         self.rows = 0
         self._pending: list[pa.Table] = []
@@ -255,23 +258,23 @@ class _PlanWriter:
         return self.rows
 
     def close(self, info: dict) -> None:
-        """Finish the file, then rewrite it a row group at a time with the plan's metadata in its schema
-        (known only now, and Arrow reads a schema's metadata only as it was when writing began)."""
+        """Finish the file with `info` as its metadata (rewritten a row group at a time if it differs
+        from the one it was begun with)."""
         self.finish()
         if self._writer is None:
             return
         self._writer.close()
-        merged = self.path.with_suffix(".merged")
-        self.path.rename(merged)
-        if not info:
+        if info == self.info:
             return
-        source = pq.ParquetFile(merged)
-        schema = source.schema_arrow.with_metadata({METADATA_KEY: json.dumps(info, sort_keys=True)})
+        begun = self.path.with_suffix(".begun")
+        self.path.rename(begun)
+        source = pq.ParquetFile(begun)
+        schema = source.schema_arrow.with_metadata(_metadata(info))
         with pq.ParquetWriter(self.path, schema, compression="zstd") as writer:
             for index in range(source.num_row_groups):
                 group = source.read_row_group(index).replace_schema_metadata(schema.metadata)
                 writer.write_table(group, row_group_size=self.group_rows)
-        merged.unlink()
+        begun.unlink()
 
     def _flush(self, count: int) -> None:
         rows = pa.concat_tables(self._pending).combine_chunks()
@@ -279,10 +282,15 @@ class _PlanWriter:
         self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
         shard_ids = ((self.rows + np.arange(count)) // self.shard_size).astype(np.int32)
         group = group.add_column(0, "shard_id", pa.array(shard_ids, pa.int32()))
+        group = group.replace_schema_metadata(_metadata(self.info))
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.path, group.schema, compression="zstd")
         self._writer.write_table(group, row_group_size=self.group_rows)
         self.rows += count
+
+
+def _metadata(info: dict) -> dict:
+    return {METADATA_KEY: json.dumps(info, sort_keys=True)}
 
 
 def _copy(source: Path, where) -> None:
