@@ -169,9 +169,8 @@ def _spill(batch: pa.Table, order: str, path: Path) -> Path:
     plain = pa.schema(
         f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in batch.schema
     )
-    pq.write_table(
-        batch.take(pa.array(plan_order(batch, order))).cast(plain), path, row_group_size=MERGE_ROWS
-    )
+    rows = batch.take(pa.array(plan_order(batch, order))).cast(plain)
+    pq.write_table(rows, path, row_group_size=MERGE_ROWS, compression="lz4")  # fast: read back once
     return path
 
 
