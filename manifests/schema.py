@@ -27,10 +27,13 @@ from pipeline.errors import UserError
 
 UID, ROW, PROMPT, STYLE, CONTENT, ID, SEED = "uid", "row", "prompt", "style", "content", "id", "seed"
 SHARD_ID = "shard_id"  # added by the plan (manifests/plan.py)
+# Added to the plan rows a quota reseeds (manifests/reseed.py): the planned row's uid, and the round.
+ORIGIN_UID, QUOTA_ROUND = "origin_uid", "quota_round"
+QUOTA_COLUMNS = (ORIGIN_UID, QUOTA_ROUND)
 REQUIRED_COLUMNS = (PROMPT, STYLE)
 USER_COLUMNS = (PROMPT, STYLE, CONTENT, ID, SEED)
 CANONICAL_COLUMNS = (UID, ROW, *USER_COLUMNS)
-RESERVED_COLUMNS = (UID, ROW, SHARD_ID)  # columns stylegen adds: a manifest may not bring its own
+RESERVED_COLUMNS = (UID, ROW, SHARD_ID, *QUOTA_COLUMNS)  # stylegen adds them: a manifest may not
 TEXT_COLUMNS = (PROMPT, STYLE, CONTENT, ID)
 COMPACT_TEXT = pa.dictionary(pa.int32(), pa.string())
 CANONICAL_TYPES = {

@@ -40,6 +40,9 @@ def _field(value) -> bytes:
     return b"S" + str(len(data)).encode("ascii") + b":" + data
 
 
+tagged_field = _field  # the same encoding for other messages (manifests/reseed.py)
+
+
 def uid_message(style: str, content: str | None, prompt: str, seed: int | None) -> bytes:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {seed!r}")

@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 
 from pipeline.columns import SCORE_PREFIX
 from pipeline.output.accounting import planned_counts
-from pipeline.output.run_record import load_run_record
+from pipeline.output.run_record import load_run_record, load_summary
 from pipeline.output.shard_tables import newest_rows, read_shard_tables, with_status
-from pipeline.report.runs import parse_time, read_latest_summary, run_history
+from pipeline.report.runs import parse_time, run_history
 
 STATUSES = ("kept", "rejected", "failed")
 GENERATED = ("kept", "rejected")  # rows with an image (and scores)
@@ -127,7 +127,7 @@ def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = N
     statuses = Counter(_column(rows, "status"))
     rejected_tars = {shard for shard, marker in markers.items() if rejected_key(shard) in marker.files}
     selection = bool(run.get("selection"))
-    latest_run = None if selection else (latest_run or read_latest_summary(store))
+    latest_run = None if selection else (latest_run or load_summary(store))
     return ReportData(
         output=store.uri,
         run=run,

@@ -10,6 +10,7 @@ from html import escape
 from pipeline.report.charts import histogram_svg, throughput_svg
 from pipeline.report.data import STATUSES, ReportData
 from pipeline.report.gallery import Galleries, ScoreExtremes, StyleGallery, Tile
+from pipeline.report.quota import quota_section
 
 # What each score measures (the chart titles); a score not listed here is shown by its name.
 SCORE_TITLES = {
@@ -61,6 +62,7 @@ def render(data: ReportData, galleries: Galleries) -> str:
         "" if run else '<p class="error">run.json is missing: run settings and thresholds are unknown.</p>',
         _run_info(data),
         _counts(data),
+        quota_section(data.latest_run, data.run),
         _style_table(data),
         _scores(data),
         _extremes(galleries.extremes),

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from manifests.plan import read_shard
+from manifests.schema import ORIGIN_UID, QUOTA_ROUND
 from pipeline.captions import extra_columns
 from pipeline.models.info import model_fingerprint, public_model_info
 from pipeline.output.run_record import RunRecordError, load_run_record
@@ -73,7 +74,9 @@ class ShardFiles:
         return ShardContents(
             kept=samples["kept"],
             rows=rows,
-            schema=shard_table_schema(self.plan_schema, self.config.scoring.scorers),
+            schema=shard_table_schema(
+                self.plan_schema, self.config.scoring.scorers, quota=self.config.quota is not None
+            ),
             rejected=samples["rejected"] if self.config.keep_rejected else None,
         )
 
@@ -98,13 +101,21 @@ class ShardFiles:
             "scores": outcome.scores,
             "status": outcome.status,
             "filter": {"rule": outcome.rule, "value": outcome.rule_value} if outcome.rule else None,
+            **(quota_fields(row) if self.config.quota is not None else {}),
         }
 
 
-def shard_table_schema(plan_schema: pa.Schema | None, scorers: Sequence[str] = ()) -> pa.Schema:
+def quota_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """A quota run's samples name the planned row they were reseeded from (None: planned) and the round."""
+    return {ORIGIN_UID: row.get(ORIGIN_UID), QUOTA_ROUND: row.get(QUOTA_ROUND) or 0}
+
+
+def shard_table_schema(
+    plan_schema: pa.Schema | None, scorers: Sequence[str] = (), *, quota: bool = False
+) -> pa.Schema:
     """The columns every shard parquet of a run has, whatever its rows hold (see pipeline.shards.table):
-    every score and embedding of the configured `scorers`, every timing, the sample metadata, and the
-    manifest's extras with their plan types."""
+    every score and embedding of the configured `scorers`, every timing, the sample metadata (with a
+    quota's origin columns when the run has one), and the manifest's extras with their plan types."""
     from pipeline.columns import EMBEDDING_PREFIX
     from pipeline.scoring.registry import resolve_scorers
     from pipeline.shards.table import EMBEDDING_TYPE
@@ -123,6 +134,8 @@ def shard_table_schema(plan_schema: pa.Schema | None, scorers: Sequence[str] = (
             ("attempt_id", string), ("node_id", string), ("actor_id", string),
         ]
     ]  # fmt: skip
+    if quota:
+        fields += [pa.field(ORIGIN_UID, string), pa.field(QUOTA_ROUND, integer)]
     for extra in plan_schema or []:
         if extra.name in extra_columns([extra.name]):  # nested values are stored as canonical JSON strings
             kind = string if pa.types.is_nested(extra.type) else extra.type

@@ -30,6 +30,7 @@ from pipeline.captions import render_caption
 from pipeline.rbmod.requests import GenerationRequest, StyleRef
 from pipeline.run_config import RunConfig
 from pipeline.shards.commit import commit_shard_files
+from pipeline.shards.table import ROW_STATUSES
 from pipeline.worker.inputs import InputLoader, RowInputs
 from pipeline.worker.parts import build_parts
 from pipeline.worker.result import RanOn, RowOutcome, ShardResult
@@ -281,6 +282,7 @@ class ShardWorker:
             node_id=self.ran_on.node_id,
             actor_id=self.ran_on.actor_id,
             ledger_entry=getattr(result, "ledger_entry", None),
+            groups=count_groups(outcomes, self.config.quota),
             **count_statuses(outcomes),
         )
 
@@ -300,6 +302,16 @@ def count_statuses(outcomes: Sequence[RowOutcome]) -> dict[str, int]:
     for outcome in outcomes:
         counts[outcome.status] += 1
     return counts
+
+
+def count_groups(outcomes: Sequence[RowOutcome], quota) -> dict[str, tuple[int, int, int]]:
+    """(kept, rejected, failed) per quota group (none without a quota)."""
+    if quota is None:
+        return {}
+    counts: dict[str, list[int]] = {}
+    for outcome in outcomes:
+        counts.setdefault(quota.group_of(outcome.row), [0, 0, 0])[ROW_STATUSES.index(outcome.status)] += 1
+    return {group: (kept, rejected, failed) for group, (kept, rejected, failed) in counts.items()}
 
 
 def _describe(error: BaseException) -> str:
