@@ -41,7 +41,7 @@ def parse_ratios(text: str) -> list[tuple[float, float]]:
 def bucket_sizes(ratios: list[tuple[float, float]], resolution: int = 1024) -> list[tuple[int, int]]:
     """The (width, height) of each ratio at `resolution` (see the module docstring)."""
     if why := side_problem(resolution):
-        raise ManifestError(f"--resolution {why.removeprefix(f'{resolution} px is not allowed: ')}")
+        raise ManifestError(f"--resolution {resolution}: {why}")
     area = resolution * resolution
     frontier = []
     for width in range(MIN_SIDE, MAX_SIDE + 1, SIZE_STEP):
