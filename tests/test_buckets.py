@@ -279,3 +279,49 @@ def test_bad_aspect_ratios_are_refused_naming_the_item():
         parse_ratios("1:1,4-3")
     with pytest.raises(ManifestError, match="--resolution 1000: 1000 px is not allowed"):
         bucket_sizes([(1, 1)], 1000)
+
+
+def test_card_and_report_show_the_sizes_and_kept_rate_per_bucket(tmp_path, monkeypatch):
+    import datasets
+    import pandas as pd
+    from output_fixtures import FILTERS, KnownScorer
+
+    from pipeline.dataset.card import write_dataset_card
+    from pipeline.report.build import build_report
+    from pipeline.report.data import gather
+    from pipeline.scoring.rules import FilterRules
+    from pipeline.storage.layout import RUN_KEY
+
+    monkeypatch.chdir(tmp_path)
+    manifest = write_manifest(tmp_path, rows=12, **MIXED)
+    config = fake_config(shard_size=5, **{"scoring.enabled": True, "scoring.filters": list(FILTERS)})
+    store = open_store(tmp_path / "out")
+    plan, record = plan_run(str(manifest), config)
+    write_plan(store, plan)
+    store.put_bytes(RUN_KEY, json.dumps(record).encode())
+    scorer = KnownScorer()
+    rules = FilterRules.parse(list(FILTERS), set(scorer.names))
+    worker = ShardWorker(FakeGenerator(config.generator.fake), scorer, rules, store, config)
+    try:
+        for shard in range(plan.num_shards):
+            worker.run_shard(shard, f"a{shard}")
+    finally:
+        worker.close()
+
+    write_dataset_card(store)
+    ds = datasets.load_dataset(str(tmp_path / "out"), split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.features["json"]["width"] == datasets.Value("int64")
+    assert ds.features["json"]["guidance_scale"] == datasets.Value("float64")
+    assert len(ds) > 0 and all(row["png"].size == (row["json"]["width"], row["json"]["height"]) for row in ds)
+
+    rows = pd.read_parquet(tmp_path / "out" / "metadata")
+    expected = {}
+    for (width, height), group in rows.groupby(["width", "height"]):
+        counts = group["status"].value_counts()
+        generated = counts.get("kept", 0) + counts.get("rejected", 0)
+        expected[f"{width}x{height}"] = (len(group), counts.get("kept", 0) / generated if generated else None)
+    buckets = gather(store).buckets
+    assert {b.label: (b.rows, b.kept_share) for b in buckets} == expected
+    assert len(expected) == 3 and 0 < min(share for _, share in expected.values()) < 1
+    page = build_report(store)
+    assert "<h2>Size buckets</h2>" in page and 'data-bucket="384x256"' in page
