@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from html import escape
 
+from pipeline.report.buckets import bucket_table
 from pipeline.report.charts import histogram_svg, throughput_svg
 from pipeline.report.data import STATUSES, ReportData
 from pipeline.report.gallery import Galleries, ScoreExtremes, StyleGallery, Tile
@@ -64,6 +65,7 @@ def render(data: ReportData, galleries: Galleries) -> str:
         _counts(data),
         quota_section(data.latest_run, data.run),
         _style_table(data),
+        bucket_table(data.buckets),
         _scores(data),
         _extremes(galleries.extremes),
         _timings(data),

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from manifests.plan import read_shard
+from manifests.row_settings import INTEGER_COLUMNS, WIDTH, present_columns
 from manifests.schema import ORIGIN_UID, QUOTA_ROUND
 from pipeline.captions import extra_columns
 from pipeline.models.info import model_fingerprint, public_model_info
@@ -86,6 +87,7 @@ class ShardFiles:
         timings and the attempt go to the shard parquet, so a rerun writes byte-identical tars."""
         row = outcome.row
         return {
+            **_row_settings(outcome),
             "shard_id": shard_id,
             "row": row.get("row"),
             "id": row.get("id"),
@@ -136,11 +138,23 @@ def shard_table_schema(
     ]  # fmt: skip
     if quota:
         fields += [pa.field(ORIGIN_UID, string), pa.field(QUOTA_ROUND, integer)]
+    for name in present_columns(plan_schema.names if plan_schema is not None else []):
+        fields.append(pa.field(name, integer if name in INTEGER_COLUMNS else number))
     for extra in plan_schema or []:
         if extra.name in extra_columns([extra.name]):  # nested values are stored as canonical JSON strings
             kind = string if pa.types.is_nested(extra.type) else extra.type
             fields.append(pa.field(f"extra_{extra.name}", kind))
     return pa.schema(fields)
+
+
+def _row_settings(outcome: RowOutcome) -> dict[str, Any]:
+    """The per-row settings the plan has (none without those columns, so such a json is unchanged):
+    the row's values (null: the run's setting, recorded in `params`), width and height filled from the
+    image for a row that leaves them to the run."""
+    settings = {name: outcome.row[name] for name in present_columns(outcome.row)}
+    if WIDTH in settings and settings[WIDTH] is None and outcome.image is not None:
+        settings["width"], settings["height"] = outcome.image.size
+    return settings
 
 
 def _table_meta(meta: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,10 @@ Generation runs under a lock, one shard at a time; building the files (pipeline.
 and committing them (pipeline.shards.commit) happens on the uploader's thread (pipeline.worker.uploader),
 so the next shard generates while this one uploads.
 
+Batches never mix sizes or per-row settings (manifests/row_settings.py: the plan sorts such rows
+together, and a batch ends where its rows' `batch_key` changes), and an image whose size is not the
+one its row asked for fails that row.
+
 Nothing is lost: a row whose input is bad or whose generation or scoring raises is recorded as failed
 with its error (a batch that raises is retried one row at a time to isolate the culprit), and the
 shard still commits with every planned row in its parquet.
@@ -25,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from manifests.row_settings import batch_key, row_overrides
 from manifests.uid import generation_seed
 from pipeline.captions import render_caption
 from pipeline.rbmod.requests import GenerationRequest, StyleRef
@@ -112,8 +117,7 @@ class ShardWorker:
         started = time.monotonic()
         rows = self._read_rows(shard_id)
         if culprits is None:
-            size = self.config.execution.batch_size
-            batches = [rows[i : i + size] for i in range(0, len(rows), size)]
+            batches = split_batches(rows, self.config.execution.batch_size)
         else:
             batches = [[row] for row in rows if row["uid"] not in culprits]
         pending = self.inputs.prefetch(batches[0]) if batches else None
@@ -203,7 +207,9 @@ class ShardWorker:
                 outcome.timings["generate_s"] = per_row
         generated = []
         for result, (outcome, inputs) in zip(results, runnable, strict=True):
-            if result is not None:
+            if result is not None and (problem := _size_mismatch(outcome.row, result.image)):
+                outcome.reason = f"generation: {problem}"
+            elif result is not None:
                 outcome.status, outcome.image, outcome.params = "kept", result.image, dict(result.params)
                 generated.append((outcome, inputs))
         return generated
@@ -220,6 +226,7 @@ class ShardWorker:
             styles=(StyleRef(inputs.style, 1.0),),
             seed=outcome.seed,
             content=inputs.content,
+            overrides=row_overrides(outcome.row),
             uid=outcome.row["uid"],
         )
 
@@ -290,6 +297,29 @@ class ShardWorker:
         self._uploader.close(timeout=60)
         self.inputs.close()
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def split_batches(rows: Sequence[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Runs of rows that share a `batch_key` (size and per-row settings), cut every `size` rows. Without
+    per-row settings every key is the same, so these are the plain `size`-row slices."""
+    batches: list[list[dict[str, Any]]] = []
+    for row in rows:
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < size and batch_key(last[0]) == batch_key(row):
+            last.append(row)
+        else:
+            batches.append([row])
+    return batches
+
+
+def _size_mismatch(row: Mapping[str, Any], image: Any) -> str | None:
+    """Why a generated image cannot stand for its row: it is not the width x height the row asked for."""
+    if row.get("width") is None or getattr(image, "size", None) is None:
+        return None
+    asked = (row["width"], row["height"])
+    if tuple(image.size) != asked:
+        return f"the image is {image.size[0]}x{image.size[1]}, the row asks for {asked[0]}x{asked[1]}"
+    return None
 
 
 def commit_won(result: Any) -> bool:
