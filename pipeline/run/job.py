@@ -269,7 +269,7 @@ def _run(
             f"{progress.done_shards - len(done)} shard(s); see the log, and rerun the same command to resume"
         )
     pool = executed.pool
-    if pool.stopped:
+    if pool.stopped or (quota is not None and quota.ready and stop.requested):  # a round left unplanned
         raise RunStopped(
             f"stopped by {stop.signal_name}: {progress.done_shards} of {len(sizes)} shards committed "
             f"({progress.done_shards - len(done)} by this run); rerun the same command to resume",
