@@ -69,6 +69,21 @@ def run(
         min=1.0,
         help="Rows per group, in all, at most this x its planned rows (default 4).",
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Write nothing: print the plan (rows, shards, sizes, quota groups) and its GPU-hours.",
+    ),
+    assume_acceptance: float | None = typer.Option(
+        None,
+        "--assume-acceptance",
+        min=0.0,
+        max=1.0,
+        help="--dry-run: the filters' kept share (default 0.5).",
+    ),
+    like: str | None = typer.Option(
+        None, "--like", help="--dry-run: take the acceptance from this earlier output's kept share."
+    ),
     progress_interval: float | None = typer.Option(
         None,
         "--progress-interval",
@@ -108,6 +123,12 @@ def run(
             overrides[f"quota.{key}"] = value
     try:
         run_config = RunConfig.load(config, overrides)
+        if dry_run:
+            from pipeline.run.dry_run import dry_run as plan_and_price
+
+            bill = plan_and_price(manifest, run_config, assume_acceptance=assume_acceptance, like=like)
+            typer.echo("\n".join(bill.lines()))
+            return
         summary = run_job(
             manifest,
             output,
