@@ -229,3 +229,34 @@ def test_sigterm_between_rounds_resumes_to_the_same_samples(undisturbed, tmp_pat
 
     assert kept_samples(stopped) == kept_samples(undisturbed)
     assert sorted(output_rows(stopped).uid) == sorted(output_rows(undisturbed).uid)
+
+
+def test_append_to_a_reseeded_run_keeps_its_reseeded_rows(undisturbed, tmp_path):
+    """--append compares the bigger manifest with the run's planned rows only: the quota's reseeded rows
+    are not in any manifest, and stay in the plan, with the new rows after them."""
+    import shutil
+
+    from pipeline.output.run_record import shard_sizes
+    from pipeline.run.plan import plan_run
+    from pipeline.run.resume import prepare_output
+    from pipeline.storage import open_store
+
+    manifest, output, _ = undisturbed
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    table = pq.read_table(manifest)
+    more = table.slice(0, 2).to_pydict()
+    more["prompt"] = ["a new prompt", "another new prompt"]
+    bigger = tmp_path / "bigger.parquet"
+    pq.write_table(pa.concat_tables([table, pa.table(more, schema=table.schema)]), bigger)
+
+    store = open_store(str(copy))
+    before = pq.read_table(copy / "plan.parquet")
+    plan, record = plan_run(str(bigger), quota_config())
+    updated = prepare_output(store, record, restart=False, append=True, plan=plan)
+    after = pq.read_table(copy / "plan.parquet")
+    assert after.slice(0, before.num_rows).equals(before)  # every row as it was, the reseeded ones too
+    new = after.slice(before.num_rows)
+    assert sorted(new.column("prompt").to_pylist()) == sorted(more["prompt"])
+    assert new.column("origin_uid").null_count == 2
+    assert len(shard_sizes(updated)) == len(shard_sizes(json.loads((output / "run.json").read_text()))) + 1
