@@ -118,11 +118,14 @@ def test_reseeded_rows_have_distinct_stable_uids_linked_to_their_origin():
 def test_rows_for_follows_the_measured_yield_within_the_limits():
     tracker = QuotaTracker(QuotaSection(kept=8, max_rounds=3, max_factor=4))
     tracker.groups["a"] = GroupState(planned=10, generated=10, kept=3, rejected=7)
-    assert tracker.rows_for("a") == math.ceil(5 / 0.3)  # 5 more at 30 % kept
+    optimistic = 0.3 + math.sqrt(0.3 * 0.7 / 10)  # before the last round: one standard error up
+    assert tracker.rows_for("a") == math.ceil(5 / optimistic)  # 5 more at 30 % kept
+    tracker.groups["a2"] = GroupState(planned=10, generated=20, rounds=2, kept=6, rejected=14)
+    assert tracker.rows_for("a2") == math.ceil(2 / 0.3)  # the last round plans at the estimate
     tracker.groups["b"] = GroupState(planned=10, generated=10, rejected=10)
     assert tracker.rows_for("b") == 30  # nothing kept yet: 1/11 assumed, 88 rows, capped at 4 x 10 - 10
     tracker.groups["c"] = GroupState(planned=10, generated=10, kept=2, failed=8)
-    assert tracker.rows_for("c") == 30  # failed rows count against the yield: 2/10 kept
+    assert tracker.rows_for("c") == math.ceil(6 / (0.2 + math.sqrt(0.2 * 0.8 / 10)))  # failed rows count
     tracker.groups["d"] = GroupState(planned=10, generated=10, failed=10)
     assert tracker.rows_for("d") == 0  # every row failed: broken inputs, no reseeding
     tracker.groups["e"] = GroupState(planned=10, generated=30, rounds=3, kept=4, rejected=26)

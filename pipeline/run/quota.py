@@ -4,7 +4,9 @@ A group is the rows sharing the value of `quota.per` (style, prompt, content or 
 every shard holding rows of a group is done and the group has fewer kept samples than the target, it gets
 new rows: its planned rows again with seeds derived from (uid, round, copy) (manifests/reseed.py). How
 many: enough that the expected kept count reaches the target at the group's measured yield (kept / rows
-done; a group with nothing kept yet is taken to keep one row more than it did, so the number is bounded),
+done, one standard error optimistic before the last round so a small unlucky sample does not order far
+too many rows; a group with nothing kept yet is taken to keep one row more than it did, so the number is
+bounded),
 never more than `max_factor` x its planned rows generated in all, for at most `max_rounds` rounds. A group
 whose rows all failed is not reseeded: its inputs are broken, and more seeds would fail the same way.
 
@@ -157,8 +159,19 @@ class QuotaTracker:
             return 0
         if state.done and state.failed == state.done:
             return 0
-        yield_ = state.kept / state.done if state.kept else 1 / (state.done + 1)
-        return min(budget, math.ceil((quota.kept - state.kept) / yield_))
+        return min(budget, math.ceil((quota.kept - state.kept) / self._yield(state)))
+
+    def _yield(self, state: GroupState) -> float:
+        """Kept per row, as the next round plans with it. A group with nothing kept yet is taken to keep
+        one row more than it did. Before the last round the estimate is one standard error optimistic:
+        a small sample that kept few rows would otherwise order many more rows than needed, and the
+        next round tops up what is left with a better estimate; the last round plans at the estimate."""
+        if not state.kept:
+            return 1 / (state.done + 1)
+        share = state.kept / state.done
+        if state.rounds + 1 >= self.quota.max_rounds:
+            return share
+        return min(1.0, share + math.sqrt(share * (1 - share) / state.done))
 
     def planned_round(self, group: str, rows: int, shards: Counter) -> None:
         """`rows` new rows of `group` were planned, spread over these shards (shard id -> rows)."""
