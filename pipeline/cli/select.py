@@ -11,6 +11,11 @@ import typer
 from pipeline.cli.errors import exits_on_user_error
 from pipeline.cli.storage_options import CONFIG_OPTION, ENDPOINT_OPTION, storage_options
 
+LEASE_TTL_S = 120.0  # as `stylegen run`'s execution.lease_ttl_s: a killed command's lease lapses after it
+WAIT_FOR_LEASE_OPTION = typer.Option(
+    0.0, "--wait-for-lease", min=0, help="Wait up to S seconds for another writer of -o to finish."
+)
+
 
 class Group(str, Enum):
     """What --within (dedup) groups by."""
@@ -43,6 +48,7 @@ def select(
         False, "--allow-partial", help="Select from an unfinished run's committed shards."
     ),
     workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
+    wait_for_lease: float = WAIT_FOR_LEASE_OPTION,
     config: Path | None = CONFIG_OPTION,
     endpoint_url: str | None = ENDPOINT_OPTION,
 ) -> None:
@@ -59,6 +65,7 @@ def select(
         allow_partial=allow_partial,
         workers=workers,
         storage=storage_options([output, new_output], config, endpoint_url),
+        lease=output_lease(wait_for_lease),
     )
     console = make_console()
     console.print(summary_table("select", summary))
@@ -69,6 +76,13 @@ def select(
             f"{len(short)} of {summary.groups} groups had fewer than {count} scored kept samples, "
             f"so all of theirs were selected: {named}"
         )
+
+
+def output_lease(wait_s: float):
+    """The new output's one-writer lease, as `stylegen run` takes on its output (pipeline.run.lease)."""
+    from pipeline.run.lease import OutputLease
+
+    return lambda store: OutputLease(store, LEASE_TTL_S, wait_s=wait_s)
 
 
 def summary_table(command: str, summary):

@@ -80,9 +80,11 @@ def select_output(
     allow_partial: bool = False,
     workers: int = 4,
     storage: dict[str, Any] | None = None,
+    lease=None,
 ) -> SelectSummary | CountSummary:
     """Write the selection of `source`'s kept samples to `output` (folders or s3://); see the module doc.
-    `storage`: open_store options for the s3:// one(s)."""
+    `storage`: open_store options for the s3:// one(s); `lease(output_store)`: a context manager held
+    while writing (pipeline.dataset.subset.write_subset)."""
     import pyarrow as pa
 
     from pipeline.scoring.select_plan import group_sizes, select_uids
@@ -120,6 +122,7 @@ def select_output(
         selection.to_dict(),
         shard_size=shard_size,
         workers=workers,
+        lease=lease,
     )
     if selection.count is None:
         return summary
