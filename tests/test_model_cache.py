@@ -159,6 +159,42 @@ def test_a_local_folder_without_the_hub_layout_is_refused_before_any_upload(tiny
         weights.unlink()
     with pytest.raises(StageError, match=f"decoder: no .safetensors weights in decoder/ of {no_weights}"):
         resolve_sources("tiny", {"decoder": str(no_weights)}, tiny_cache_dir)
+    # the text encoder's weights and the tokenizer are checked too (the loader reads them on the node)
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_source(tiny_cache_dir, "decoder"), partial)
+    (partial / "text_encoder" / "model.safetensors").unlink()
+    with pytest.raises(StageError, match=f"decoder: no .safetensors weights in text_encoder/ of {partial}"):
+        resolve_sources("tiny", {"decoder": str(partial)}, tiny_cache_dir)
+    shutil.copytree(tiny_source(tiny_cache_dir, "decoder"), partial, dirs_exist_ok=True)
+    (partial / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(StageError, match=f"decoder: tokenizer/ of {partial} has neither tokenizer.json nor"):
+        resolve_sources("tiny", {"decoder": str(partial)}, tiny_cache_dir)
+    empty = tmp_path / "clip"
+    empty.mkdir()
+    with pytest.raises(
+        StageError, match=r"clip: config.json, \*.safetensors weights, tokenizer.json .*missing in"
+    ):
+        resolve_sources("tiny", {"clip": str(empty)}, tiny_cache_dir, scorers=("clip",))
+
+
+def test_an_object_not_staged_by_stylegen_is_never_overwritten(s3_bucket, tiny_cache_dir):
+    sources = resolve_sources("tiny", {}, tiny_cache_dir, scorers=())
+    foreign = "models/stable-cascade/decoder/config.json"  # a name staging writes, someone else's object
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=foreign, Body=b"mine")
+    with pytest.raises(StageError, match=r"decoder/config.json exists but was not staged by stylegen"):
+        stage(sources, s3_bucket.uri("models/"), echo=lambda line: None)
+    assert s3_bucket.object_keys("models/") == [foreign] and s3_bucket.read(foreign) == b"mine"
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=foreign)
+    stage(sources, s3_bucket.uri("models/"), echo=lambda line: None)
+    # a staged object with other bytes (the source changed since): replaced, and said so
+    s3_bucket.client.put_object(
+        Bucket=s3_bucket.name, Key=foreign, Body=b"old", Metadata={"sha256": "0" * 64}
+    )
+    lines = []
+    again = stage(sources, s3_bucket.uri("models/"), echo=lines.append)
+    size = len(s3_bucket.read(foreign)) / 1e6
+    assert again.uploaded == 1
+    assert lines == [f"uploading {s3_bucket.uri(foreign)} ({size:.1f} MB) (replaces an earlier staging)"]
 
 
 def test_hub_patterns_pick_the_files_the_loader_reads():
