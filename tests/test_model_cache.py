@@ -5,7 +5,9 @@ scores exactly like the local one."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 import shutil
 from pathlib import Path
 
@@ -267,6 +269,27 @@ def test_a_damaged_copy_is_fetched_again_and_an_intact_one_is_not(bucket, staged
         )
     )
     assert tree(folder) == original
+
+    # damaged in place with its size and mtime kept: the changed ctime has its bytes checked
+    gets.clear()
+    data = bytearray(previewer.read_bytes())
+    data[200] ^= 0xFF
+    kept = previewer.stat()
+    previewer.write_bytes(bytes(data))
+    os.utime(previewer, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert previewer.stat().st_size == kept.st_size and previewer.stat().st_mtime_ns == kept.st_mtime_ns
+    local_copy(staged["decoder"], cache)
+    assert gets == [prefix + "previewer.safetensors"] and tree(folder) == original
+    # a ctime change alone (chmod, or a record written before ctimes were kept): hashed, not fetched
+    gets.clear()
+    os.chmod(weights, 0o644)
+    record_path = folder.parent.parent / f"{folder.parent.name}.json"
+    record = json.loads(record_path.read_text())
+    record[prefix.split("/")[1] + "/vqgan/config.json"].pop("ctime_ns")
+    record_path.write_text(json.dumps(record))
+    local_copy(staged["decoder"], cache)
+    assert gets == [] and tree(folder) == original
+    assert all("ctime_ns" in entry for entry in json.loads(record_path.read_text()).values())
 
     # a re-staged object (new bytes under the same key) replaces the cached copy
     gets.clear()
