@@ -8,7 +8,7 @@ import tempfile
 from datetime import datetime, timezone
 
 from pipeline.output.run_record import RUN_FORMAT
-from pipeline.run.preflight import check_caption
+from pipeline.run.preflight import check_caption, check_quota
 from pipeline.run_config import RunConfig
 from pipeline.storage.layout import PLAN_KEY
 from pipeline.versions import run_versions
@@ -23,6 +23,7 @@ def plan_run(manifest: str, config: RunConfig):
 
     table = read_manifest(manifest)
     check_caption(config, table.column_names)
+    check_quota(config, table.schema)
     plan = make_plan(table, config.shard_size, order=config.plan_order, dedupe=config.dedupe)
     if plan.dropped_rows:
         log.warning(

@@ -33,9 +33,14 @@ class RunSummary:
     actors_final: int = 0  # actors ready when the last shard finished
     # [seconds since the run started, actors ready, actors pending] at every change
     actor_timeline: list[tuple[float, int, int]] = field(default_factory=list)
+    # With a quota: each group's target, kept count, rows, rounds and why it stayed short (None: reached)
+    quota: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["quota"] is None:  # a run without a quota keeps the summary it always had
+            del data["quota"]
+        return data
 
 
 @dataclass
@@ -59,6 +64,24 @@ def nothing_to_do(summary: RunSummary) -> str:
         f"({summary.kept} kept, {summary.rejected} rejected, {summary.failed} failed). "
         f"Report: {summary.report_uri or '-'}; --restart starts over."
     )
+
+
+def quota_note(groups: list[dict[str, Any]], per: str, shown: int = 10) -> str:
+    """Each group's target, kept count and rounds; the groups that stayed short with the reason."""
+    short = [group for group in groups if group["reason"]]
+    target = groups[0]["target"] if groups else 0
+    lines = [
+        f"quota: {len(groups) - len(short)} of {len(groups)} group(s) by {per} reached {target} kept; "
+        f"rounds used: at most {max((group['rounds'] for group in groups), default=0)}"
+    ]
+    for group in short[:shown]:
+        lines.append(
+            f"  short: {per} {group['group']!r}: {group['kept']}/{group['target']} kept after "
+            f"{group['rows']} rows, {group['rounds']} round(s): {group['reason']}"
+        )
+    if len(short) > shown:
+        lines.append(f"  ... and {len(short) - shown} more short group(s): see summary.json's `quota`")
+    return "\n".join(lines)
 
 
 def failed_rows_note(store, summary: RunSummary, markers: dict[int, Any], top: int = 3) -> str:

@@ -51,6 +51,7 @@ BUILTINS = {
     "leakage": "pipeline.scoring.builtins:Leakage",
     "aesthetic": "pipeline.scoring.builtins:Aesthetic",
     "nsfw": "pipeline.scoring.builtins:Nsfw",
+    "brightness": "pipeline.scoring.builtins:Brightness",
     "dino_embedding": "pipeline.scoring.builtins:DinoEmbedding",
     "clip_embedding": "pipeline.scoring.builtins:ClipEmbedding",
 }
