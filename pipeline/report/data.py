@@ -185,14 +185,6 @@ def rule_counts(rows: pa.Table) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
-def failure_reasons(store, markers: dict) -> list[tuple[str, int]]:
-    """Failed rows per reason in these shards' parquets (`markers`: shard id -> commit marker), most
-    frequent first (reads two columns)."""
-    rows, _ = read_shard_tables(store, markers, keep=lambda name: name in ("status", "reason"))
-    counts = Counter(str(reason or "?").strip() for reason in _column(with_status(rows, "failed"), "reason"))
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-
-
 def failed_rows(rows: pa.Table, limit: int) -> list[dict[str, Any]]:
     failed = with_status(rows, "failed").slice(0, limit)
     columns = [c for c in ("uid", "shard_id", "prompt", "reason") if c in failed.column_names]

@@ -9,6 +9,7 @@ import math
 import os
 import threading
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from pipeline.run.progress import RunProgress
@@ -80,11 +81,12 @@ def execute(
     if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         # Logical GPUs on a CPU machine, so the same scheduling code runs everywhere.
         local_gpus = detect_gpus() or math.ceil((wanted or 1) * gpus_per_actor)
-    started_ray = start_ray(address, local_gpus)
-    if stop is not None:
-        stop.install()  # ray.init put its own SIGTERM handlers in place of ours
+    with stop.kept() if stop is not None else nullcontext():  # ray.init has SIGTERM handlers of its own
+        started_ray = start_ray(address, local_gpus)
     pool = metrics = None
     try:
+        if stop is not None and stop.requested:  # while Ray was starting: stop now that it can shut down
+            return Executed(PoolStats(stopped=True))
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
         # A quota may add shards later: the pool is not sized down to the shards planned now.
         size = pool_target(wanted, gpus_per_actor, cluster_gpus, len(pending) if quota is None else None)

@@ -85,12 +85,25 @@ def quota_note(groups: list[dict[str, Any]], per: str, shown: int = 10) -> str:
 
 
 def failed_rows_note(store, summary: RunSummary, markers: dict[int, Any], top: int = 3) -> str:
-    """The most frequent reasons rows failed, and where every failed row is listed."""
-    from pipeline.report.data import failure_reasons
+    """The most frequent reasons rows failed, each row counted once (its newest result: a row that failed
+    again after --retry-failed is one row), and where every failed row is listed."""
+    from collections import Counter
+
+    from pipeline.output.run_record import load_run_record, retry_shards
+    from pipeline.output.shard_tables import newest_rows, read_shard_tables, with_status
     from pipeline.storage.layout import table_key_of
 
     with_failures = {s: m for s, m in sorted(markers.items()) if int(m.summary.get("failed", 0))}
-    reasons = failure_reasons(store, with_failures)
+    # a failed row's newest result is in its own shard or in a later retry shard (maybe kept there)
+    record = load_run_record(store) if with_failures else None
+    retried = retry_shards(record) if record else set()
+    read = {s: m for s, m in markers.items() if s in with_failures or s in retried}
+    columns = ("uid", "shard_id", "status", "reason")
+    rows, _ = read_shard_tables(store, read, keep=columns.__contains__)
+    failed = with_status(newest_rows(rows), "failed")
+    reasons_column = failed.column("reason").to_pylist() if "reason" in failed.column_names else []
+    counts = Counter(str(reason or "?").strip() for reason in reasons_column)
+    reasons = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     lines = [f"{summary.failed} row(s) failed; most frequent reasons:"]
     lines += [f"  {count} x {reason}" for reason, count in reasons[:top]]
     if len(reasons) > top:
