@@ -49,6 +49,9 @@ class SchedulerHooks:
     on_progress: Callable[[dict[int, int]], None] = lambda in_flight: None
     on_event: Callable[[str], None] = lambda message: None  # retries, kills, restarts: for the log
     on_actors: Callable[[int, int], None] = lambda ready, pending: None  # whenever the counts change
+    # More shards (shard id -> rows) the run plans while it runs (a quota's reseeding), asked for whenever
+    # the queue would leave a ready actor without work; {} when there are none (yet).
+    more_shards: Callable[[], dict[int, int]] = lambda: {}
 
 
 class ShardScheduler:
@@ -107,11 +110,12 @@ class ShardScheduler:
         or until `should_stop()`: then drain and return with `stopped` set."""
         self.shards.start(shard_rows)
         self.health.run_starts(self.poll_s)
-        while self.shards.pending or self.pool.attempts() or self.shards.later:
+        while self.shards.pending or self.pool.attempts() or self.shards.later or self._top_up():
             self.shards.release_due()
             if self.should_stop():
                 self._drain()
                 return
+            self._top_up()
             self._fill()
             self._wait_and_collect()
             self.heartbeats.poll()
@@ -147,6 +151,14 @@ class ShardScheduler:
         return [a for a in self.pool.attempts() if a.started_at and a.images_done >= rows[a.shard_id]]
 
     # -- submission --
+
+    def _top_up(self) -> bool:
+        """Ask the run for more shards when fewer are queued than actors are ready; True if it gave some."""
+        if self.should_stop() or len(self.shards.pending) >= sum(1 for s in self.pool.slots if s.usable):
+            return False
+        more = self.hooks.more_shards()
+        self.shards.add(more)
+        return bool(more)
 
     def _fill(self) -> None:
         """Give the least busy usable actor the next shard until every actor has two (or none are left).

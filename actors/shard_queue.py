@@ -24,6 +24,11 @@ class ShardQueue:
         self.rows = shard_rows
         self.pending = deque(sorted(shard_rows))
 
+    def add(self, shard_rows: dict[int, int]) -> None:
+        """More shards for this run (shard id -> planned rows), after those queued."""
+        self.rows.update(shard_rows)
+        self.pending.extend(sorted(shard_rows))
+
     def release_due(self) -> None:
         """Shards whose back-off is over go to the end of the queue."""
         now = time.monotonic()

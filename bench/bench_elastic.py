@@ -104,7 +104,7 @@ def main() -> None:
 
         hooks = SchedulerHooks(
             on_committed=lambda shard, result: commits.append(
-                (time.monotonic(), result["node_id"], result["rows"])
+                (time.monotonic(), result.node_id, result.rows)
             ),
             on_actors=actors_changed,
         )

@@ -66,7 +66,7 @@ def measure(actors: int, latency: float, shard_size: int, shards_per_actor: int,
     finally:
         pool.shutdown()
     rows = sum(timed.values())
-    assert len(results) == plan.num_shards and all(r["kept"] == r["rows"] for r in results)
+    assert len(results) == plan.num_shards and all(r.kept == r.rows for r in results)
     achieved, ideal = rows / wall, actors / latency
     return {
         "actors": actors,
@@ -77,7 +77,7 @@ def measure(actors: int, latency: float, shard_size: int, shards_per_actor: int,
         "ideal": ideal,
         "efficiency": achieved / ideal,
         "overhead_ms": 1000 * (wall * actors - rows * latency) / len(timed),
-        "commit_ms": 1000 * statistics.median(r["commit_s"] for r in results),
+        "commit_ms": 1000 * statistics.median(r.commit_s for r in results),
     }
 
 

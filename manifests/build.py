@@ -15,6 +15,8 @@ Pairings (rows come out in this order):
 base = generation_seed(compute_uid(style, content, prompt, seed=S), None) and S is --seed (default 0):
 distinct triples get unrelated seeds, and another --seed gives another set. Without repeats the seed
 column is null (the generator derives the seed from the uid).
+--aspect-ratios R1,R2,... [--resolution N] adds `width` and `height` columns: each row's bucket comes
+from its generation seed (manifests/buckets.py); without it the manifest has no size columns.
 
 Rows are generated from index arithmetic over the three input lists, one batch at a time: a
 3,000 x 3,400 cross product never exists as Python rows.
@@ -34,6 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
 
+from manifests.buckets import assign_buckets
 from manifests.read import FORMATS, filesystem_and_path, list_manifest_files, read_raw, write_whole_file
 from manifests.schema import ManifestError, format_rows
 from manifests.uid import SEED_MASK, derived_seeds
@@ -45,6 +48,7 @@ BATCH_ROWS = 1 << 18
 BUILD_SCHEMA = pa.schema(
     [("style", pa.string()), ("content", pa.string()), ("prompt", pa.string()), ("seed", pa.int64())]
 )
+SIZE_FIELDS = [pa.field("width", pa.int64()), pa.field("height", pa.int64())]
 
 
 @dataclass(frozen=True)
@@ -157,8 +161,10 @@ def iter_manifest_batches(
     repeats: int = 1,
     seed: int = 0,
     batch_rows: int = BATCH_ROWS,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """The manifest rows, `batch_rows` at a time (see the module docstring for the pairings)."""
+    """The manifest rows, `batch_rows` at a time (see the module docstring for the pairings); `sizes`:
+    the aspect-ratio buckets' (width, height), assigned from each row's seed."""
     triples = _triple_indices(len(styles), len(contents or []), len(prompts), pairing, samples, repeats, seed)
     _check_inputs(styles, prompts, contents, pairing)
     style_array, prompt_array = pa.array(styles, pa.string()), pa.array(prompts, pa.string())
@@ -172,7 +178,8 @@ def iter_manifest_batches(
             "content": content_array.take(triples.content[part]) if contents else pa.nulls(size, pa.string()),
             "prompt": prompt_array.take(triples.prompt[part]),
         }
-        yield _with_repeats(columns, repeats, seed)
+        batch = _with_repeats(columns, repeats, seed)
+        yield _with_sizes(batch, sizes) if sizes else batch
 
 
 @dataclass(frozen=True)
@@ -239,6 +246,16 @@ def _with_repeats(columns: dict[str, pa.Array], repeats: int, seed: int) -> pa.R
     return pa.RecordBatch.from_arrays([*expanded, pa.array(seeds)], schema=BUILD_SCHEMA)
 
 
+def _with_sizes(batch: pa.RecordBatch, sizes: Sequence[tuple[int, int]]) -> pa.RecordBatch:
+    """Add width/height from each row's generation seed: its seed, else the one its uid (without a
+    size) derives, which is what the generator would use without the size columns."""
+    seed = batch.column("seed")  # a built manifest's seeds are all set (--repeats) or all null
+    seeds = derived_seeds(pa.Table.from_batches([batch])) if seed.null_count else seed.to_numpy()
+    widths, heights = assign_buckets(seeds, list(sizes))
+    schema = pa.schema([*BUILD_SCHEMA, *SIZE_FIELDS])
+    return pa.RecordBatch.from_arrays([*batch.columns, pa.array(widths), pa.array(heights)], schema=schema)
+
+
 def write_manifest(batches: Iterator[pa.RecordBatch], out: str) -> int:
     """Stream batches into one Parquet file; returns the row count. The file appears at `out` (local or
     s3://) only when complete, so a failing build leaves nothing, not a truncated manifest."""
@@ -281,13 +298,17 @@ def build_manifest(
     samples: int | None = None,
     repeats: int = 1,
     seed: int = 0,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> BuildResult:
-    """`stylegen manifest build`: collect the inputs, then stream the rows to `out`."""
+    """`stylegen manifest build`: collect the inputs, then stream the rows to `out` (`sizes`: the
+    aspect-ratio buckets, manifests/buckets.py)."""
     style_images = collect_images(styles, "style")
     content_images = collect_images(contents, "content") if contents else ImageList([], [])
     prompts = read_prompts(prompts_file)
     content_uris = content_images.uris or None
-    batches = iter_manifest_batches(style_images.uris, prompts, content_uris, pairing, samples, repeats, seed)
+    batches = iter_manifest_batches(
+        style_images.uris, prompts, content_uris, pairing, samples, repeats, seed, sizes=sizes
+    )
     rows = write_manifest(batches, out)
     ignored = style_images.ignored + content_images.ignored
     return BuildResult(rows, len(style_images.uris), len(content_images.uris), len(prompts), ignored)

@@ -3,6 +3,10 @@
 Order "style" (default) sorts rows by (style, uid) so rows sharing a style are contiguous and a shard
 reuses that style's features; order "uid" sorts by uid alone. Strings compare as bytes, so the order is
 the same on every machine. Shards are filled in that order: shard k holds rows k*shard_size onwards.
+A manifest with per-row settings (width, height, steps, ...: manifests/row_settings.py) is sorted by
+those first (nulls last), so rows that share a size and settings are contiguous and the worker's batches,
+which never mix them, stay full; rows with a size or setting that cannot be generated are refused,
+named. Without those columns the order is exactly as described above.
 
 Duplicate uids are refused with the rows named; `dedupe=True` keeps each uid's first row (lowest row
 number) and records the dropped rows in `Plan.dropped_rows`.
@@ -35,8 +39,9 @@ import pyarrow.parquet as pq
 
 from manifests.fingerprint import table_fingerprint
 from manifests.read import filesystem_and_path, read_manifest, write_whole_file
+from manifests.row_settings import present_columns
 from manifests.schema import CONTENT, ROW, STYLE, UID, ManifestError, format_rows
-from manifests.validate import duplicate_uid_groups
+from manifests.validate import duplicate_uid_groups, row_setting_problems
 
 PLAN_VERSION = 1
 PLAN_FILE = "plan.parquet"
@@ -179,6 +184,7 @@ def make_plan(table: pa.Table, shard_size: int, order: str = "style", *, dedupe:
     missing = [c for c in (UID, ROW) if c not in table.column_names]
     if missing:
         raise ValueError(f"the table lacks {missing}: plan the output of read_manifest()")
+    refuse_bad_settings(table)
     positions = plan_order(table, order)
     dropped: list[int] = []
     duplicates = duplicate_uid_groups(table, order=positions)
@@ -203,11 +209,13 @@ def check_plan_options(shard_size: int, order: str) -> None:
 
 
 def sort_keys(table: pa.Table, order: str) -> dict[str, pa.ChunkedArray]:
-    """The plan order, as key columns compared in turn, ascending, nulls last: (style, uid, row) for
-    "style", (uid, row) for "uid". The one definition of the order: make_plan sorts by it and the
-    streamed planner (manifests/plan_stream.py) merges by it. Equal uids must stay adjacent in it (the
-    uid hashes the style), which the duplicate check relies on."""
-    keys = {STYLE: table.column(STYLE)} if order == "style" else {}
+    """The plan order, as key columns compared in turn, ascending, nulls last: the per-row settings (only
+    when the manifest has them), then (style, uid, row) for "style", (uid, row) for "uid". The one
+    definition of the order: make_plan sorts by it and the streamed planner (manifests/plan_stream.py)
+    merges by it. Equal uids must stay adjacent in it (the uid hashes the style and the settings), which
+    the duplicate check relies on."""
+    keys = {name: table.column(name) for name in present_columns(table.column_names)}
+    keys |= {STYLE: table.column(STYLE)} if order == "style" else {}
     return keys | {UID: table.column(UID), ROW: table.column(ROW)}
 
 
@@ -244,6 +252,19 @@ def plan_fingerprint(manifest_fingerprint: str, shard_size: int, order: str, ded
         {"manifest": manifest_fingerprint, **params}, sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha256(b"stylegen-plan-v1" + canonical.encode()).hexdigest()
+
+
+def refuse_bad_settings(table: pa.Table) -> None:
+    """Refuse rows whose size or settings cannot be generated, naming them (the first five problems)."""
+    problems = row_setting_problems(table)
+    if problems:
+        shown = "; ".join(problem.message() for problem in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ManifestError(
+            f"{len(problems)} row setting problem(s): {shown}{more}",
+            column=problems[0].column,
+            rows=[row for problem in problems for row in problem.rows],
+        )
 
 
 def _plan_file(plan_uri: str | Path) -> tuple[pa_fs.FileSystem, str]:

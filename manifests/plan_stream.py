@@ -38,6 +38,7 @@ from manifests.plan import (
     duplicates_error,
     plan_fingerprint,
     plan_order,
+    refuse_bad_settings,
     sort_keys,
 )
 from manifests.read import iter_manifest, write_whole_file
@@ -59,7 +60,7 @@ class StreamedPlan:
     dedupe: bool
     manifest_fingerprint: str
     fingerprint: str
-    column_names: list[str]
+    schema: pa.Schema  # the normalized manifest's
     dropped_rows: tuple[int, ...] = field(default=())
     _folder: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
@@ -91,7 +92,7 @@ def stream_plan(
     check_plan_options(shard_size, order)
     folder = tempfile.TemporaryDirectory(prefix="stylegen-plan-")
     work = Path(folder.name)
-    runs, rows, columns, manifest_fingerprint = _spill_runs(uri, order, run_rows, work)
+    runs, rows, schema, manifest_fingerprint = _spill_runs(uri, order, run_rows, work)
     fingerprint = plan_fingerprint(manifest_fingerprint, shard_size, order, dedupe)
     info = {
         "plan_version": PLAN_VERSION,
@@ -130,7 +131,7 @@ def stream_plan(
         run.unlink()
     return StreamedPlan(
         writer.path, rows, planned, shard_size, order, dedupe, manifest_fingerprint, fingerprint,
-        columns, drops, folder,
+        schema, drops, folder,
     )  # fmt: skip
 
 
@@ -150,18 +151,19 @@ def _note_duplicates(
             groups.append((uids[index], np.array([first, rows[index]], dtype=np.int64)))
 
 
-def _spill_runs(uri: str, order: str, run_rows: int, work: Path) -> tuple[list[Path], int, list[str], str]:
-    """The manifest as sorted run files in `work`; its rows, columns and fingerprint."""
-    hasher, runs, rows, columns = TableHasher(), [], 0, []
+def _spill_runs(uri: str, order: str, run_rows: int, work: Path) -> tuple[list[Path], int, pa.Schema, str]:
+    """The manifest as sorted run files in `work`; its rows, schema and fingerprint."""
+    hasher, runs, rows, schema = TableHasher(), [], 0, None
     for batch in iter_manifest(uri, run_rows):
         try:
             hasher.update(batch)
         except ValueError as error:
             raise ManifestError(f"{uri}: the files disagree on a column type: {error}") from None
-        columns = batch.column_names
+        refuse_bad_settings(batch)  # at the first batch with a bad size or setting, naming its rows
+        schema = batch.schema
         runs.append(_spill(batch, order, work / f"run-{len(runs):06d}.parquet"))
         rows += batch.num_rows
-    return runs, rows, columns, hasher.hexdigest()
+    return runs, rows, schema, hasher.hexdigest()
 
 
 def _spill(batch: pa.Table, order: str, path: Path) -> Path:

@@ -10,6 +10,10 @@ A normalized manifest has these columns, in this order, then the user's extra co
     id       string  the user's own id, any scalar kept as text; null when absent
     seed     int64   null when absent (the generator then derives one from the uid)
 
+then, only when the manifest has them, the per-row settings of manifests/row_settings.py (width, height,
+steps as int64; guidance_scale, lambda_style, lambda_content as float64; null: the run's setting). A
+manifest without them gets no such columns, so its normalized table is what it always was.
+
 Type and schema problems raise `ManifestError` naming the file, column and rows. Problems with values
 (an empty prompt, a bad URI, a duplicate uid) are left to manifests/validate.py, so one bad row can
 fail that row instead of the whole run.
@@ -23,14 +27,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from manifests.row_settings import HEIGHT, INTEGER_COLUMNS, WIDTH, present_columns
 from pipeline.errors import UserError
 
 UID, ROW, PROMPT, STYLE, CONTENT, ID, SEED = "uid", "row", "prompt", "style", "content", "id", "seed"
 SHARD_ID = "shard_id"  # added by the plan (manifests/plan.py)
+# Added to the plan rows a quota reseeds (manifests/reseed.py): the planned row's uid, and the round.
+ORIGIN_UID, QUOTA_ROUND = "origin_uid", "quota_round"
+QUOTA_COLUMNS = (ORIGIN_UID, QUOTA_ROUND)
 REQUIRED_COLUMNS = (PROMPT, STYLE)
 USER_COLUMNS = (PROMPT, STYLE, CONTENT, ID, SEED)
 CANONICAL_COLUMNS = (UID, ROW, *USER_COLUMNS)
-RESERVED_COLUMNS = (UID, ROW, SHARD_ID)  # columns stylegen adds: a manifest may not bring its own
+RESERVED_COLUMNS = (UID, ROW, SHARD_ID, *QUOTA_COLUMNS)  # stylegen adds them: a manifest may not
 TEXT_COLUMNS = (PROMPT, STYLE, CONTENT, ID)
 COMPACT_TEXT = pa.dictionary(pa.int32(), pa.string())
 CANONICAL_TYPES = {
@@ -90,15 +98,22 @@ def normalize_table(table: pa.Table, source: str, first_row: int = 0, compact: b
             continue
         column = table.column(name)
         if name == SEED:
-            columns[name] = _to_seed(column, rows, source)
+            columns[name] = _to_integer(column, rows, source, SEED)
         else:
             columns[name] = _to_text(column, name, source, any_scalar=name == ID)
     columns[CONTENT] = _blank_to_null(columns[CONTENT])
     columns[ID] = _blank_to_null(columns[ID])
     for name in TEXT_COLUMNS:
         columns[name] = _compact(columns[name]) if compact else columns[name].cast(pa.string())
+    settings = present_columns(names)
+    if (WIDTH in settings) != (HEIGHT in settings):
+        missing = HEIGHT if WIDTH in settings else WIDTH
+        raise ManifestError(f"{source}: a size needs both columns: {missing!r} is missing", column=missing)
+    for name in settings:
+        convert = _to_integer if name in INTEGER_COLUMNS else _to_float
+        columns[name] = convert(table.column(name), rows, source, name)
     for name in names:
-        if name not in USER_COLUMNS:
+        if name not in USER_COLUMNS and name not in settings:
             columns[name] = table.column(name)
     return pa.table(columns)
 
@@ -162,53 +177,74 @@ def _all_integral(column: pa.ChunkedArray) -> bool:
     return bool(pc.all(pc.equal(pc.floor(finite), finite)).as_py() is not False)
 
 
-def _to_seed(column: pa.ChunkedArray, rows: pa.Array, source: str) -> pa.ChunkedArray:
+def _to_integer(column: pa.ChunkedArray, rows: pa.Array, source: str, name: str) -> pa.ChunkedArray:
+    """int64 from integers, whole floats (pandas writes int columns with gaps as floats) or text."""
     dtype = column.type
     if pa.types.is_null(dtype):
         return column.cast(pa.int64())
     if pa.types.is_integer(dtype):
         if pa.types.is_uint64(dtype):
-            _raise_bad_seeds(
-                source,
-                rows,
-                pc.greater(column, pa.scalar(_INT64_MAX, pa.uint64())),
-                column,
-                "is larger than int64",
-            )
+            too_big = pc.greater(column, pa.scalar(_INT64_MAX, pa.uint64()))
+            _raise_bad_values(source, rows, too_big, column, name, "is larger than int64")
         return column.cast(pa.int64())
     if pa.types.is_floating(dtype):
         bad = pc.or_(pc.not_equal(pc.floor(column), column), pc.greater(pc.abs(column), float(_INT64_MAX)))
-        _raise_bad_seeds(source, rows, pc.or_(bad, pc.is_nan(column)), column, "is not an integer")
+        _raise_bad_values(source, rows, pc.or_(bad, pc.is_nan(column)), column, name, "is not an integer")
         return column.cast(pa.int64())
     if _is_text(dtype):
-        return _parse_text_seeds(column.cast(pa.string()), rows, source)
-    raise ManifestError(f"{source}: column 'seed' must hold integers, found type {dtype}", column=SEED)
+        return _parse_text(column.cast(pa.string()), rows, source, name, _whole_number)
+    raise ManifestError(f"{source}: column {name!r} must hold integers, found type {dtype}", column=name)
 
 
-def _parse_text_seeds(column: pa.ChunkedArray, rows: pa.Array, source: str) -> pa.ChunkedArray:
-    """CSV/JSONL seeds arrive as text: '' is null, anything else must be a whole number (3 or 3.0)."""
+def _to_float(column: pa.ChunkedArray, rows: pa.Array, source: str, name: str) -> pa.ChunkedArray:
+    """float64 from any number or from text; range checks are validation's (manifests/validate.py)."""
+    dtype = column.type
+    if pa.types.is_null(dtype) or pa.types.is_integer(dtype) or pa.types.is_floating(dtype):
+        return column.cast(pa.float64())
+    if _is_text(dtype):
+        return _parse_text(column.cast(pa.string()), rows, source, name, _decimal_number)
+    raise ManifestError(f"{source}: column {name!r} must hold numbers, found type {dtype}", column=name)
+
+
+def _whole_number(text: str) -> int | None:
+    """'3' or '3.0' (pandas writes int columns with gaps as floats) within int64, else None."""
+    if re.fullmatch(r"[+-]?\d+(\.0*)?", text) and -(2**63) <= int(text.split(".")[0]) <= _INT64_MAX:
+        return int(text.split(".")[0])
+    return None
+
+
+def _decimal_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _parse_text(column: pa.ChunkedArray, rows: pa.Array, source: str, name: str, parse) -> pa.ChunkedArray:
+    """CSV/JSONL numbers arrive as text: '' is null, anything else must parse (each distinct value once)."""
     stripped = pc.utf8_trim_whitespace(column)
-    values = pc.unique(stripped).to_pylist()
     parsed = {}
-    for text in values:
+    for text in pc.unique(stripped).to_pylist():
         if text is None or text == "":
             parsed[text] = None
-        elif re.fullmatch(r"[+-]?\d+(\.0*)?", text) and -(2**63) <= int(text.split(".")[0]) <= _INT64_MAX:
-            parsed[text] = int(text.split(".")[0])  # "3.0": pandas writes int columns with gaps as floats
+        elif (value := parse(text)) is not None:
+            parsed[text] = value
     bad = pc.invert(pc.is_in(stripped, pa.array(list(parsed), pa.string())))
-    _raise_bad_seeds(source, rows, pc.fill_null(bad, False), column, "is not a whole number in int64")
+    kind = "a whole number in int64" if parse is _whole_number else "a number"
+    _raise_bad_values(source, rows, pc.fill_null(bad, False), column, name, f"is not {kind}")
     lookup = pc.index_in(stripped, pa.array(list(parsed), pa.string()))
-    return pa.array(list(parsed.values()), pa.int64()).take(lookup)
+    target = pa.int64() if parse is _whole_number else pa.float64()
+    return pa.array(list(parsed.values()), target).take(lookup)
 
 
-def _raise_bad_seeds(source, rows, bad_mask, column, why) -> None:
+def _raise_bad_values(source, rows, bad_mask, column, name, why) -> None:
     bad_mask = pc.fill_null(bad_mask, False)
     if not pc.any(bad_mask).as_py():
         return
     bad_rows = pc.filter(rows, bad_mask).to_pylist()
     examples = ", ".join(repr(v) for v in pc.filter(column, bad_mask).to_pylist()[:3])
     raise ManifestError(
-        f"{source}: column 'seed', {format_rows(bad_rows)}: value {why} (e.g. {examples})",
-        column=SEED,
+        f"{source}: column {name!r}, {format_rows(bad_rows)}: value {why} (e.g. {examples})",
+        column=name,
         rows=bad_rows,
     )

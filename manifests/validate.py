@@ -9,7 +9,9 @@ uid is one problem listing all its rows. Kinds:
     empty-value       error    prompt or style is empty or whitespace
     unsupported-uri   error    style/content is not a local path, file:// or s3://bucket/key
     bad-seed          error    seed is negative
-    duplicate-uid     error    rows with the same style, content, prompt and seed
+    duplicate-uid     error    rows with the same style, content, prompt, seed and per-row settings
+    bad-size          error    width/height that cannot be generated exactly (manifests/row_settings.py)
+    bad-setting       error    a per-row RB-Modulation setting out of its range (steps, guidance_scale, ...)
     prompt-too-long   warning  more CLIP tokens than the text encoder takes (it will be truncated)
     missing-file      error    (--check-files) the style/content file does not exist
     unreadable-file   error    (--check-files) it exists but does not decode as an image
@@ -27,6 +29,7 @@ import pyarrow.compute as pc
 
 from manifests.file_check import check_image_uris
 from manifests.read import read_manifest
+from manifests.row_settings import HEIGHT, SETTING_COLUMNS, WIDTH, setting_problem, size_problem
 from manifests.schema import CONTENT, PROMPT, ROW, SEED, STYLE, UID, ManifestError, format_rows
 from manifests.uris import uri_problem
 
@@ -34,6 +37,7 @@ ERROR, WARNING = "error", "warning"
 SCHEMA, MISSING_VALUE, EMPTY_VALUE = "schema", "missing-value", "empty-value"
 UNSUPPORTED_URI, BAD_SEED, DUPLICATE_UID = "unsupported-uri", "bad-seed", "duplicate-uid"
 PROMPT_TOO_LONG = "prompt-too-long"
+BAD_SIZE, BAD_SETTING = "bad-size", "bad-setting"
 MAX_ROWS_PER_PROBLEM = 1000  # rows kept per problem; row_count has the total
 
 
@@ -113,6 +117,7 @@ def validate_table(
     add(_text_problems(table, STYLE, rows, also=uri_problem))
     add(_value_problems(table.column(CONTENT), CONTENT, rows, _bad_uri_reasons(table.column(CONTENT))))
     add(_seed_problems(table, rows))
+    add(row_setting_problems(table))
     add(_duplicate_problems(table))
     if check_prompt_length:
         add(_prompt_length_problems(table, rows, tokenizer_dir, report.notes))
@@ -174,6 +179,30 @@ def _seed_problems(table, rows) -> list[Problem]:
     if not negative.any():
         return []
     return [_problem(ERROR, BAD_SEED, SEED, rows[negative], "seed must be >= 0 (it seeds the generator)")]
+
+
+def row_setting_problems(table: pa.Table) -> list[Problem]:
+    """Sizes and per-row settings that cannot be generated as asked (none without those columns); each
+    distinct bad value (or width x height) is one problem with its rows. make_plan refuses them too."""
+    rows = table.column(ROW).to_numpy()
+    problems = []
+    if WIDTH in table.column_names:
+        sizes = pa.table({WIDTH: table.column(WIDTH), HEIGHT: table.column(HEIGHT), ROW: table.column(ROW)})
+        grouped = sizes.group_by([WIDTH, HEIGHT], use_threads=False).aggregate([(ROW, "list")])
+        for width, height, size_rows in zip(*(grouped.column(i).to_pylist() for i in range(3)), strict=True):
+            if why := size_problem(width, height):
+                shown = f"{width} x {height}: " if width is not None or height is not None else ""
+                problems.append(_problem(ERROR, BAD_SIZE, WIDTH, np.asarray(size_rows), shown + why))
+    for name in SETTING_COLUMNS:
+        if name in table.column_names:
+            column = table.column(name)
+            reasons = {
+                value: (ERROR, BAD_SETTING, why)
+                for value in pc.unique(column).to_pylist()
+                if value is not None and (why := setting_problem(name, value))
+            }
+            problems += _value_problems(column, name, rows, reasons)
+    return problems
 
 
 def duplicate_uid_groups(table: pa.Table, order: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:

@@ -17,7 +17,8 @@ import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from manifests.schema import CANONICAL_COLUMNS
+from manifests.row_settings import ROW_SETTING_COLUMNS
+from manifests.schema import CANONICAL_COLUMNS, QUOTA_COLUMNS, SHARD_ID
 
 DEFAULT_TEMPLATE = "{prompt}"
 EXTRA = "extra"
@@ -81,8 +82,13 @@ def check_template(template: str, extras: Iterable[str] | None = None) -> str:
 
 
 def extra_columns(names: Iterable[str]) -> list[str]:
-    """The extra (user) columns among a plan's or manifest's column names."""
-    return [name for name in names if name not in CANONICAL_COLUMNS and name != "shard_id"]
+    """The extra (user) columns among a plan's or manifest's column names (not the per-row settings,
+    which the sample json and parquet carry as their own fields)."""
+    return [
+        name
+        for name in names
+        if name not in CANONICAL_COLUMNS + QUOTA_COLUMNS + ROW_SETTING_COLUMNS and name != SHARD_ID
+    ]
 
 
 class _Fields(string.Formatter):

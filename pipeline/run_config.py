@@ -91,6 +91,20 @@ class CaptionSection(_Section):
         return check_template(value)  # extras are checked against the manifest when it is read
 
 
+class QuotaSection(_Section):
+    """A target of kept samples per group, reached by reseeding short groups (pipeline/run/quota.py)."""
+
+    per: str = "style"  # style | prompt | content | a manifest column
+    kept: int = Field(ge=1)  # kept samples wanted per group
+    max_rounds: int = Field(3, ge=1)  # reseeding rounds after the planned rows
+    max_factor: float = Field(4.0, ge=1.0)  # rows per group, in all, at most this x its planned rows
+
+    def group_of(self, row: dict[str, Any]) -> str:
+        """The group a plan row (as a dict) belongs to; the driver and the workers use this one function."""
+        value = row.get(self.per)
+        return "" if value is None else str(value)
+
+
 class ExecutionSection(_Section):
     """How the run executes; none of it changes the output."""
 
@@ -131,6 +145,7 @@ class RunConfig(_Section):
     plan_order: Literal["style", "uid"] = "style"
     dedupe: bool = False  # keep the first of rows with the same uid instead of refusing the manifest
     generator: GeneratorConfig = GeneratorConfig()
+    quota: QuotaSection | None = None  # absent: one image per manifest row, as planned
     execution: ExecutionSection = ExecutionSection()
     storage: dict[str, Any] = {}  # options for pipeline.storage.open_store (endpoint, addressing, ...)
 
@@ -183,7 +198,10 @@ class RunConfig(_Section):
     # --- canonical forms -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if data["quota"] is None:  # a run without quotas keeps the config (and fingerprint) it always had
+            del data["quota"]
+        return data
 
     def canonical_json(self) -> str:
         return canonical_json(self.to_dict())

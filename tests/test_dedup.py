@@ -204,6 +204,23 @@ def test_dedup_resumes_and_refuses_what_it_cannot_do(source, tmp_path):
     assert result.exit_code == 2 and "no column 'embedding_nothing'" in result.output
 
 
+def test_dedup_takes_the_new_outputs_lease(source, tmp_path):
+    from pipeline.run.lease import OutputLease
+    from pipeline.storage import open_store
+    from pipeline.storage.layout import LEASE_KEY
+
+    target = tmp_path / "new"
+    command = ["dedup", source.uri, "--threshold", "0.9", "-o", str(target)]
+    with OutputLease(open_store(str(target)), ttl_s=60) as holder:
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2 and result.output.count("\n") == 1
+        assert f"being written by another driver (pid {holder.holder['pid']}" in result.output
+        assert [path.name for path in target.rglob("*")] == [LEASE_KEY]  # nothing else was written
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert not (target / LEASE_KEY).exists()
+
+
 def test_an_output_without_embeddings_is_refused_naming_the_scorer(tmp_path):
     built = build_output(tmp_path, rows=12)  # KnownScorer: the embedding column is there, all null
     with pytest.raises(

@@ -1,7 +1,7 @@
 """SIGTERM to a real `stylegen run` (a subprocess with its own local Ray) drains and exits 143 with one
 line and no Ray crash dump, and a rerun of the same run (in this process, on the shared local Ray)
 finishes with tars byte-identical to a run without Ray; SIGINT then a second signal (no Ray needed):
-the second exits at once."""
+the second exits at once; SIGTERM while Ray starts (its handlers stood in for ray.init's) stops with 143."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from run_fixtures import build_manifest, fake_config, reference_tars, shard_rows
 
 from manifests.read import read_manifest
 from pipeline.run.job import run_job
+from pipeline.run.stop import RunStopped
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = 8
@@ -129,3 +130,24 @@ def test_a_second_signal_exits_at_once():
         "\nstylegen: second SIGTERM: exiting now; rerun the same command to resume\n"
     )
     assert "SIGINT received: stopping" in stderr
+
+
+def test_sigterm_while_ray_starts_stops_the_run_with_143(tmp_path, monkeypatch):
+    import actors.cluster
+
+    def ray_init_interrupted(address, num_gpus, num_cpus=None):
+        """What ray.init does in the driver: its own SIGTERM handler (exit status 15 mid-start), then
+        seconds of starting, during which the SIGTERM comes."""
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # Python runs the handler here
+        return False  # a cluster we did not start: nothing to shut down
+
+    monkeypatch.setattr(actors.cluster, "start_ray", ray_init_interrupted)
+    monkeypatch.setattr(actors.cluster, "detect_gpus", lambda: 0)
+    manifest = build_manifest(tmp_path, rows=6)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunStopped, match=r"stopped by SIGTERM: 0 of 1 shards committed") as stopped:
+        run_job(str(manifest), str(tmp_path / "out"), fake_config(), actors=1, live=False)
+    assert stopped.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before  # ours were removed, and Ray's never installed

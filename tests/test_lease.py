@@ -1,6 +1,7 @@
 """One writer per output (pipeline/run/lease.py): a driver holds `_lease.json` while it writes; a second
 driver is told who holds it and since when and changes nothing, waits with --wait-for-lease, or takes
-over a lease that lapsed. On a folder and on S3 (conditional create)."""
+over a lease that lapsed. On a folder and on S3 (conditional create). `stylegen select -o NEW` takes the
+same lease on NEW (dedup's test is in test_dedup.py)."""
 
 from __future__ import annotations
 
@@ -127,3 +128,59 @@ def test_the_lease_of_a_driver_gone_from_this_machine_is_taken_over_at_once(stor
     store.put_bytes(LEASE_KEY, json.dumps({**alive, "ttl_s": 3600}).encode())
     with pytest.raises(LeaseHeld):
         OutputLease(store, ttl_s=3600).acquire()
+
+
+def select_command(built, new, *flags):
+    return ["select", built.uri, "--by", "clip_t", "--top", "0.5", "-o", str(new), *flags]
+
+
+def test_select_takes_the_new_outputs_lease_and_waits_for_it(finished, tmp_path):
+    from pipeline.storage import open_store
+
+    built, _ = finished
+    new = tmp_path / "selected"
+    holder = OutputLease(open_store(str(new)), ttl_s=60)
+    holder.acquire()
+    try:
+        result = CliRunner().invoke(app, select_command(built, new))
+        assert result.exit_code == 2 and result.output.count("\n") == 1
+        assert f"being written by another driver (pid {holder.holder['pid']}" in result.output
+        assert [path.name for path in new.rglob("*")] == [LEASE_KEY]  # nothing else was written
+    finally:
+        threading.Timer(0.5, holder.release).start()
+    result = CliRunner().invoke(app, select_command(built, new, "--wait-for-lease", "30"))
+    assert result.exit_code == 0, result.output
+    assert (new / "run.json").exists() and not (new / LEASE_KEY).exists()  # released when done
+    result = CliRunner().invoke(app, select_command(built, new))  # the same selection resumes
+    assert result.exit_code == 0 and "shards written │ 0" in result.output
+
+
+def test_select_into_a_foreign_folder_writes_nothing_not_even_the_lease(finished, tmp_path):
+    built, _ = finished
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    (foreign / "run.json").write_text('{"format": "someone-else"}')
+    result = CliRunner().invoke(app, select_command(built, foreign))
+    assert result.exit_code == 2 and "is not a selection output" in result.output
+    assert sorted(path.name for path in foreign.iterdir()) == ["notes.txt", "run.json"]
+
+
+def test_select_stops_when_its_lease_is_taken_over(finished, tmp_path):
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from pipeline.dataset.select import Selection, select_output
+    from pipeline.dataset.subset import SelectError
+
+    built, _ = finished
+    lost = SimpleNamespace(lost=threading.Event())
+    lost.lost.set()  # as when a renewal finds another holder
+    with pytest.raises(SelectError, match="another writer took over this output's lease"):
+        select_output(
+            built.uri,
+            str(tmp_path / "new"),
+            Selection("clip_t", top=1.0),
+            lease=lambda store: nullcontext(lost),
+        )
+    assert not list((tmp_path / "new").glob("_SUCCESS/*"))

@@ -5,7 +5,9 @@ scores exactly like the local one."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 import shutil
 from pathlib import Path
 
@@ -159,6 +161,42 @@ def test_a_local_folder_without_the_hub_layout_is_refused_before_any_upload(tiny
         weights.unlink()
     with pytest.raises(StageError, match=f"decoder: no .safetensors weights in decoder/ of {no_weights}"):
         resolve_sources("tiny", {"decoder": str(no_weights)}, tiny_cache_dir)
+    # the text encoder's weights and the tokenizer are checked too (the loader reads them on the node)
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_source(tiny_cache_dir, "decoder"), partial)
+    (partial / "text_encoder" / "model.safetensors").unlink()
+    with pytest.raises(StageError, match=f"decoder: no .safetensors weights in text_encoder/ of {partial}"):
+        resolve_sources("tiny", {"decoder": str(partial)}, tiny_cache_dir)
+    shutil.copytree(tiny_source(tiny_cache_dir, "decoder"), partial, dirs_exist_ok=True)
+    (partial / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(StageError, match=f"decoder: tokenizer/ of {partial} has neither tokenizer.json nor"):
+        resolve_sources("tiny", {"decoder": str(partial)}, tiny_cache_dir)
+    empty = tmp_path / "clip"
+    empty.mkdir()
+    with pytest.raises(
+        StageError, match=r"clip: config.json, \*.safetensors weights, tokenizer.json .*missing in"
+    ):
+        resolve_sources("tiny", {"clip": str(empty)}, tiny_cache_dir, scorers=("clip",))
+
+
+def test_an_object_not_staged_by_stylegen_is_never_overwritten(s3_bucket, tiny_cache_dir):
+    sources = resolve_sources("tiny", {}, tiny_cache_dir, scorers=())
+    foreign = "models/stable-cascade/decoder/config.json"  # a name staging writes, someone else's object
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=foreign, Body=b"mine")
+    with pytest.raises(StageError, match=r"decoder/config.json exists but was not staged by stylegen"):
+        stage(sources, s3_bucket.uri("models/"), echo=lambda line: None)
+    assert s3_bucket.object_keys("models/") == [foreign] and s3_bucket.read(foreign) == b"mine"
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=foreign)
+    stage(sources, s3_bucket.uri("models/"), echo=lambda line: None)
+    # a staged object with other bytes (the source changed since): replaced, and said so
+    s3_bucket.client.put_object(
+        Bucket=s3_bucket.name, Key=foreign, Body=b"old", Metadata={"sha256": "0" * 64}
+    )
+    lines = []
+    again = stage(sources, s3_bucket.uri("models/"), echo=lines.append)
+    size = len(s3_bucket.read(foreign)) / 1e6
+    assert again.uploaded == 1
+    assert lines == [f"uploading {s3_bucket.uri(foreign)} ({size:.1f} MB) (replaces an earlier staging)"]
 
 
 def test_hub_patterns_pick_the_files_the_loader_reads():
@@ -231,6 +269,27 @@ def test_a_damaged_copy_is_fetched_again_and_an_intact_one_is_not(bucket, staged
         )
     )
     assert tree(folder) == original
+
+    # damaged in place with its size and mtime kept: the changed ctime has its bytes checked
+    gets.clear()
+    data = bytearray(previewer.read_bytes())
+    data[200] ^= 0xFF
+    kept = previewer.stat()
+    previewer.write_bytes(bytes(data))
+    os.utime(previewer, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert previewer.stat().st_size == kept.st_size and previewer.stat().st_mtime_ns == kept.st_mtime_ns
+    local_copy(staged["decoder"], cache)
+    assert gets == [prefix + "previewer.safetensors"] and tree(folder) == original
+    # a ctime change alone (chmod, or a record written before ctimes were kept): hashed, not fetched
+    gets.clear()
+    os.chmod(weights, 0o644)
+    record_path = folder.parent.parent / f"{folder.parent.name}.json"
+    record = json.loads(record_path.read_text())
+    record[prefix.split("/")[1] + "/vqgan/config.json"].pop("ctime_ns")
+    record_path.write_text(json.dumps(record))
+    local_copy(staged["decoder"], cache)
+    assert gets == [] and tree(folder) == original
+    assert all("ctime_ns" in entry for entry in json.loads(record_path.read_text()).values())
 
     # a re-staged object (new bytes under the same key) replaces the cached copy
     gets.clear()

@@ -28,10 +28,16 @@ def random_manifest(path, seed: int, rows: int, *, duplicates: int, compact: boo
         "seed": [rng.choice([None, rng.randint(0, 5)]) for _ in range(rows)],
         "extra": [rng.choice([None, 1.5, 2.5]) for _ in range(rows)],
     }
+    if seed % 3 == 1:  # per-row sizes and settings: the first sort keys (nulls last)
+        sizes = [(None, None), (512, 512), (768, 512), (1024, 1024)]
+        chosen = [rng.choice(sizes) for _ in range(rows)]
+        table["width"], table["height"] = [w for w, _ in chosen], [h for _, h in chosen]
+        table["steps"] = [rng.choice([None, 20, 30]) for _ in range(rows)]
     for _ in range(duplicates):  # a row copied onto another: the same uid
         source, target = rng.randrange(rows), rng.randrange(rows)
-        for column in ("style", "prompt", "content", "seed"):
-            table[column][target] = table[column][source]
+        for column in ("style", "prompt", "content", "seed", "width", "height", "steps"):
+            if column in table:
+                table[column][target] = table[column][source]
     frame = pa.table(table)
     if compact:
         frame = frame.set_column(0, "style", frame.column("style").dictionary_encode())
@@ -58,6 +64,7 @@ def test_streamed_plan_equals_make_plan(tmp_path, monkeypatch, seed):
     (tmp_path / "b").mkdir()
     want, got = expected.write(tmp_path / "a"), streamed.write(tmp_path / "b")
     assert pq.read_table(got).equals(pq.read_table(want))
+    assert ("width" in pq.read_table(got).column_names) == (seed % 3 == 1)
     assert read_plan_info(got) == read_plan_info(want)
     assert streamed.dropped_rows == expected.dropped_rows
     assert streamed.shard_sizes == expected.shard_sizes

@@ -34,17 +34,17 @@ PLUGIN = '''
 from pipeline.scoring.registry import ScoreModule
 
 
-class Brightness(ScoreModule):
+class Lightness(ScoreModule):
     """Mean pixel value of the output in [0, 1], and whether the prompt mentions night."""
 
-    name = "brightness"
+    name = "lightness"
     needs = frozenset({"image", "prompt"})
-    outputs = ("brightness", "night_prompt")
+    outputs = ("lightness", "night_prompt")
 
     def score(self, batch):
         scale = self.context.options.get("scale", 1.0)
         return {
-            "brightness": [scale * sum(image.convert("L").getdata()) / 255 / (image.width * image.height)
+            "lightness": [scale * sum(image.convert("L").getdata()) / 255 / (image.width * image.height)
                            for image in batch.images],
             "night_prompt": [1.0 if "night" in prompt else 0.0 for prompt in batch.prompts],
         }
@@ -78,7 +78,7 @@ def plugin(tmp_path, monkeypatch):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bright-scorers\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
-        f"[{ENTRY_POINT_GROUP}]\nbrightness = bright_scorers:Brightness\nsneaky = bright_scorers:Sneaky\n"
+        f"[{ENTRY_POINT_GROUP}]\nlightness = bright_scorers:Lightness\nsneaky = bright_scorers:Sneaky\n"
         "broken = bright_scorers:Missing\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -86,7 +86,7 @@ def plugin(tmp_path, monkeypatch):
     sys.modules.pop("bright_scorers", None)
 
 
-def brightness_by_hand(image: Image.Image) -> float:
+def lightness_by_hand(image: Image.Image) -> float:
     return float(np.asarray(image.convert("RGB").convert("L"), dtype=np.float64).mean() / 255)
 
 
@@ -108,25 +108,25 @@ def test_the_registry_lists_builtins_and_refuses_bad_names():
 
 
 def test_a_third_party_scorer_is_found_through_its_entry_point(plugin, config):
-    assert "brightness" in available_scorers()
-    chosen = resolve_scorers(["clip", "brightness"])
-    assert chosen.scores == ("clip_t", "clip_content", "brightness", "night_prompt")
+    assert "lightness" in available_scorers()
+    chosen = resolve_scorers(["clip", "lightness"])
+    assert chosen.scores == ("clip_t", "clip_content", "lightness", "night_prompt")
     with pytest.raises(ScorerError, match=r"scorer 'broken' \(bright_scorers:Missing\) cannot be imported"):
         resolve_scorers(["broken"])
 
     scorer = Scorer(
         config.model_copy(
-            update={"scorers": ("clip", "brightness"), "scorer_options": {"brightness": {"scale": 2.0}}}
+            update={"scorers": ("clip", "lightness"), "scorer_options": {"lightness": {"scale": 2.0}}}
         ),
         device="cpu",
     )
-    assert scorer.names == ("clip_t", "clip_content", "brightness", "night_prompt")
+    assert scorer.names == ("clip_t", "clip_content", "lightness", "night_prompt")
     images = [random_image(i, 30 + i, 24) for i in range(4)]
     prompts = ["a city at night", "a dog", "night sky", "x"]
     scores = scorer.score(images, prompts, images[::-1], [None] * 4)
-    assert scores["brightness"] == pytest.approx([2.0 * brightness_by_hand(i) for i in images], abs=1e-12)
+    assert scores["lightness"] == pytest.approx([2.0 * lightness_by_hand(i) for i in images], abs=1e-12)
     assert scores["night_prompt"] == [1.0, 0.0, 1.0, 0.0]
-    rules = FilterRules.parse(["brightness >= 0.9", "night_prompt == 1"], scorer.names)  # known to rules
+    rules = FilterRules.parse(["lightness >= 0.9", "night_prompt == 1"], scorer.names)  # known to rules
     assert len(rules) == 2
     with pytest.raises(RuleError, match="unknown score 'aesthetic'"):
         FilterRules.parse(["aesthetic > 5"], scorer.names)
@@ -153,8 +153,8 @@ def test_a_third_party_score_is_filtered_stored_reported_and_selectable(plugin, 
         model_cache_dir=str(cache_dir),
         **{
             "scoring.enabled": True,
-            "scoring.scorers": ["clip", "brightness", "dino_embedding"],
-            "scoring.filters": ["brightness >= 0.45"],
+            "scoring.scorers": ["clip", "lightness", "dino_embedding"],
+            "scoring.filters": ["lightness >= 0.45"],
         },
     )
     assert isinstance(config, RunConfig)
@@ -173,21 +173,21 @@ def test_a_third_party_score_is_filtered_stored_reported_and_selectable(plugin, 
     dino_width = worker.scorer.models.dino.config.hidden_size
 
     table = pq.read_table(next((tmp_path / "out").rglob("shard-000000.parquet"))).to_pylist()
-    assert {"score_brightness", "score_night_prompt", "embedding_dino"} <= set(table[0])
+    assert {"score_lightness", "score_night_prompt", "embedding_dino"} <= set(table[0])
     assert "score_dino_style" not in table[0]  # only the configured scorers' columns
     for row in table:
-        assert row["status"] == ("kept" if row["score_brightness"] >= 0.45 else "rejected")
+        assert row["status"] == ("kept" if row["score_lightness"] >= 0.45 else "rejected")
         assert len(row["embedding_dino"]) == dino_width
     assert {row["status"] for row in table} == {"kept", "rejected"}
 
     report = gather(open_store(store.uri))
-    histogram = {score.name: score for score in report.scores}["brightness"]
+    histogram = {score.name: score for score in report.scores}["lightness"]
     assert histogram.kept.size + histogram.rejected.size == len(table)
-    assert [t.label for t in histogram.thresholds] == ["brightness >= 0.45"]
+    assert [t.label for t in histogram.thresholds] == ["lightness >= 0.45"]
 
-    summary = select_output(store.uri, str(tmp_path / "bright"), Selection("brightness", top=0.5))
+    summary = select_output(store.uri, str(tmp_path / "bright"), Selection("lightness", top=0.5))
     kept = sorted(
-        (r for r in table if r["status"] == "kept"), key=lambda r: (-r["score_brightness"], r["uid"])
+        (r for r in table if r["status"] == "kept"), key=lambda r: (-r["score_lightness"], r["uid"])
     )
     assert summary.selected == int(0.5 * len(kept) + 0.5)  # round half up, select_plan's rule
     chosen = pq.read_table(next((tmp_path / "bright").rglob("shard-000000.parquet"))).to_pylist()
@@ -300,3 +300,19 @@ def test_new_scores_do_not_depend_on_the_batch(config):
             assert alone[name][0] == together[name][i] == shuffled[name][0], name
         for name in ("dino", "clip"):
             assert np.array_equal(alone_vectors[name][0], vectors[name][i]), name
+
+
+def test_brightness_is_the_bt601_luminance_and_loads_no_model(config):
+    import numpy as np
+
+    from pipeline.scoring.models import LazyScoringModels
+
+    scorer = Scorer(config.model_copy(update={"scorers": ("brightness",)}))
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)) for _ in range(3)]
+    scores = scorer.score(images, ["a"] * 3, images, [None] * 3)
+    expected = [
+        float((np.asarray(i, float) * [0.299, 0.587, 0.114]).sum(axis=2).mean() / 255) for i in images
+    ]
+    assert scores["brightness"] == pytest.approx(expected, abs=1e-12)
+    assert isinstance(scorer.models, LazyScoringModels) and scorer.models._loaded is None  # no CLIP, no DINO

@@ -1,4 +1,4 @@
-"""select_uids: top fraction / minimum, per style or prompt, checked by hand and against pandas."""
+"""select_uids: top fraction / count / minimum, per style or prompt, checked by hand and against pandas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.scoring.select_plan import select_uids
+from pipeline.scoring.select_plan import group_sizes, select_uids
 
 
 def table(rows: list[tuple]) -> pa.Table:
@@ -82,6 +82,42 @@ def test_agrees_with_pandas_on_random_tables(per, top):
     assert got == expected and len(got) > 0
 
 
+def test_count_keeps_the_n_best_of_each_group_and_all_of_a_smaller_one():
+    # s1 scored: u1 .40, u8 .35, u2 .30, u0 .10; s2: u4 .90, u3 .30, u6 .20, u9 .05
+    assert select_uids(table(ROWS), "clip_t", count=3, per="style") == ["u1", "u2", "u3", "u4", "u6", "u8"]
+    assert select_uids(table(ROWS), "clip_t", count=3) == ["u1", "u4", "u8"]
+    # u2 and u3 tie at .30 for the fourth place overall: the smaller uid wins
+    assert select_uids(table(ROWS), "clip_t", count=4) == ["u1", "u2", "u4", "u8"]
+    # p2 has 3 scored rows (u5, u7 are unscored): all three, and group_sizes says so
+    by_prompt = select_uids(table(ROWS), "clip_t", count=4, per="prompt")
+    assert by_prompt == ["u1", "u2", "u3", "u4", "u6", "u8", "u9"]
+    assert group_sizes(table(ROWS), "clip_t", per="prompt") == {"p1": 5, "p2": 3}
+    assert group_sizes(table(ROWS), "clip_t") == {None: 8}
+
+
+@pytest.mark.parametrize("per", [None, "style", "prompt"])
+@pytest.mark.parametrize("count", [1, 3, 30])
+def test_count_agrees_with_pandas_nlargest_on_random_tables(per, count):
+    rng = np.random.default_rng(11)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "uid": [f"{v:08x}" for v in rng.permutation(1 << 20)[:n]],
+            "clip_t": rng.integers(0, 30, n) / 30,  # many ties
+            "style": rng.choice(["a", "b", "c", "d", "e"], n, p=[0.4, 0.3, 0.2, 0.08, 0.02]),
+            "prompt": rng.choice([f"prompt {i}" for i in range(25)], n),
+        }
+    )
+    frame.loc[rng.choice(n, 20, replace=False), "clip_t"] = np.nan
+    scored = frame.dropna(subset=["clip_t"]).sort_values("uid")  # nlargest keeps the first of a tie
+    if per:
+        best = scored.groupby(per, group_keys=False).apply(lambda group: group.nlargest(count, "clip_t"))
+    else:
+        best = scored.nlargest(count, "clip_t")
+    got = select_uids(pa.Table.from_pandas(frame), "clip_t", count=count, per=per)
+    assert got == sorted(best["uid"]) and len(got) > 0
+
+
 def test_order_of_rows_does_not_matter():
     shuffled = [ROWS[i] for i in (5, 2, 9, 0, 7, 3, 1, 8, 4, 6)]
     for kwargs in ({"top": 0.5}, {"top": 0.5, "per": "style"}, {"minimum": 0.2}):
@@ -95,11 +131,14 @@ def test_order_of_rows_does_not_matter():
     [
         ({}, "give exactly one of top"),
         ({"top": 0.3, "minimum": 0.2}, "give exactly one of top"),
+        ({"top": 0.3, "count": 2}, "give exactly one of top"),
+        ({"count": 0}, "count must be a whole number of at least 1, got 0"),
+        ({"count": 2.5}, "count must be a whole number of at least 1, got 2.5"),
         ({"top": 0}, r"top must be a fraction in \(0, 1\], got 0"),
         ({"top": 1.5}, r"top must be a fraction in \(0, 1\], got 1.5"),
         ({"top": math.nan}, "top must be a fraction"),
-        ({"top": 0.3, "per": "seed"}, "per must be one of style, prompt, got 'seed'"),
-        ({"minimum": 0.3, "per": "style"}, "per only applies to top"),
+        ({"top": 0.3, "per": "seed"}, r"no column 'seed' \(columns: uid, clip_t, style, prompt\)"),
+        ({"minimum": 0.3, "per": "style"}, "per only applies to top and count"),
         ({"top": 0.3, "by": "dino_style"}, "the table has no column 'dino_style'"),
     ],
 )

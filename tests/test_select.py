@@ -128,6 +128,53 @@ def test_select_keeps_exactly_the_right_uids(source, tmp_path, case):
     check_selection(new, Path(source.uri), expected)
 
 
+def expected_count(frame: pd.DataFrame, by: str, count: int, per: str | None):
+    """--count from its definition with pandas: the `count` largest of each group (nlargest keeps the first
+    of a tie, so rows sorted by uid break ties by uid), nulls a group of their own; and the groups smaller
+    than `count` with their sizes."""
+    column = f"score_{by}"
+    kept = frame[(frame["status"] == "kept") & frame[column].notna()].sort_values("uid")
+    if per is None:
+        sizes = {"None": len(kept)}
+        return set(kept.nlargest(count, column)["uid"]), {k: n for k, n in sizes.items() if n < count}
+    groups = kept.groupby(per, dropna=False, group_keys=False)
+    best = groups.apply(lambda group: group.nlargest(count, column))
+    sizes = {"None" if pd.isna(key) else str(key): n for key, n in groups.size().items()}
+    return set(best["uid"]), {key: n for key, n in sorted(sizes.items()) if n < count}
+
+
+COUNT_CASES = [(2, "style"), (3, "style"), (1, "prompt"), (2, "content"), (5, None)]  # content: nulls
+
+
+@pytest.mark.parametrize(("count", "per"), COUNT_CASES)
+def test_count_equals_pandas_groupby_nlargest(source, tmp_path, count, per):
+    new = tmp_path / "counted"
+    summary = select_output(source.uri, str(new), Selection("clip_t", per=per, count=count), shard_size=3)
+    expected, short = expected_count(source_frame(Path(source.uri)), "clip_t", count, per)
+    assert summary.selected == len(expected) and summary.short_groups == short
+    check_selection(new, Path(source.uri), expected)
+    run = json.loads((new / "run.json").read_text())
+    assert run["selection"] == {"by": "clip_t", "top": None, "min": None, "per": per, "count": count}
+
+
+def test_cli_count_names_the_short_groups_and_a_missing_column(source, tmp_path):
+    runner = CliRunner()
+    args = ["select", source.uri, "--by", "clip_t", "--count", "3", "-o"]
+    result = runner.invoke(app, [*args, str(tmp_path / "counted"), "--per", "style"])
+    assert result.exit_code == 0, result.output
+    _, short = expected_count(source_frame(Path(source.uri)), "clip_t", 3, "style")
+    assert short, "the fixture should have a style with fewer than 3 kept samples"
+    line = " ".join(result.output.split())  # rich may wrap the line
+    named = ", ".join(f"{group!r} ({size})" for group, size in short.items())
+    assert f"{len(short)} of 3 groups had fewer than 3 scored kept samples, so all of theirs were" in line
+    assert named in line
+    result = runner.invoke(app, [*args, str(tmp_path / "x"), "--per", "styel"])
+    assert result.exit_code == 2
+    assert "unknown column 'styel' for --per (did you mean 'style'?)" in result.output
+    assert "have: actor_id, attempt_id, caption" in " ".join(result.output.split())
+    assert not (tmp_path / "x").exists()
+
+
 def test_new_output_records_the_selection_and_its_plan(source, tmp_path):
     new = tmp_path / "selected"
     select_output(source.uri, str(new), Selection("clip_t", top=0.5, per="style"), shard_size=4)
@@ -201,13 +248,17 @@ def test_unknown_score_lists_the_available_ones(source, tmp_path):
 
 
 def test_bad_selection_arguments_are_refused():
-    with pytest.raises(SelectError, match="exactly one of --top FRACTION or --min VALUE"):
+    with pytest.raises(SelectError, match="exactly one of --top FRACTION, --count N or --min VALUE"):
         Selection("clip_t")
+    with pytest.raises(SelectError, match="exactly one of"):
+        Selection("clip_t", top=0.5, count=3)
+    with pytest.raises(SelectError, match="--count must be at least 1, got 0"):
+        Selection("clip_t", count=0)
     with pytest.raises(SelectError, match="exactly one of"):
         Selection("clip_t", top=0.5, minimum=0.2)
     with pytest.raises(SelectError, match=r"--top must be a fraction in \(0, 1\], got 1.5"):
         Selection("clip_t", top=1.5)
-    with pytest.raises(SelectError, match="--per only applies to --top"):
+    with pytest.raises(SelectError, match="--per only applies to --top and --count"):
         Selection("clip_t", minimum=0.2, per="style")
 
 

@@ -1,7 +1,8 @@
 """The commit protocol against a real S3 server that enforces auth: SeaweedFS (`weed mini`).
 
 SeaweedFS 4.48 honours If-None-Match: * (412 PreconditionFailed), so the conditional path is the one
-used; the HEAD-then-PUT fallback is exercised here as well."""
+used; the HEAD-then-PUT fallback is exercised here as well. The one-writer lease (pipeline/run/lease.py)
+rests on the same conditional create: two driver processes racing for one output get one lease."""
 
 from __future__ import annotations
 
@@ -166,3 +167,54 @@ def test_wrong_credentials_give_a_clear_error_without_the_secret(
     assert "Traceback" not in output
     with pytest.raises(json.JSONDecodeError):
         json.loads(run.stdout or "not json")
+
+
+DRIVER = """
+import sys, time
+from pipeline.run.lease import LeaseHeld, OutputLease
+from pipeline.storage import S3Config, S3Store
+
+store = S3Store(sys.argv[1], "runs/r1", S3Config())
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both drivers start at the same moment
+lease = OutputLease(store, ttl_s=60)
+try:
+    lease.acquire()
+except LeaseHeld as error:
+    print("refused:", error, flush=True)
+    sys.exit(0)
+print("holds:", lease.holder["pid"], flush=True)
+sys.stdin.readline()  # until the test has seen the other driver refused
+lease.release()
+"""
+
+
+def test_two_drivers_racing_for_one_output_get_one_lease_on_seaweedfs(seaweedfs_bucket):
+    import os
+    import time
+
+    for _ in range(3):  # the race, a few times
+        start = str(time.time() + 2.0)
+        drivers = [
+            subprocess.Popen(
+                [sys.executable, "-c", DRIVER, seaweedfs_bucket.name, start],
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            said = [driver.stdout.readline().strip() for driver in drivers]
+            holders = [line.removeprefix("holds: ") for line in said if line.startswith("holds: ")]
+            assert len(holders) == 1, said
+            refused = next(line for line in said if not line.startswith("holds: "))
+            assert refused.startswith("refused: ") and f"another driver (pid {holders[0]} on" in refused
+            lease = json.loads(seaweedfs_bucket.read("runs/r1/_lease.json"))
+            assert lease["pid"] == int(holders[0])
+        finally:
+            for driver in drivers:
+                driver.communicate("\n", timeout=60)
+        assert [driver.returncode for driver in drivers] == [0, 0]
+        assert seaweedfs_bucket.object_keys("runs/r1/") == []  # released by its holder

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from pipeline.cli.errors import exits_on_user_error
-from pipeline.cli.select import Group, summary_table
+from pipeline.cli.select import WAIT_FOR_LEASE_OPTION, Group, output_lease, summary_table
 from pipeline.cli.storage_options import CONFIG_OPTION, ENDPOINT_OPTION, storage_options
 
 
@@ -39,6 +39,7 @@ def dedup(
     ),
     workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
     block: int = typer.Option(4096, "--block", min=1, help="Rows per block of the similarity products."),
+    wait_for_lease: float = WAIT_FOR_LEASE_OPTION,
     config: Path | None = CONFIG_OPTION,
     endpoint_url: str | None = ENDPOINT_OPTION,
 ) -> None:
@@ -57,5 +58,6 @@ def dedup(
         workers=workers,
         block=block,
         storage=storage_options([output, new_output], config, endpoint_url),
+        lease=output_lease(wait_for_lease),
     )
     Console().print(summary_table("dedup", summary))

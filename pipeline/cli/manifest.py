@@ -34,15 +34,32 @@ def build(
     samples: int = typer.Option(None, help="Rows to draw with --pairing sample"),
     repeats: int = typer.Option(1, help="Rows per (style, content, prompt), each with its own seed"),
     seed: int = typer.Option(0, help="Seed for --pairing sample and --repeats"),
+    aspect_ratios: str = typer.Option(
+        None,
+        "--aspect-ratios",
+        metavar="W:H,...",
+        help="Size buckets, e.g. 1:1,4:3,3:4,16:9 (from each seed)",
+    ),
+    resolution: int = typer.Option(1024, "--resolution", help="Bucket area: about resolution² pixels"),
 ) -> None:
     """Write a manifest from image folders and a prompt list (streams; any size)."""
+    from manifests.buckets import bucket_sizes, parse_ratios
     from manifests.build import build_manifest
 
-    result = build_manifest(styles, prompts, out, contents or None, pairing, samples, repeats, seed)
+    sizes = bucket_sizes(parse_ratios(aspect_ratios), resolution) if aspect_ratios else None
+    result = build_manifest(
+        styles, prompts, out, contents or None, pairing, samples, repeats, seed, sizes=sizes
+    )
     typer.echo(
         f"wrote {out}: {result.rows} rows from {result.styles} styles, {result.contents} contents, "
         f"{result.prompts} prompts ({pairing}, repeats={repeats})"
     )
+    if sizes:
+        shown = ", ".join(
+            f"{ratio.strip()} -> {w}x{h}"
+            for ratio, (w, h) in zip(aspect_ratios.split(","), sizes, strict=True)
+        )
+        typer.echo(f"size buckets (from each row's seed): {shown}")
     if result.ignored:
         shown = ", ".join(result.ignored[:5]) + (" ..." if len(result.ignored) > 5 else "")
         typer.echo(f"ignored {len(result.ignored)} non-image file(s): {shown}")

@@ -51,6 +51,39 @@ def run(
         min=0,
         help="Seconds to wait while another driver writes OUTPUT (default: refuse at once).",
     ),
+    quota_kept: int | None = typer.Option(
+        None,
+        "--quota-kept",
+        min=1,
+        help="Kept samples wanted per group (--quota-per): short groups get reseeded rows until reached.",
+    ),
+    quota_per: str | None = typer.Option(
+        None, "--quota-per", help="Quota groups: style (default) | prompt | content | a manifest column."
+    ),
+    quota_rounds: int | None = typer.Option(
+        None, "--quota-rounds", min=1, help="Reseeding rounds at most (default 3)."
+    ),
+    quota_factor: float | None = typer.Option(
+        None,
+        "--quota-factor",
+        min=1.0,
+        help="Rows per group, in all, at most this x its planned rows (default 4).",
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Write nothing: print the plan (rows, shards, sizes, quota groups) and its GPU-hours.",
+    ),
+    assume_acceptance: float | None = typer.Option(
+        None,
+        "--assume-acceptance",
+        min=0.0,
+        max=1.0,
+        help="--dry-run: the filters' kept share (default 0.5).",
+    ),
+    like: str | None = typer.Option(
+        None, "--like", help="--dry-run: take the acceptance from this earlier output's kept share."
+    ),
     progress_interval: float | None = typer.Option(
         None,
         "--progress-interval",
@@ -83,8 +116,19 @@ def run(
         overrides["execution.progress_interval_s"] = progress_interval
     if wait_for_lease is not None:
         overrides["execution.wait_for_lease_s"] = wait_for_lease
+    for key, value in (
+        ("kept", quota_kept), ("per", quota_per), ("max_rounds", quota_rounds), ("max_factor", quota_factor),
+    ):  # fmt: skip
+        if value is not None:
+            overrides[f"quota.{key}"] = value
     try:
         run_config = RunConfig.load(config, overrides)
+        if dry_run:
+            from pipeline.run.dry_run import dry_run as plan_and_price
+
+            bill = plan_and_price(manifest, run_config, assume_acceptance=assume_acceptance, like=like)
+            typer.echo("\n".join(bill.lines()))
+            return
         summary = run_job(
             manifest,
             output,

@@ -1,4 +1,4 @@
-"""`stylegen select OUTPUT --by SCORE (--top F | --min V) [--per style|prompt] -o NEW_OUTPUT`: a new
+"""`stylegen select OUTPUT --by SCORE (--top F | --count N | --min V) [--per COLUMN] -o NEW_OUTPUT`: a new
 dataset of a finished run's best kept samples (pipeline.dataset.select). Only typer is imported here."""
 
 from __future__ import annotations
@@ -11,9 +11,14 @@ import typer
 from pipeline.cli.errors import exits_on_user_error
 from pipeline.cli.storage_options import CONFIG_OPTION, ENDPOINT_OPTION, storage_options
 
+LEASE_TTL_S = 120.0  # as `stylegen run`'s execution.lease_ttl_s: a killed command's lease lapses after it
+WAIT_FOR_LEASE_OPTION = typer.Option(
+    0.0, "--wait-for-lease", min=0, help="Wait up to S seconds for another writer of -o to finish."
+)
+
 
 class Group(str, Enum):
-    """What --per (select) and --within (dedup) group by."""
+    """What --within (dedup) groups by."""
 
     style = "style"
     prompt = "prompt"
@@ -26,8 +31,13 @@ def select(
     ),
     by: str = typer.Option(..., "--by", help="The score to rank by, e.g. clip_t or csd_style."),
     top: float | None = typer.Option(None, "--top", help="Keep the best FRACTION (0 < F <= 1) of the kept."),
+    count: int | None = typer.Option(
+        None, "--count", min=1, help="Keep the N best (of each --per group; all of a smaller group)."
+    ),
     minimum: float | None = typer.Option(None, "--min", help="Keep the samples whose score is >= VALUE."),
-    per: Group | None = typer.Option(None, "--per", help="Apply --top within each style or prompt."),
+    per: str | None = typer.Option(
+        None, "--per", help="Apply --top / --count within each group: style, prompt or another column."
+    ),
     new_output: str = typer.Option(
         ..., "-o", "--output", help="Where the new dataset goes (folder or s3://)."
     ),
@@ -38,6 +48,7 @@ def select(
         False, "--allow-partial", help="Select from an unfinished run's committed shards."
     ),
     workers: int = typer.Option(4, "--workers", min=1, help="New shards written in parallel."),
+    wait_for_lease: float = WAIT_FOR_LEASE_OPTION,
     config: Path | None = CONFIG_OPTION,
     endpoint_url: str | None = ENDPOINT_OPTION,
 ) -> None:
@@ -45,7 +56,7 @@ def select(
     from manifests.cli_format import make_console
     from pipeline.dataset.select import Selection, select_output
 
-    selection = Selection(by, top, minimum, per.value if per else None)
+    selection = Selection(by, top, minimum, per, count)
     summary = select_output(
         output,
         new_output,
@@ -54,8 +65,24 @@ def select(
         allow_partial=allow_partial,
         workers=workers,
         storage=storage_options([output, new_output], config, endpoint_url),
+        lease=output_lease(wait_for_lease),
     )
-    make_console().print(summary_table("select", summary))
+    console = make_console()
+    console.print(summary_table("select", summary))
+    short = getattr(summary, "short_groups", None)
+    if short:
+        named = ", ".join(f"{group!r} ({size})" for group, size in short.items())
+        console.print(
+            f"{len(short)} of {summary.groups} groups had fewer than {count} scored kept samples, "
+            f"so all of theirs were selected: {named}"
+        )
+
+
+def output_lease(wait_s: float):
+    """The new output's one-writer lease, as `stylegen run` takes on its output (pipeline.run.lease)."""
+    from pipeline.run.lease import OutputLease
+
+    return lambda store: OutputLease(store, LEASE_TTL_S, wait_s=wait_s)
 
 
 def summary_table(command: str, summary):
@@ -64,5 +91,7 @@ def summary_table(command: str, summary):
 
     table = Table(title=f"stylegen {command}: {summary.source} -> {summary.output}", show_header=False)
     for name, value in summary.to_dict().items():
+        if isinstance(value, dict):  # select --count's short groups: named in a line of their own
+            value = len(value)
         table.add_row(name.replace("_", " "), str(value))
     return table

@@ -62,4 +62,13 @@ def status_table(status: dict[str, Any]):
     if status["shards_failed"]:
         table.add_row("shards that failed every attempt", show(status["shards_failed"]))
     table.add_row("complete", "yes" if status["complete"] else "no")
+    if status.get("quota"):
+        groups = status["quota"]
+        short = [group for group in groups if group["reason"]]
+        table.add_row(
+            "quota groups reached (last run)",
+            f"{len(groups) - len(short):,} / {len(groups):,} at {groups[0]['target']:,} kept",
+        )
+        for group in short[:10]:
+            table.add_row(f"  short: {group['group']}", f"{group['kept']:,} kept: {group['reason']}")
     return table

@@ -9,7 +9,8 @@ later. (Every config of a card is read by one builder, so the shard parquets, ev
 status, are read with the `parquet` builder by path: the card says how.)
 
 The json's type comes from the output itself, not from a list kept here: the run's shard parquet schema
-gives the scores (`score_*` columns), the plan's schema gives the extras' types (the json carries them
+gives the scores (`score_*` columns), the plan's schema gives the per-row settings it has (width,
+height, steps, ...) and the extras' types (the json carries them
 natively, the parquet flattens nested ones to strings), and the generator's parameters are typed from
 committed samples' `params` (stylization and composition rows both, when the run has both).
 """
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from manifests.row_settings import INTEGER_COLUMNS, present_columns
 from pipeline.captions import extra_columns
 from pipeline.output.run_record import load_run_record, require_stylegen_output
 from pipeline.storage.layout import (
@@ -66,6 +68,8 @@ def sample_json_type(
     """The arrow type of a sample's `.json` member, from the run's shard parquet and plan schemas."""
     fields = [pa.field(name, kind) for name, kind in SAMPLE_FIELDS.items()]
     fields += [pa.field(name, kind) for name, kind in OPTIONAL_FIELDS.items() if name in table_schema.names]
+    settings = present_columns(plan_schema.names if plan_schema is not None else [])  # width, height, ...
+    fields += [pa.field(name, _INT if name in INTEGER_COLUMNS else _FLOAT) for name in settings]
     extras = [f for f in (plan_schema or []) if f.name in extra_columns([f.name])]
     fields.append(pa.field("extra", pa.struct(extras)))
     fields.append(pa.field("params", params))

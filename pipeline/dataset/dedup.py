@@ -70,9 +70,11 @@ def dedup_output(
     block: int = 4096,
     memory_limit: int = MEMORY_LIMIT,
     storage: dict[str, Any] | None = None,
+    lease=None,
 ) -> DedupSummary:
     """Write one sample per near-duplicate group of `source`'s kept samples to `output` (`storage`:
-    open_store options for the s3:// one(s))."""
+    open_store options for the s3:// one(s)). `lease(output_store)`: a context manager held while writing
+    (pipeline.dataset.subset.write_subset)."""
     from pipeline.dataset.subset import open_source, write_subset
     from pipeline.scoring.duplicates import duplicate_groups
 
@@ -95,6 +97,7 @@ def dedup_output(
         dedup.to_dict(),
         shard_size=shard_size,
         workers=workers,
+        lease=lease,
     )
     return DedupSummary(
         **summary.to_dict(),

@@ -3,7 +3,8 @@
 Committed shards and the kept/rejected/failed sample counts come from `_SUCCESS/`: one LIST, plus the
 commit ledger and a GET of each marker it lacks (pipeline/storage/ledger.py). Planned shards and rows
 come from run.json (`plan.shards`, `manifest.rows`), or else from plan.parquet: its footer (row count,
-`stylegen.plan` metadata's num_shards) or its `shard_id` column."""
+`stylegen.plan` metadata's num_shards) or its `shard_id` column. A run with a quota adds its groups as
+the last run left them (summary.json)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from pipeline.errors import OutputError
 from pipeline.output.accounting import planned_counts, sample_counts
-from pipeline.output.run_record import load_run_record, require_stylegen_output
+from pipeline.output.run_record import load_run_record, load_summary, require_stylegen_output
 from pipeline.storage.ledger import rebuild_ledger
 
 
@@ -32,7 +33,14 @@ def collect_status(store) -> dict[str, Any]:
         "rows_committed": counts.rows,
         "samples": counts.as_dict(),
         "complete": shards_planned is not None and len(markers) >= shards_planned,
+        **({"quota": quota} if (quota := last_quota(store)) is not None else {}),
     }
+
+
+def last_quota(store) -> list[dict[str, Any]] | None:
+    """The quota groups as the last run left them (summary.json's `quota`), for a run with a quota."""
+    groups = (load_summary(store) or {}).get("quota")
+    return groups if isinstance(groups, list) else None
 
 
 def rebuild_output_ledger(store) -> int:

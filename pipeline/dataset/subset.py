@@ -12,8 +12,10 @@ kept samples of a finished run, with their own run.json and plan.parquet.
    parquet (pipeline.shards.commit).
 
 Writing the same subset again resumes it (only missing shards are written); anything else into a
-non-empty new output is refused, naming what differs. The source fingerprint covers the sha256 of every
-committed file, so a source that changed since is refused too.
+non-empty new output is refused, naming what differs, reading only, before anything is written (not even
+the lease). The source fingerprint covers the sha256 of every committed file, so a source that changed
+since is refused too. The caller's `lease` (the CLI's: pipeline.run.lease.OutputLease) makes this command
+the new output's one writer, as `stylegen run` is its output's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import os
 import tempfile
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,7 +42,7 @@ from pipeline.output.run_record import RunRecordError, load_run_record, store_ru
 from pipeline.output.shard_tables import read_shard_tables
 from pipeline.output.shard_tars import read_tar_samples
 from pipeline.storage.commit import CommitResult, sweep_attempts
-from pipeline.storage.layout import PLAN_KEY, RUN_KEY
+from pipeline.storage.layout import LEASE_KEY, PLAN_KEY, RUN_KEY
 from pipeline.storage.ledger import CommitView
 
 SELECT_FORMAT = "stylegen-select/2"  # /1: the same, shard parquets under shards/
@@ -105,9 +109,11 @@ def write_subset(
     *,
     shard_size: int | None = None,
     workers: int = 4,
+    lease: Callable[[Any], AbstractContextManager] | None = None,
 ) -> SelectSummary:
     """Write the `chosen` uids of the source's kept `rows` (uid, shard_id) to fresh shards of the output,
-    recording `selection` (what chose them) in its run.json; resumes an identical earlier write."""
+    recording `selection` (what chose them) in its run.json; resumes an identical earlier write.
+    `lease(output_store)`: held while writing (its `lost` event set: another writer took over)."""
     from pipeline.dataset.card import write_dataset_card
 
     shard_size = shard_size or _source_shard_size(source_run)
@@ -119,24 +125,33 @@ def write_subset(
     record = selection_record(
         source_store, source_run, markers, selection, shard_size, rows.num_rows, selected
     )
-    legacy = _start_or_resume(output_store, record)
-    if not output_store.exists(PLAN_KEY):
-        write_selection_plan(source_store, output_store, selected, record)
+    _start_or_resume(output_store, record, write=False)  # reads only: a refused output gets no lease
+    with lease(output_store) if lease else nullcontext() as held:
+        legacy = _start_or_resume(output_store, record)  # again: another writer may have started since
+        if not output_store.exists(PLAN_KEY):
+            write_selection_plan(source_store, output_store, selected, record)
 
-    commits = CommitView(output_store)
-    done = dict(commits.markers)
-    todo = [shard_id for shard_id in range(shards) if shard_id not in done]
+        commits = CommitView(output_store)
+        done = dict(commits.markers)
+        todo = [shard_id for shard_id in range(shards) if shard_id not in done]
 
-    def write_one(shard_id: int):
-        members = selected.slice(shard_id * shard_size, shard_size)
-        return write_selected_shard(source_store, output_store, shard_id, members, schema, markers, legacy)
+        def write_one(shard_id: int):
+            if held is not None and held.lost.is_set():
+                raise SelectError(
+                    f"{output_store.uri}: another writer took over this output's lease, so this one stopped; "
+                    "rerun the same command once it is done to finish the missing shards"
+                )
+            members = selected.slice(shard_id * shard_size, shard_size)
+            return write_selected_shard(
+                source_store, output_store, shard_id, members, schema, markers, legacy
+            )
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for result in pool.map(write_one, todo):  # re-raises the first shard's error
-            commits.add(result.ledger_entry)
-    commits.flush()
-    sweep_attempts(output_store, commits.markers, older_than=timedelta(hours=1))
-    write_dataset_card(output_store)  # the new dataset loads like a run's
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for result in pool.map(write_one, todo):  # re-raises the first shard's error
+                commits.add(result.ledger_entry)
+        commits.flush()
+        sweep_attempts(output_store, commits.markers, older_than=timedelta(hours=1))
+        write_dataset_card(output_store)  # the new dataset loads like a run's
     return SelectSummary(
         source=source_store.uri,
         output=output_store.uri,
@@ -233,14 +248,16 @@ def selection_record(source_store, source_run, markers, selection, shard_size, s
     }
 
 
-def _start_or_resume(store, record: dict[str, Any]) -> bool:
-    """Write run.json into an empty output; accept an output holding this very selection; refuse the rest.
-    Returns whether the output is of format 1 (its shard parquets go under shards/)."""
+def _start_or_resume(store, record: dict[str, Any], *, write: bool = True) -> bool:
+    """Write run.json into an empty output (but for the lease; not when `write` is False); accept an
+    output holding this very selection; refuse the rest. Returns whether the output is of format 1
+    (its shard parquets go under shards/)."""
     from pipeline.storage.layout import uses_legacy_layout
 
-    objects = store.list("")
+    objects = [info for info in store.list("") if info.key != LEASE_KEY]
     if not objects:
-        store_run_record(store, record)
+        if write:
+            store_run_record(store, record)
         return False
     try:
         prior = load_run_record(store)

@@ -8,16 +8,20 @@ it like any local folder, so such an entry never causes a hub call.
 Under the model cache (run config `model_cache_dir`, else $STYLEGEN_CACHE):
 
     s3-models/<name>-<hash>/<name>[/...]   the copy, at the objects' keys below the URI's parent
-    s3-models/<name>-<hash>.json           per file: size, ETag and mtime of the verified copy
+    s3-models/<name>-<hash>.json           per file: size, ETag, mtime and ctime of the verified copy
     s3-models/<name>-<hash>.lock           flock held by the one process checking or filling the copy
     s3-models/<name>-<hash>.partial/       downloads in progress (cleared by the next lock holder)
 
 Every process that loads a model (one per GPU actor) takes the lock, lists the prefix (one request) and
 compares the listing with the record and the files on disk. The first process on a node downloads; the
-others wait on the lock, then find everything in place. A file whose size, ETag or mtime no longer
-matches (a killed download, a truncated or edited file, a re-staged object) is downloaded again. Each
-download is checked against the listed size and the sha256 that `stylegen models stage` stores with
-the object (else the MD5 ETag of a single-part upload) before it is moved into place.
+others wait on the lock, then find everything in place. A file missing, or whose size, ETag or mtime no
+longer matches (a killed download, a truncated or edited file, a re-staged object), is downloaded again.
+A file whose ctime changed since it was verified (written to in place with its mtime set back, copied,
+chmod-ed; or recorded by an older version) has its bytes hashed against the staged sha256: downloaded
+again if they differ, recorded if not. Each download is checked against the listed size and the sha256
+that `stylegen models stage` stores with the object (else the MD5 ETag of a single-part upload) before it
+is moved into place. Not detected: bytes that change on disk with no write through the file system (bit
+rot), which only hashing every file at every load would find.
 """
 
 from __future__ import annotations
@@ -157,7 +161,19 @@ class _CacheEntry:
         shutil.rmtree(self.partial, ignore_errors=True)  # a killed holder's half-downloaded files
         record = {key: value for key, value in self._read_record().items() if key in listing}
         self._remove_unlisted(listing)
-        stale = {key: info for key, info in listing.items() if not self._intact(key, info, record.get(key))}
+        stale, rechecked = {}, False
+        for key, info in listing.items():
+            intact = self._intact(key, info, record.get(key))
+            if intact is None:  # touched since it was verified: its bytes decide
+                problem = self._changed(key, info)
+                if problem is None:
+                    record[key], rechecked = self._verified(key, info), True
+                    continue
+                log.warning("%s: the cached copy %s; downloading it again", self.store.url(key), problem)
+            if not intact:
+                stale[key] = info
+        if rechecked:
+            self._write_record(record)
         if not stale:
             return
         total = sum(info.size for info in stale.values())
@@ -173,17 +189,35 @@ class _CacheEntry:
         shutil.rmtree(self.partial, ignore_errors=True)
         log.info("copied %s in %.1f s", self.uri, time.monotonic() - started)
 
-    def _intact(self, key: str, info: ObjectInfo, recorded: dict | None) -> bool:
+    def _intact(self, key: str, info: ObjectInfo, recorded: dict | None) -> bool | None:
+        """True: the file is as verified; False: download it; None: the same size, ETag and mtime, but
+        its ctime changed since it was verified (a write with the mtime set back, a copy, chmod)."""
         try:
             stat = (self.folder / key).stat()
         except FileNotFoundError:
             return False
-        return (
+        if not (
             recorded is not None
             and stat.st_size == info.size == recorded["size"]
             and recorded["etag"] == info.etag
             and recorded["mtime_ns"] == stat.st_mtime_ns
-        )
+        ):
+            return False
+        return True if recorded.get("ctime_ns") == stat.st_ctime_ns else None
+
+    def _changed(self, key: str, info: ObjectInfo) -> str | None:
+        """What differs between the cached file's bytes and the staged object's, or None."""
+        head = self.store.head(key)
+        return _mismatch(self.folder / key, info, head.sha256 if head is not None else None)
+
+    def _verified(self, key: str, info: ObjectInfo) -> dict[str, Any]:
+        stat = (self.folder / key).stat()
+        return {
+            "size": stat.st_size,
+            "etag": info.etag,
+            "mtime_ns": stat.st_mtime_ns,
+            "ctime_ns": stat.st_ctime_ns,
+        }
 
     def _download(self, key: str, info: ObjectInfo) -> dict[str, Any]:
         head = self.store.head(key)
@@ -201,8 +235,7 @@ class _CacheEntry:
         final = self.folder / key
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, final)
-        stat = final.stat()
-        return {"size": stat.st_size, "etag": info.etag, "mtime_ns": stat.st_mtime_ns}
+        return self._verified(key, info)
 
     def _remove_unlisted(self, listing: dict[str, ObjectInfo]) -> None:
         """Files of an earlier staging that is no longer there (so the copy mirrors S3 exactly)."""

@@ -1,8 +1,9 @@
 """FakeGenerator: the RBModGenerator interface without a model, for tests and benchmarks.
 
 Each image is a deterministic function of the request (seed, prompt, the style's mean colour and,
-in composition mode, the content's), so reruns are byte-identical. Latency is a sleep (it releases
-the GIL, so many fake "GPUs" fit on a small CPU). Faults can be injected (FakeGeneratorConfig):
+in composition mode, the content's), so reruns are byte-identical; its size is the request's own
+`width` x `height` override (a manifest's per-row size), else `size` square. Latency is a sleep (it
+releases the GIL, so many fake "GPUs" fit on a small CPU). Faults can be injected (FakeGeneratorConfig):
 - `fail_uids` / `fail_prompts`: generate() raises for a batch holding such a request;
 - `hang_uids`: the first time such a request runs (a flag file in `hang_flag_dir` holding the pid
   records it, across processes), generate() sleeps `hang_s` (every time with `hang_every_time`);
@@ -60,12 +61,17 @@ class FakeGenerator:
         os.close(descriptor)
         return True
 
+    def _size(self, request: GenerationRequest) -> tuple[int, int]:
+        overrides = request.overrides
+        if overrides.get("width") is not None and overrides.get("height") is not None:
+            return int(overrides["width"]), int(overrides["height"])
+        return self.config.size, self.config.size
+
     def _image(self, request: GenerationRequest) -> Image.Image:
-        size = self.config.size
         digest = hashlib.sha256(f"{request.seed}\0{request.prompt}".encode()).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
         pattern = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        pattern = np.asarray(Image.fromarray(pattern).resize((size, size), Image.NEAREST), dtype=np.float32)
+        pattern = np.asarray(Image.fromarray(pattern).resize(self._size(request), Image.NEAREST), np.float32)
         tint = _mean_colour(request.styles[0].image)
         if request.content is not None:
             tint = (tint + _mean_colour(request.content)) / 2
@@ -77,7 +83,7 @@ class FakeGenerator:
             "generator": "fake",
             "mode": "composition" if request.content is not None else "stylization",
             "seed": request.seed,
-            "resolution": [self.config.size, self.config.size],
+            "resolution": list(self._size(request)),
             "style_weights": [ref.weight for ref in request.styles],
         }
 

@@ -4,7 +4,8 @@ cluster nodes never call the hub (pipeline.models.cache copies them from there, 
 Each component becomes a folder under `--to` with the hub repo's layout, holding only the files the
 loaders read (the bf16 UNets of stable-cascade, safetensors only), or one file for the CSD checkpoint.
 Every object carries its sha256 (the nodes verify their copies against it); an object already staged
-with the same bytes is not uploaded again.
+with the same bytes is not uploaded again, one staged with other bytes is replaced, and an object under
+a staged name that carries no sha256 (not staged by stylegen) is refused before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -156,15 +157,52 @@ def _check_layout(preset: str, sources: list[Source]) -> None:
                 f"{component}: {relpath} missing in {by_component[owner].origin} "
                 f"(a {owner} folder needs the hub repo's layout)"
             )
-    for owner, subfolder in (("prior", config.prior_subfolder), ("decoder", config.decoder_subfolder)):
-        if not any((by_component[owner].path / subfolder).glob("*.safetensors")):
-            origin = by_component[owner].origin
-            raise StageError(f"{owner}: no .safetensors weights in {subfolder}/ of {origin}")
+    weights = {  # the folders whose models load from safetensors, beside their config.json
+        "prior": (config.prior_subfolder, "text_encoder", "image_encoder"),
+        "decoder": (config.decoder_subfolder, "text_encoder", "vqgan"),
+    }
+    for owner, folders in weights.items():
+        source = by_component[owner]
+        for subfolder in folders:
+            if not any((source.path / subfolder).glob("*.safetensors")):
+                raise StageError(f"{owner}: no .safetensors weights in {subfolder}/ of {source.origin}")
+        if not _has_tokenizer(source.path / "tokenizer"):
+            raise StageError(
+                f"{owner}: tokenizer/ of {source.origin} has neither tokenizer.json nor vocab.json and "
+                "merges.txt (the CLIP tokenizer loads from those)"
+            )
     for source in sources:
         if source.component == "csd" and not source.path.is_file():
             raise StageError(f"csd: {source.origin} is not a checkpoint file")
         if source.component != "csd" and not source.path.is_dir():
             raise StageError(f"{source.component}: {source.origin} is not a folder with the hub layout")
+        if source.component in SCORER_MODELS:
+            _check_scorer_model(source)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or all(
+        (folder / name).is_file() for name in ("vocab.json", "merges.txt")
+    )
+
+
+def _check_scorer_model(source: Source) -> None:
+    """A scorer model folder holds what its loader reads: the aesthetic head's one file, else a
+    transformers model (config.json and safetensors weights; CLIP's tokenizer too)."""
+    from pipeline.scoring.models import AESTHETIC_FILE
+
+    if source.component == "aesthetic":
+        needed = [AESTHETIC_FILE] if not (source.path / AESTHETIC_FILE).is_file() else []
+    else:
+        needed = [name for name in ("config.json",) if not (source.path / name).is_file()]
+        needed += [] if any(source.path.glob("*.safetensors")) else ["*.safetensors weights"]
+        if source.component == "clip" and not _has_tokenizer(source.path):
+            needed.append("tokenizer.json (or vocab.json and merges.txt)")
+    if needed:
+        raise StageError(
+            f"{source.component}: {', '.join(needed)} missing in {source.origin} (a {source.component} "
+            "model folder as the hub has it, e.g. from `hf download`)"
+        )
 
 
 @dataclass
@@ -188,34 +226,45 @@ def stage(sources: list[Source], to: str, s3_options: dict | None = None, echo=p
     check_target(to)
     store = open_store(to, **(s3_options or {}))
     result = StageResult({}, 0, 0, 0)
+    planned = {source.name: _planned_files(source) for source in sources}
+    staged = {key: store.head(key) for files in planned.values() for key in files}
+    foreign = [key for key, info in staged.items() if info is not None and not info.sha256]
+    if foreign:  # a staging records each object's sha256: one without it is someone else's
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise StageError(
+            f"{store.url(foreign[0])}{more} exists but was not staged by stylegen (it has no sha256 "
+            "metadata), so nothing was uploaded: remove it, or choose another --to"
+        )
     for source in sources:
-        files = [source.path] if source.path.is_file() else _files(source.path)
-        for path in files:
-            key = (
-                source.name
-                if source.path.is_file()
-                else f"{source.name}/{path.relative_to(source.path).as_posix()}"
-            )
+        for key, path in planned[source.name].items():
             local = LocalFile.from_path(path)
-            staged = store.head(key)
-            if staged is not None and staged.size == local.size and staged.sha256 == local.sha256:
+            info = staged[key]
+            if info is not None and info.size == local.size and info.sha256 == local.sha256:
                 result.skipped += 1
                 continue
-            echo(f"uploading {store.url(key)} ({local.size / 1e6:.1f} MB)")
+            replaces = " (replaces an earlier staging)" if info is not None else ""
+            echo(f"uploading {store.url(key)} ({local.size / 1e6:.1f} MB){replaces}")
             store.put_file(key, path, sha256=local.sha256)  # verifies the stored size and sha256
             result.uploaded += 1
             result.bytes_uploaded += local.size
         uri = store.url(source.name) + ("" if source.path.is_file() else "/")
         result.uris[source.component] = uri
         if source.path.is_dir():
-            expected = {f"{source.name}/{p.relative_to(source.path).as_posix()}" for p in files}
-            extra = [info.key for info in store.list(f"{source.name}/") if info.key not in expected]
+            ours = planned[source.name]
+            extra = [info.key for info in store.list(f"{source.name}/") if info.key not in ours]
             if extra:
                 echo(
                     f"warning: {len(extra)} other object(s) under {uri} (e.g. {extra[0]}) are not part of "
                     "this staging; every node would copy them too: remove them if they are stale"
                 )
     return result
+
+
+def _planned_files(source: Source) -> dict[str, Path]:
+    """object key under --to -> local file, for one source."""
+    if source.path.is_file():
+        return {source.name: source.path}
+    return {f"{source.name}/{path.relative_to(source.path).as_posix()}": path for path in _files(source.path)}
 
 
 def _files(folder: Path) -> list[Path]:

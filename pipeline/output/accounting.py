@@ -61,6 +61,8 @@ def planned_counts(store, record: dict[str, Any] | None = None) -> tuple[int | N
         record = load_run_record(store)
     if isinstance(record, dict) and isinstance(record.get("plan"), dict) and "shards" in record["plan"]:
         rows = record.get("manifest", {}).get("rows") if isinstance(record.get("manifest"), dict) else None
+        if rows is not None:  # and the rows a quota added to the manifest's
+            rows += sum(g["rows"] for g in record.get("generations") or [] if g.get("quota"))
         return int(record["plan"]["shards"]), rows
     if not store.exists(PLAN_KEY):
         return None, None

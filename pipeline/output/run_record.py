@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.errors import OutputError, UserError
 from pipeline.json_format import pretty_json
-from pipeline.storage.layout import RUN_KEY
+from pipeline.storage.layout import RUN_KEY, SUMMARY_KEY
 from pipeline.storage.objects import ObjectNotFound
 
 RUN_FORMAT = "stylegen-run/2"  # 2: shard parquets under metadata/, models in run.json, captions
@@ -131,3 +131,12 @@ def recorded_pools(record: dict[str, Any] | None) -> dict[str, tuple[int, float]
         if isinstance(key, str) and isinstance(actors, int) and isinstance(gpus, (int, float)):
             pools[key] = (actors, float(gpus))
     return pools
+
+
+def load_summary(store) -> dict[str, Any] | None:
+    """The latest run's summary.json (None when missing or not a JSON object)."""
+    try:
+        summary = json.loads(store.get_bytes(SUMMARY_KEY))
+    except (ObjectNotFound, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None

@@ -27,7 +27,7 @@ from pipeline.rbmod.afa import install_afa
 from pipeline.rbmod.conditioning import ReferenceCache, encode_prompts, mix_styles
 from pipeline.rbmod.decode import decode
 from pipeline.rbmod.requests import GenerationRequest, GenerationResult, StyleRef
-from pipeline.rbmod.settings import RBModSettings
+from pipeline.rbmod.settings import RBModSettings, decoded_side, stage_c_side
 from pipeline.rbmod.soc import DescriptorTargets
 from pipeline.rbmod.stage_c import StageCConditions, sample_stage_c
 
@@ -110,6 +110,8 @@ class RBModGenerator:
         except ValidationError as err:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             raise fail("overrides", f"is invalid: {problems}") from None
+        if problem := _size_problem(settings, self.models.config):
+            raise fail("overrides", problem)
         return _Prepared(index, request, mode, settings, weights)
 
     def _batch_invariant(self, settings: RBModSettings) -> bool:
@@ -124,8 +126,8 @@ class RBModGenerator:
         generators = [torch.Generator().manual_seed(item.request.seed) for item in batch]
         prompts = [item.request.prompt for item in batch]
         cond = self._conditions(batch, settings)
-        side = settings.latent_size(models.config)
-        x0 = sample_stage_c(models, self.afa_state, cond, settings, generators, (side, side))
+        latent_shape = settings.latent_shape(models.config)  # the batch shares its settings, so its shape
+        x0 = sample_stage_c(models, self.afa_state, cond, settings, generators, latent_shape)
         images = decode(
             models,
             x0,
@@ -138,7 +140,7 @@ class RBModGenerator:
             scale_factor=settings.stage_a_scale_factor,
         )
         return [
-            GenerationResult(image=image, params=self._params(item, settings, image, side))
+            GenerationResult(image=image, params=self._params(item, settings, image, latent_shape))
             for item, image in zip(batch, images, strict=True)
         ]
 
@@ -183,7 +185,7 @@ class RBModGenerator:
                 self._prompt_cache.popitem(last=False)
         return self._prompt_cache[prompt]
 
-    def _params(self, item: _Prepared, settings: RBModSettings, image: Image.Image, side: int) -> dict:
+    def _params(self, item: _Prepared, settings: RBModSettings, image: Image.Image, latent_shape) -> dict:
         return {
             "generator": "rbmod",
             "preset": self.models.config.name,
@@ -202,7 +204,7 @@ class RBModGenerator:
             "afa": settings.afa,
             "seed": item.request.seed,
             "resolution": list(image.size),
-            "latent_size": [side, side],
+            "latent_size": list(latent_shape),
             "descriptor": self.models.config.descriptor,
             "style_weights": item.weights,
             "stage_b_steps": settings.stage_b_steps,
@@ -210,6 +212,19 @@ class RBModGenerator:
             "stage_b_cfg_rescale": settings.stage_b_cfg_rescale,
             "stage_a_scale_factor": settings.stage_a_scale_factor,
         }
+
+
+def _size_problem(settings: RBModSettings, config) -> str | None:
+    """A requested size that Stage C's latent cannot make exactly is refused, never rounded."""
+    if settings.width is None and settings.height is None:
+        return None
+    if (settings.width is None) != (settings.height is None):
+        return "sets width or height alone: give both"
+    for name, side in (("width", settings.width), ("height", settings.height)):
+        made = decoded_side(stage_c_side(side, config), config)
+        if made != side:
+            return f"asks for {name} {side}, which preset {config.name!r} would make {made} px: not allowed"
+    return None
 
 
 # References are resized so their short side is 768 px (spec 2.3): a sliver of an image would blow up to

@@ -39,6 +39,8 @@ class RBModSettings(BaseModel):
     afa: bool = True
     # output and Stage B
     resolution: int | None = Field(None, ge=1)  # square images; None: the preset's image_size
+    width: int | None = Field(None, ge=1)  # a row's own size (manifests/row_settings.py): both or neither
+    height: int | None = Field(None, ge=1)
     stage_b_steps: int | None = Field(None, ge=1)
     stage_b_guidance_scale: float | None = Field(None, ge=0)
     stage_b_cfg_rescale: float = Field(OFFICIAL_CFG_RESCALE, ge=0, le=1)  # the app leaves cfg_rho at 0.7
@@ -70,5 +72,29 @@ class RBModSettings(BaseModel):
 
     def latent_size(self, config) -> int:
         """Stage C latent side for `resolution` (1024 -> 24 for stable-cascade: ceil(res / 42.67))."""
-        resolution = self.resolution or config.image_size
-        return max(1, math.ceil(resolution * config.stage_c_latent_size / config.image_size - 1e-9))
+        return stage_c_side(self.resolution or config.image_size, config)
+
+    def image_shape(self, config) -> tuple[int, int]:
+        """(height, width) asked for: the row's own size, else the square `resolution`."""
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height must be set together")
+        side = self.resolution or config.image_size
+        return (self.height, self.width) if self.width is not None else (side, side)
+
+    def latent_shape(self, config) -> tuple[int, int]:
+        """Stage C latent (h, w) for `image_shape`, as diffusers' prior pipeline sizes it."""
+        height, width = self.image_shape(config)
+        return stage_c_side(height, config), stage_c_side(width, config)
+
+
+def stage_c_side(pixels: int, config) -> int:
+    """Stage C latent cells for an image side: ceil(pixels / 42.67) on stable-cascade (1024 -> 24)."""
+    return max(1, math.ceil(pixels * config.stage_c_latent_size / config.image_size - 1e-9))
+
+
+def decoded_side(cells: int, config) -> int:
+    """The image side Stage B + A make from `cells` Stage C cells: Stage B's latent is int(cells x
+    stage_b_latent_scale) (pipeline.rbmod.decode, diffusers' latent_dim_scale), which Stage A upsamples
+    by image_size / its size at the preset's own resolution (4 on both presets)."""
+    stage_a_factor = config.image_size // int(config.stage_c_latent_size * config.stage_b_latent_scale)
+    return int(cells * config.stage_b_latent_scale) * stage_a_factor

@@ -25,15 +25,17 @@ import pyarrow.dataset as ds
 
 from pipeline.columns import SCORE_PREFIX
 from pipeline.output.accounting import planned_counts
-from pipeline.output.run_record import generations, load_run_record
+from pipeline.output.run_record import generations, load_run_record, load_summary
 from pipeline.output.shard_dataset import ShardDataset
-from pipeline.output.shard_tables import newest_rows, read_shard_tables, with_status
-from pipeline.report.runs import parse_time, read_latest_summary, run_history
+from pipeline.output.shard_tables import newest_rows, with_status
+from pipeline.report.buckets import BucketStats, bucket_stats
+from pipeline.report.runs import parse_time, run_history
 
 STATUSES = ("kept", "rejected", "failed")
 GENERATED = ("kept", "rejected")  # rows with an image (and scores)
 TIME_PREFIX = "time_"
 REPORT_COLUMNS = ("uid", "shard_id", "status", "reason", "filter_rule", "style")  # read for every row
+REPORT_COLUMNS += ("width", "height")  # a run with per-row sizes (pipeline.report.buckets)
 DETAIL_COLUMNS = ("prompt", "content")  # read only for the rows the page shows
 HAS_CONTENT = "has_content"  # every row's "content is set", without the URI itself
 
@@ -111,6 +113,7 @@ class ReportData:
     rejected_tars: set[int]  # shards whose rejected/ tar is committed
     timings: list[Timing] = field(default_factory=list)
     styles: list[StyleStats] = field(default_factory=list)
+    buckets: list[BucketStats] = field(default_factory=list)  # per (width, height); none without sizes
     runs: list = field(default_factory=list)  # pipeline.report.runs.RunStats, oldest first
     latest_run: dict[str, Any] | None = None  # the newest run's summary
     notes: list[str] = field(default_factory=list)
@@ -137,7 +140,7 @@ def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = N
     statuses = Counter(_column(rows, "status"))
     rejected_tars = {shard for shard, marker in markers.items() if rejected_key(shard) in marker.files}
     selection = bool(run.get("selection"))
-    latest_run = None if selection else (latest_run or read_latest_summary(store))
+    latest_run = None if selection else (latest_run or load_summary(store))
     return ReportData(
         output=store.uri,
         run=run,
@@ -152,6 +155,7 @@ def gather(store, *, max_failed: int = 50, latest_run: dict[str, Any] | None = N
         rejected_tars=rejected_tars,
         timings=timings(rows),
         styles=style_stats(rows),
+        buckets=bucket_stats(rows),
         runs=[] if selection else run_history(store, markers, latest_run, run),
         latest_run=latest_run,
         source=source,
@@ -217,14 +221,6 @@ def rule_counts(rows: pa.Table) -> list[tuple[str, int]]:
         rejected = rejected.filter(pc.is_null(rules))
     for reason in _column(rejected, "reason"):
         counts[rule_of(None, reason)] += 1
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-
-
-def failure_reasons(store, markers: dict) -> list[tuple[str, int]]:
-    """Failed rows per reason in these shards' parquets (`markers`: shard id -> commit marker), most
-    frequent first (reads two columns)."""
-    rows, _ = read_shard_tables(store, markers, keep=lambda name: name in ("status", "reason"))
-    counts = Counter(str(reason or "?").strip() for reason in _column(with_status(rows, "failed"), "reason"))
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 

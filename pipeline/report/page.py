@@ -7,9 +7,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from html import escape
 
+from pipeline.report.buckets import bucket_table
 from pipeline.report.charts import histogram_svg, throughput_svg
 from pipeline.report.data import STATUSES, ReportData
 from pipeline.report.gallery import Galleries, ScoreExtremes, StyleGallery, Tile
+from pipeline.report.quota import quota_section
 
 # What each score measures (the chart titles); a score not listed here is shown by its name.
 SCORE_TITLES = {
@@ -61,7 +63,9 @@ def render(data: ReportData, galleries: Galleries) -> str:
         "" if run else '<p class="error">run.json is missing: run settings and thresholds are unknown.</p>',
         _run_info(data),
         _counts(data),
+        quota_section(data.latest_run, data.run),
         _style_table(data),
+        bucket_table(data.buckets),
         _scores(data),
         _extremes(galleries.extremes),
         _timings(data),

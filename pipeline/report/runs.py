@@ -12,14 +12,12 @@ line, as it was then.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.output.run_record import recorded_pools
-from pipeline.storage.layout import SUMMARY_KEY
 
 LOG_PREFIX = "logs/"
 _LOG_NAME = re.compile(r"run-(\d{8}T\d{6}\d{6}Z)\.log$")
@@ -58,16 +56,6 @@ def log_start(key: str) -> datetime | None:
     if not found:
         return None
     return datetime.strptime(found.group(1), "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
-
-
-def read_latest_summary(store) -> dict[str, Any] | None:
-    from pipeline.storage import ObjectNotFound
-
-    try:
-        summary = json.loads(store.get_bytes(SUMMARY_KEY))
-    except (ObjectNotFound, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
 
 
 def run_history(

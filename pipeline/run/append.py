@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.plan import METADATA_KEY, ROW_GROUP_TARGET_ROWS
+from manifests.schema import ORIGIN_UID, QUOTA_COLUMNS
 from pipeline.errors import UserError
 from pipeline.output.run_record import generations, shard_sizes, store_run_record
 from pipeline.output.shard_tables import newest_rows
@@ -51,10 +52,17 @@ def append_run(store, prior: dict[str, Any], plan, record: dict[str, Any]) -> di
     append can be redone). Returns the new run record. Raises AppendRefused naming dropped/changed rows."""
     old, schema = stored_plan(store, prior)
     fresh = plan.table
-    check_contains(old, fresh, prior["manifest"]["uri"], record["manifest"]["uri"])
+    check_contains(manifest_rows(old), fresh, prior["manifest"]["uri"], record["manifest"]["uri"])
     new = fresh.filter(pa.array(find_sorted(fresh.column("uid"), old.column("uid")) < 0))  # in plan order
     generation = {"manifest": record["manifest"], "plan_fingerprint": record["plan"]["fingerprint"]}
     return add_generation(store, prior, old, schema, new, generation, plan.shard_size)
+
+
+def manifest_rows(plan: pa.Table) -> pa.Table:
+    """The plan's rows that come from a manifest: without a quota's reseeded rows and their columns."""
+    if ORIGIN_UID not in plan.column_names:
+        return plan
+    return plan.filter(pc.is_null(plan.column(ORIGIN_UID))).drop_columns(list(QUOTA_COLUMNS))
 
 
 def stored_plan(store, prior: dict[str, Any]) -> tuple[pa.Table, pa.Schema]:
@@ -80,6 +88,7 @@ def add_generation(
     (`generation` holds its manifest and plan fingerprint, and any marks such as `retry`), write
     plan.parquet and then run.json (the commit point). Returns the new run record."""
     total = len(shard_sizes(prior))
+    schema, old, new = _aligned(schema, old, new)
     ids = (total + np.arange(new.num_rows) // shard_size).astype(np.int32)
     new = new.set_column(0, schema.field("shard_id"), pa.array(ids, schema.field("shard_id").type))
     entry = {
@@ -110,6 +119,19 @@ def add_generation(
     write_plan(store, old, new, schema, info, shard_size)
     store_run_record(store, updated)
     return updated
+
+
+def _aligned(schema: pa.Schema, old: pa.Table, new: pa.Table) -> tuple[pa.Schema, pa.Table, pa.Table]:
+    """One schema for the old and the new rows: columns only the new rows have (a quota's origin) are
+    added to the old ones as nulls, and the other way round (an append to a reseeded run)."""
+    for column in new.schema:
+        if column.name not in schema.names:
+            schema = schema.append(column)
+            old = old.append_column(column, pa.nulls(old.num_rows, column.type))
+    for column in schema:
+        if column.name not in new.column_names:
+            new = new.append_column(column, pa.nulls(new.num_rows, column.type))
+    return schema, old, new.select(schema.names)
 
 
 def check_contains(old: pa.Table, fresh: pa.Table, old_uri: str, new_uri: str) -> None:

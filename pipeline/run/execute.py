@@ -9,9 +9,11 @@ import math
 import os
 import threading
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from pipeline.run.progress import RunProgress
+from pipeline.run.quota import QuotaTracker, plan_reseeds
 from pipeline.run.resume import read_run_record
 from pipeline.run.run_json import record_models, record_pool
 from pipeline.run.stop import StopSignals
@@ -56,10 +58,12 @@ def execute(
     log_key: str,
     stop: StopSignals | None = None,
     lost_lease: threading.Event | None = None,
+    quota: QuotaTracker | None = None,
 ) -> Executed:
     """Run the pending shards on an elastic pool of generator actors (see actors/scheduler.py); every
     commit goes into `commits` (the driver's view, and the ledger); `log_key` names this run in
-    run.json's `runs`, where its pool is recorded."""
+    run.json's `runs`, where its pool is recorded. With a `quota`, shards of reseeded rows are planned
+    and run as groups fall short (pipeline/run/quota.py)."""
     import ray
 
     from actors.cluster import detect_gpus, start_ray
@@ -77,13 +81,15 @@ def execute(
     if not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         # Logical GPUs on a CPU machine, so the same scheduling code runs everywhere.
         local_gpus = detect_gpus() or math.ceil((wanted or 1) * gpus_per_actor)
-    started_ray = start_ray(address, local_gpus)
-    if stop is not None:
-        stop.install()  # ray.init put its own SIGTERM handlers in place of ours
+    with stop.kept() if stop is not None else nullcontext():  # ray.init has SIGTERM handlers of its own
+        started_ray = start_ray(address, local_gpus)
     pool = metrics = None
     try:
+        if stop is not None and stop.requested:  # while Ray was starting: stop now that it can shut down
+            return Executed(PoolStats(stopped=True))
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
-        size = pool_target(wanted, gpus_per_actor, cluster_gpus, len(pending))
+        # A quota may add shards later: the pool is not sized down to the shards planned now.
+        size = pool_target(wanted, gpus_per_actor, cluster_gpus, len(pending) if quota is None else None)
         if wanted and size < wanted:
             progress.console.print(
                 f"running {size} actor(s), not {wanted}: only {len(pending)} shard(s) left to run and an "
@@ -108,6 +114,8 @@ def execute(
 
         def committed(shard_id: int, result: ShardResult) -> None:
             commits.add(result.ledger_entry)
+            if quota is not None:
+                quota.shard_committed(shard_id, result.groups)
             record_models(store, result.models, known_models)
             progress.shard_done(shard_id, result.rows, result.kept, result.rejected, result.failed)
             metrics.shard_committed(result)
@@ -139,6 +147,8 @@ def execute(
                 )
                 return
             commits.add(recorded.ledger_entry)
+            if quota is not None:
+                quota.shard_failed(shard_id)
             rows = pending[shard_id]
             progress.shard_done(shard_id, rows, 0, 0, rows)
             metrics.shard_failed(rows)
@@ -152,12 +162,21 @@ def execute(
             progress.actors(ready, waiting)
             metrics.actors(ready, waiting)
 
+        def more_shards() -> dict[int, int]:
+            if quota is None or not quota.ready:
+                return {}
+            _, added = plan_reseeds(store, quota)
+            pending.update(added)
+            progress.add_shards(len(added), sum(added.values()))
+            return added
+
         hooks = SchedulerHooks(
             on_committed=committed,
             on_failed=failed,
             on_progress=progress.images_in_flight,
             on_event=event,
             on_actors=actors_changed,
+            more_shards=more_shards,
         )
         policy = DeadlinePolicy(
             execution.deadline_factor, execution.first_deadline_s, execution.min_deadline_s
@@ -192,9 +211,10 @@ def execute(
             ray.shutdown()
 
 
-def pool_target(wanted: int | None, gpus_per_actor: float, cluster_gpus: float, shards: int) -> int:
+def pool_target(wanted: int | None, gpus_per_actor: float, cluster_gpus: float, shards: int | None) -> int:
     """How many actors to request: `wanted` (--actors / execution.max_actors), else one per GPU the
-    cluster has now; never more than there are shards (an actor without a shard would only load)."""
+    cluster has now; never more than there are `shards` (an actor without a shard would only load;
+    None: more may come)."""
     from actors.pool import PoolError
 
     size = wanted or int(cluster_gpus / gpus_per_actor + 1e-9)
@@ -203,4 +223,4 @@ def pool_target(wanted: int | None, gpus_per_actor: float, cluster_gpus: float, 
             f"this Ray cluster has no GPUs now ({cluster_gpus:g}); pass --actors N (or set "
             "execution.max_actors) to request N actors: they wait for GPU nodes, which an autoscaler adds"
         )
-    return min(size, shards)
+    return size if shards is None else min(size, shards)

@@ -37,9 +37,16 @@ from pipeline.run.logs import PeriodicLogUpload
 from pipeline.run.plan import plan_run, write_plan
 from pipeline.run.preflight import check_config, check_staged_models
 from pipeline.run.progress import RunProgress, close_run_log, open_run_log, summary_table
-from pipeline.run.resume import prepare_output, prepare_retry, refuse_conflicting_flags, refuse_foreign_output
+from pipeline.run.quota import QuotaTracker, plan_reseeds
+from pipeline.run.resume import (
+    prepare_output,
+    prepare_retry,
+    read_run_record,
+    refuse_conflicting_flags,
+    refuse_foreign_output,
+)
 from pipeline.run.stop import RunStopped, StopSignals
-from pipeline.run.summary import RunSummary, failed_rows_note, nothing_to_do
+from pipeline.run.summary import RunSummary, failed_rows_note, nothing_to_do, quota_note
 from pipeline.run_config import RunConfig
 from pipeline.storage.layout import CARD_KEY, PLAN_KEY, REPORT_KEY, SUMMARY_KEY
 from pipeline.storage.layout import log_key as run_log_key
@@ -163,11 +170,15 @@ def _run_logged(
                 summary.report_uri = store.url(REPORT_KEY) if store.exists(REPORT_KEY) else None
                 summary.card_uri = store.url(CARD_KEY) if store.exists(CARD_KEY) else None
                 console.print(nothing_to_do(summary), markup=False)
+                if summary.quota is not None:
+                    console.print(quota_note(summary.quota, config.quota.per), markup=False, highlight=False)
                 return summary
             summary.card_uri = write_card(store)
             summary.report_uri = write_run_report(store, summary)
             store.put_bytes(SUMMARY_KEY, pretty_json(summary.to_dict()))
             console.print(summary_table(summary))
+            if summary.quota is not None:
+                console.print(quota_note(summary.quota, config.quota.per), markup=False, highlight=False)
             if summary.failed:
                 console.print(failed_rows_note(store, summary, commits.markers), markup=False)
             return summary
@@ -214,6 +225,12 @@ def _run(
 
     done = dict(commits.markers)
     pending = {shard_id: rows for shard_id, rows in sizes.items() if shard_id not in done}
+    quota = None
+    if config.quota is not None:
+        quota = QuotaTracker.load(store, record, done, config.quota)
+        if not pending and quota.ready:  # stopped between rounds: the next round first
+            record, pending = plan_reseeds(store, quota)
+            sizes = shard_sizes(record)
     before = sample_counts(done)
     progress = RunProgress(
         len(sizes),
@@ -243,6 +260,7 @@ def _run(
                 log_key=log_key,
                 stop=stop,
                 lost_lease=lease.lost,
+                quota=quota,
             )
     commits.flush()
     if lease.lost.is_set():
@@ -251,13 +269,16 @@ def _run(
             f"{progress.done_shards - len(done)} shard(s); see the log, and rerun the same command to resume"
         )
     pool = executed.pool
-    if pool.stopped:
+    if pool.stopped or (quota is not None and quota.ready and stop.requested):  # a round left unplanned
         raise RunStopped(
             f"stopped by {stop.signal_name}: {progress.done_shards} of {len(sizes)} shards committed "
             f"({progress.done_shards - len(done)} by this run); rerun the same command to resume",
             stop.exit_code,
         )
     finalize(store, commits.markers, executed.unfinished, since_s=time.monotonic() - started)
+    if quota is not None:  # reseeding planned more shards while it ran
+        record = read_run_record(store)
+        sizes = shard_sizes(record)
     final = commits.markers
     counts = sample_counts(final, record)  # every row once: retry shards replace failed rows
     fresh = sum(sizes[s] for s in final if s not in done and s in sizes)
@@ -283,6 +304,7 @@ def _run(
         actors_peak=pool.peak(),
         actors_final=pool.final(),
         actor_timeline=[(round(t - started, 3), ready, waiting) for t, ready, waiting in pool.timeline],
+        quota=[outcome.to_dict() for outcome in quota.outcomes()] if quota is not None else None,
     )
 
 

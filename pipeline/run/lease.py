@@ -10,7 +10,8 @@ The lease is deleted when the driver ends.
 
 Taking over a lapsed lease deletes it and creates a new one; two drivers taking over the same lapsed
 lease at the same moment can both believe they won until the next renewal check, when the loser finds
-another holder and stops (`lost`). Readers (status, report, select's source) never need the lease.
+another holder and stops (`lost`). `stylegen select` and `dedup` hold the lease of their new output (the
+CLI passes it to pipeline.dataset.subset). Readers (status, report, select's source) never need it.
 """
 
 from __future__ import annotations

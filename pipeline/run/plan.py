@@ -8,7 +8,7 @@ import tempfile
 from datetime import datetime, timezone
 
 from pipeline.output.run_record import RUN_FORMAT
-from pipeline.run.preflight import check_caption
+from pipeline.run.preflight import check_caption, check_quota
 from pipeline.run_config import RunConfig
 from pipeline.storage.layout import PLAN_KEY
 from pipeline.versions import run_versions
@@ -31,12 +31,13 @@ def plan_run(manifest: str, config: RunConfig):
     options = {"order": config.plan_order, "dedupe": config.dedupe}
     if (manifest_rows(manifest) or 0) >= STREAM_ROWS:
         plan = stream_plan(manifest, config.shard_size, **options)
-        columns, rows = plan.column_names, plan.manifest_rows
+        schema, rows = plan.schema, plan.manifest_rows
     else:
         table = read_manifest(manifest)
         plan = make_plan(table, config.shard_size, **options)
-        columns, rows = table.column_names, table.num_rows
-    check_caption(config, columns)
+        schema, rows = table.schema, table.num_rows
+    check_caption(config, schema.names)
+    check_quota(config, schema)
     if plan.dropped_rows:
         log.warning(
             "dedupe: dropped %d duplicate rows: %s", len(plan.dropped_rows), list(plan.dropped_rows)[:20]

@@ -108,3 +108,23 @@ def check_caption(config: RunConfig, columns: list[str]) -> None:
         check_template(config.caption.template, extra_columns(columns))
     except CaptionError as error:
         raise ConfigError(str(error)) from None
+
+
+def check_quota(config: RunConfig, schema) -> None:
+    """A quota's groups (`quota.per`) must be a column of this manifest holding plain values."""
+    import pyarrow as pa
+
+    from manifests.schema import QUOTA_COLUMNS
+
+    if config.quota is None:
+        return
+    per = config.quota.per
+    names = [name for name in schema.names if name not in ("uid", "row", *QUOTA_COLUMNS)]
+    if per not in schema.names or per in ("uid", "row"):
+        raise ConfigError(
+            f"quota.per: {per!r} is not a column of the manifest; group by one of {', '.join(names)}"
+        )
+    if pa.types.is_nested(schema.field(per).type):
+        raise ConfigError(
+            f"quota.per: column {per!r} holds lists or structs; group by a column of plain values"
+        )

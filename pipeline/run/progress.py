@@ -101,6 +101,12 @@ class RunProgress:
         if self._lines is not None and self._lines.stop():
             self.print_line()  # the last line, once
 
+    def add_shards(self, shards: int, images: int) -> None:
+        """The run planned more shards while running (a quota's reseeding)."""
+        self.total_shards += shards
+        self.total_images += images
+        self._bar.update(self._task, total=max(self.total_images, 1))
+
     def actors(self, ready: int, pending: int) -> None:
         self.actors_ready, self.actors_pending = ready, pending
 

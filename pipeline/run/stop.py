@@ -5,9 +5,10 @@ them out and lets commits already in progress finish (`execution.drain_s`); befo
 run stops on the spot. Either way the log is flushed and uploaded and the command exits 143 (SIGTERM) /
 130 (SIGINT) with one line saying what was committed. A second signal exits at once.
 
-`ray.init` installs its own SIGTERM handlers in the driver (a Python one that exits, and a native one
-that prints a `*** SIGTERM received` crash dump); `install()` is called again after Ray starts so ours
-replace both.
+`ray.init` installs its own SIGTERM handlers in the driver (Python ones that exit mid-start with status
+15 or 1, and a native one that prints a `*** SIGTERM received` crash dump). While Ray starts, `kept()`
+keeps ours in place (Python's are not installed) and a signal only asks, so Ray is never left half
+started; `install()` afterwards replaces the native one, and the run stops as soon as Ray is up.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pipeline.errors import UserError
 
@@ -65,6 +68,25 @@ class StopSignals:
         for signum in SIGNALS:
             previous = signal.signal(signum, self._handle)
             self._previous.setdefault(signum, previous)
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """Keep our handlers (and the stop request, not an exception) while something that installs its
+        own SIGTERM / SIGINT handlers runs (ray.init): its calls to signal.signal for them are ignored."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original, interruptible = signal.signal, self.interruptible
+
+        def keep_ours(signum, handler):
+            return signal.getsignal(signum) if signum in SIGNALS else original(signum, handler)
+
+        signal.signal, self.interruptible = keep_ours, False
+        try:
+            yield
+        finally:
+            signal.signal, self.interruptible = original, interruptible
+            self.install()  # over any handler installed without signal.signal (Ray's native one)
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name

@@ -33,9 +33,14 @@ class RunSummary:
     actors_final: int = 0  # actors ready when the last shard finished
     # [seconds since the run started, actors ready, actors pending] at every change
     actor_timeline: list[tuple[float, int, int]] = field(default_factory=list)
+    # With a quota: each group's target, kept count, rows, rounds and why it stayed short (None: reached)
+    quota: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["quota"] is None:  # a run without a quota keeps the summary it always had
+            del data["quota"]
+        return data
 
 
 @dataclass
@@ -61,13 +66,44 @@ def nothing_to_do(summary: RunSummary) -> str:
     )
 
 
+def quota_note(groups: list[dict[str, Any]], per: str, shown: int = 10) -> str:
+    """Each group's target, kept count and rounds; the groups that stayed short with the reason."""
+    short = [group for group in groups if group["reason"]]
+    target = groups[0]["target"] if groups else 0
+    lines = [
+        f"quota: {len(groups) - len(short)} of {len(groups)} group(s) by {per} reached {target} kept; "
+        f"rounds used: at most {max((group['rounds'] for group in groups), default=0)}"
+    ]
+    for group in short[:shown]:
+        lines.append(
+            f"  short: {per} {group['group']!r}: {group['kept']}/{group['target']} kept after "
+            f"{group['rows']} rows, {group['rounds']} round(s): {group['reason']}"
+        )
+    if len(short) > shown:
+        lines.append(f"  ... and {len(short) - shown} more short group(s): see summary.json's `quota`")
+    return "\n".join(lines)
+
+
 def failed_rows_note(store, summary: RunSummary, markers: dict[int, Any], top: int = 3) -> str:
-    """The most frequent reasons rows failed, and where every failed row is listed."""
-    from pipeline.report.data import failure_reasons
+    """The most frequent reasons rows failed, each row counted once (its newest result: a row that failed
+    again after --retry-failed is one row), and where every failed row is listed."""
+    from collections import Counter
+
+    from pipeline.output.run_record import load_run_record, retry_shards
+    from pipeline.output.shard_tables import newest_rows, read_shard_tables, with_status
     from pipeline.storage.layout import table_key_of
 
     with_failures = {s: m for s, m in sorted(markers.items()) if int(m.summary.get("failed", 0))}
-    reasons = failure_reasons(store, with_failures)
+    # a failed row's newest result is in its own shard or in a later retry shard (maybe kept there)
+    record = load_run_record(store) if with_failures else None
+    retried = retry_shards(record) if record else set()
+    read = {s: m for s, m in markers.items() if s in with_failures or s in retried}
+    columns = ("uid", "shard_id", "status", "reason")
+    rows, _ = read_shard_tables(store, read, keep=columns.__contains__)
+    failed = with_status(newest_rows(rows), "failed")
+    reasons_column = failed.column("reason").to_pylist() if "reason" in failed.column_names else []
+    counts = Counter(str(reason or "?").strip() for reason in reasons_column)
+    reasons = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     lines = [f"{summary.failed} row(s) failed; most frequent reasons:"]
     lines += [f"  {count} x {reason}" for reason, count in reasons[:top]]
     if len(reasons) > top:

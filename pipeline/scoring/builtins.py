@@ -7,6 +7,8 @@ Quality and safety:
 - `aesthetic`: the LAION improved aesthetic predictor's MLP (pipeline.scoring.aesthetic) on the output's
   normalised CLIP image embedding, the one clip_t already computed: ~1-10, higher is better. Needs a CLIP
   whose embedding width matches the head (ViT-L/14, 768, for the real head).
+- `brightness`: the image's mean luminance (ITU-R BT.601 weights) in 0-1, computed from the pixels;
+  filter out near-black or blown-out images with e.g. `brightness >= 0.1`.
 - `nsfw`: the probability of the unsafe labels (`nsfw_labels`) of an image-classification model
   (Falconsai/nsfw_image_detection by default): 0-1, higher is less safe; filter with `nsfw < 0.5`.
 
@@ -102,6 +104,21 @@ class Aesthetic(ScoreModule):
     def score(self, batch) -> dict[str, Any]:
         embeddings = batch.embedding("clip_image")  # already L2-normalised float32, as the head was trained
         return {"aesthetic": self.head(embeddings)}
+
+
+class Brightness(ScoreModule):
+    name = "brightness"
+    needs = frozenset({"image"})
+    outputs = ("brightness",)
+
+    def score(self, batch) -> dict[str, Any]:
+        import numpy as np
+
+        weights = np.array([0.299, 0.587, 0.114])
+        means = [
+            np.asarray(image.convert("RGB"), dtype=np.float64).mean(axis=(0, 1)) for image in batch.images
+        ]
+        return {"brightness": [float(mean @ weights / 255.0) for mean in means]}
 
 
 class Nsfw(ScoreModule):

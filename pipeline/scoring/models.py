@@ -237,6 +237,23 @@ def load_scoring_models(config: ScoringConfig, device: Any = None) -> ScoringMod
     return _LOADED[key]
 
 
+class LazyScoringModels:
+    """ScoringModels loaded on the first attribute other than `device` and `dtype` is read."""
+
+    def __init__(self, config: ScoringConfig, device: Any = None):
+        self.config = config
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self._loaded: ScoringModels | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._loaded is None:
+            self._loaded = load_scoring_models(self.config, self.device)
+        return getattr(self._loaded, name)
+
+
 def _load(clip_id: str, dino_id: str, device: torch.device, dtype: torch.dtype) -> ScoringModels:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 

@@ -43,6 +43,8 @@ ENTRY_POINT_GROUP = "stylegen.scorers"
 INPUTS = frozenset(
     {"image", "prompt", "style", "content", "clip_image", "clip_text", "dino_image", "csd_image"}
 )
+# the inputs computed with the shared CLIP and DINO models (a scorer needing one loads them at start)
+MODEL_INPUTS = frozenset({"clip_image", "clip_text", "dino_image"})
 # Built-ins by name -> "module:Class" (imported on use, so this module stays light).
 BUILTINS = {
     "clip": "pipeline.scoring.builtins:ClipScores",
@@ -51,6 +53,7 @@ BUILTINS = {
     "leakage": "pipeline.scoring.builtins:Leakage",
     "aesthetic": "pipeline.scoring.builtins:Aesthetic",
     "nsfw": "pipeline.scoring.builtins:Nsfw",
+    "brightness": "pipeline.scoring.builtins:Brightness",
     "dino_embedding": "pipeline.scoring.builtins:DinoEmbedding",
     "clip_embedding": "pipeline.scoring.builtins:ClipEmbedding",
 }

@@ -45,8 +45,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.scoring.models import ScoringConfig, load_scoring_models
-from pipeline.scoring.registry import INPUTS, ScoreModule, ScorerContext, ScorerError, resolve_scorers
+from pipeline.scoring.models import LazyScoringModels, ScoringConfig, load_scoring_models
+from pipeline.scoring.registry import (
+    INPUTS,
+    MODEL_INPUTS,
+    ScoreModule,
+    ScorerContext,
+    ScorerError,
+    resolve_scorers,
+)
 
 Scores = dict[str, list[float | None]]
 Embeddings = dict[str, np.ndarray]  # name -> (samples, dim) float16, a row of NaN where not computed
@@ -62,10 +69,13 @@ class Scorer:
 
     def __init__(self, config: ScoringConfig, device: Any = None, csd: torch.nn.Module | None = None):
         self.config = config
-        self.models = load_scoring_models(config, device)
+        scorers = resolve_scorers(config.scorers)
+        needs = set().union(*(cls.needs for cls in scorers.classes))
+        # Scorers that read only pixels or text (brightness) never need CLIP or DINO: load them on first use
+        eager = needs & MODEL_INPUTS
+        self.models = load_scoring_models(config, device) if eager else LazyScoringModels(config, device)
         self.device = self.models.device
         self.csd = csd
-        scorers = resolve_scorers(config.scorers)
         self.modules: list[ScoreModule] = [
             cls(ScorerContext(config, self.models, csd, dict(config.scorer_options.get(cls.name, {}))))
             for cls in scorers.classes

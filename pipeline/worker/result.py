@@ -55,3 +55,5 @@ class ShardResult:
     node_id: str | None = None  # where it ran (see RanOn)
     actor_id: str | None = None
     ledger_entry: LedgerEntry | None = None  # the committed marker, for the driver's commit ledger
+    # With a quota (run config `quota`): group -> (kept, rejected, failed) of this shard's rows
+    groups: dict[str, tuple[int, int, int]] = field(default_factory=dict)

@@ -14,6 +14,8 @@ from typing import Any
 import pyarrow as pa
 
 from manifests.plan import read_shard
+from manifests.row_settings import INTEGER_COLUMNS, WIDTH, present_columns
+from manifests.schema import ORIGIN_UID, QUOTA_ROUND
 from pipeline.captions import extra_columns
 from pipeline.models.info import model_fingerprint, public_model_info
 from pipeline.output.run_record import RunRecordError, load_run_record
@@ -73,7 +75,9 @@ class ShardFiles:
         return ShardContents(
             kept=samples["kept"],
             rows=rows,
-            schema=shard_table_schema(self.plan_schema, self.config.scoring.scorers),
+            schema=shard_table_schema(
+                self.plan_schema, self.config.scoring.scorers, quota=self.config.quota is not None
+            ),
             rejected=samples["rejected"] if self.config.keep_rejected else None,
         )
 
@@ -83,6 +87,7 @@ class ShardFiles:
         timings and the attempt go to the shard parquet, so a rerun writes byte-identical tars."""
         row = outcome.row
         return {
+            **_row_settings(outcome),
             "shard_id": shard_id,
             "row": row.get("row"),
             "id": row.get("id"),
@@ -98,13 +103,21 @@ class ShardFiles:
             "scores": outcome.scores,
             "status": outcome.status,
             "filter": {"rule": outcome.rule, "value": outcome.rule_value} if outcome.rule else None,
+            **(quota_fields(row) if self.config.quota is not None else {}),
         }
 
 
-def shard_table_schema(plan_schema: pa.Schema | None, scorers: Sequence[str] = ()) -> pa.Schema:
+def quota_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """A quota run's samples name the planned row they were reseeded from (None: planned) and the round."""
+    return {ORIGIN_UID: row.get(ORIGIN_UID), QUOTA_ROUND: row.get(QUOTA_ROUND) or 0}
+
+
+def shard_table_schema(
+    plan_schema: pa.Schema | None, scorers: Sequence[str] = (), *, quota: bool = False
+) -> pa.Schema:
     """The columns every shard parquet of a run has, whatever its rows hold (see pipeline.shards.table):
-    every score and embedding of the configured `scorers`, every timing, the sample metadata, and the
-    manifest's extras with their plan types."""
+    every score and embedding of the configured `scorers`, every timing, the sample metadata (with a
+    quota's origin columns when the run has one), and the manifest's extras with their plan types."""
     from pipeline.columns import EMBEDDING_PREFIX
     from pipeline.scoring.registry import resolve_scorers
     from pipeline.shards.table import EMBEDDING_TYPE
@@ -123,11 +136,25 @@ def shard_table_schema(plan_schema: pa.Schema | None, scorers: Sequence[str] = (
             ("attempt_id", string), ("node_id", string), ("actor_id", string),
         ]
     ]  # fmt: skip
+    if quota:
+        fields += [pa.field(ORIGIN_UID, string), pa.field(QUOTA_ROUND, integer)]
+    for name in present_columns(plan_schema.names if plan_schema is not None else []):
+        fields.append(pa.field(name, integer if name in INTEGER_COLUMNS else number))
     for extra in plan_schema or []:
         if extra.name in extra_columns([extra.name]):  # nested values are stored as canonical JSON strings
             kind = string if pa.types.is_nested(extra.type) else extra.type
             fields.append(pa.field(f"extra_{extra.name}", kind))
     return pa.schema(fields)
+
+
+def _row_settings(outcome: RowOutcome) -> dict[str, Any]:
+    """The per-row settings the plan has (none without those columns, so such a json is unchanged):
+    the row's values (null: the run's setting, recorded in `params`), width and height filled from the
+    image for a row that leaves them to the run."""
+    settings = {name: outcome.row[name] for name in present_columns(outcome.row)}
+    if WIDTH in settings and settings[WIDTH] is None and outcome.image is not None:
+        settings["width"], settings["height"] = outcome.image.size
+    return settings
 
 
 def _table_meta(meta: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,10 @@ Generation runs under a lock, one shard at a time; building the files (pipeline.
 and committing them (pipeline.shards.commit) happens on the uploader's thread (pipeline.worker.uploader),
 so the next shard generates while this one uploads.
 
+Batches never mix sizes or per-row settings (manifests/row_settings.py: the plan sorts such rows
+together, and a batch ends where its rows' `batch_key` changes), and an image whose size is not the
+one its row asked for fails that row.
+
 Nothing is lost: a row whose input is bad or whose generation or scoring raises is recorded as failed
 with its error (a batch that raises is retried one row at a time to isolate the culprit), and the
 shard still commits with every planned row in its parquet.
@@ -25,11 +29,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from manifests.row_settings import batch_key, row_overrides
 from manifests.uid import generation_seed
 from pipeline.captions import render_caption
 from pipeline.rbmod.requests import GenerationRequest, StyleRef
 from pipeline.run_config import RunConfig
 from pipeline.shards.commit import commit_shard_files
+from pipeline.shards.table import ROW_STATUSES
 from pipeline.worker.inputs import InputLoader, RowInputs
 from pipeline.worker.parts import build_parts
 from pipeline.worker.result import RanOn, RowOutcome, ShardResult
@@ -111,8 +117,7 @@ class ShardWorker:
         started = time.monotonic()
         rows = self._read_rows(shard_id)
         if culprits is None:
-            size = self.config.execution.batch_size
-            batches = [rows[i : i + size] for i in range(0, len(rows), size)]
+            batches = split_batches(rows, self.config.execution.batch_size)
         else:
             batches = [[row] for row in rows if row["uid"] not in culprits]
         pending = self.inputs.prefetch(batches[0]) if batches else None
@@ -202,7 +207,9 @@ class ShardWorker:
                 outcome.timings["generate_s"] = per_row
         generated = []
         for result, (outcome, inputs) in zip(results, runnable, strict=True):
-            if result is not None:
+            if result is not None and (problem := _size_mismatch(outcome.row, result.image)):
+                outcome.reason = f"generation: {problem}"
+            elif result is not None:
                 outcome.status, outcome.image, outcome.params = "kept", result.image, dict(result.params)
                 generated.append((outcome, inputs))
         return generated
@@ -219,6 +226,7 @@ class ShardWorker:
             styles=(StyleRef(inputs.style, 1.0),),
             seed=outcome.seed,
             content=inputs.content,
+            overrides=row_overrides(outcome.row),
             uid=outcome.row["uid"],
         )
 
@@ -281,6 +289,7 @@ class ShardWorker:
             node_id=self.ran_on.node_id,
             actor_id=self.ran_on.actor_id,
             ledger_entry=getattr(result, "ledger_entry", None),
+            groups=count_groups(outcomes, self.config.quota),
             **count_statuses(outcomes),
         )
 
@@ -288,6 +297,29 @@ class ShardWorker:
         self._uploader.close(timeout=60)
         self.inputs.close()
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def split_batches(rows: Sequence[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Runs of rows that share a `batch_key` (size and per-row settings), cut every `size` rows. Without
+    per-row settings every key is the same, so these are the plain `size`-row slices."""
+    batches: list[list[dict[str, Any]]] = []
+    for row in rows:
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < size and batch_key(last[0]) == batch_key(row):
+            last.append(row)
+        else:
+            batches.append([row])
+    return batches
+
+
+def _size_mismatch(row: Mapping[str, Any], image: Any) -> str | None:
+    """Why a generated image cannot stand for its row: it is not the width x height the row asked for."""
+    if row.get("width") is None or getattr(image, "size", None) is None:
+        return None
+    asked = (row["width"], row["height"])
+    if tuple(image.size) != asked:
+        return f"the image is {image.size[0]}x{image.size[1]}, the row asks for {asked[0]}x{asked[1]}"
+    return None
 
 
 def commit_won(result: Any) -> bool:
@@ -300,6 +332,16 @@ def count_statuses(outcomes: Sequence[RowOutcome]) -> dict[str, int]:
     for outcome in outcomes:
         counts[outcome.status] += 1
     return counts
+
+
+def count_groups(outcomes: Sequence[RowOutcome], quota) -> dict[str, tuple[int, int, int]]:
+    """(kept, rejected, failed) per quota group (none without a quota)."""
+    if quota is None:
+        return {}
+    counts: dict[str, list[int]] = {}
+    for outcome in outcomes:
+        counts.setdefault(quota.group_of(outcome.row), [0, 0, 0])[ROW_STATUSES.index(outcome.status)] += 1
+    return {group: (kept, rejected, failed) for group, (kept, rejected, failed) in counts.items()}
 
 
 def _describe(error: BaseException) -> str:
