@@ -183,8 +183,8 @@ def with_details(
     columns = ["uid", "shard_id", *(c for c in details if c in source.schema.names)]
     wanted = {(row["uid"], row["shard_id"]) for row in rows}
     found = source.read(columns, shards={shard for _, shard in wanted}).to_pylist()
-    details = {(item["uid"], item["shard_id"]): item for item in found}
-    return [{**details.get((row["uid"], row["shard_id"]), {}), **row} for row in rows]
+    by_row = {(item["uid"], item["shard_id"]): item for item in found}
+    return [{**by_row.get((row["uid"], row["shard_id"]), {}), **row} for row in rows]
 
 
 def _first_shards(run: dict[str, Any]) -> list[int]:

@@ -168,11 +168,11 @@ def _gallery(style: str, members: pa.Table, rejected_tars: set[int], per_style: 
     statuses = {
         item["values"]: item["counts"] for item in pc.value_counts(members.column("status")).to_pylist()
     }
-    has_content = HAS_CONTENT in members.column_names
+    composition = pc.sum(members.column(HAS_CONTENT)).as_py() if HAS_CONTENT in members.column_names else 0
     gallery = StyleGallery(
         style=style,
         counts={status: statuses.get(status, 0) for status in STATUSES},
-        composition_rows=pc.sum(members.column(HAS_CONTENT)).as_py() or 0 if has_content else 0,
+        composition_rows=composition or 0,
         tiles=[_tile(row) for row in chosen],
     )
     if rejected.num_rows and not showable.num_rows:
