@@ -4,9 +4,10 @@ the same order as make_plan's (manifests/plan.py), in the memory of a few batche
 An external sort by the plan's one sort-key function (`plan.sort_keys`):
 1. runs: the manifest is read RUN_ROWS rows at a time (normalized, with uids); each batch is sorted by
    `plan_order` and spilled to a run file, and fed to the manifest's fingerprint (TableHasher);
-2. merge: each run is read back MERGE_ROWS rows at a time. The smallest last key among the runs still
-   being read bounds what is safe to emit: every buffered row up to it (a binary search per run over
-   the key tuples), sorted by `plan_order`, comes next in plan order;
+2. merge: each run is read back a row group at a time, sized so that all runs together hold about
+   MERGE_BUDGET_ROWS (the merge's memory does not grow with the number of runs). The smallest last key
+   among the runs still being read bounds what is safe to emit: every buffered row up to it (a binary
+   search per run over the key tuples), sorted by `plan_order`, comes next in plan order;
 3. the merged rows get their shard ids and are written in row groups of whole shards, as
    `Plan.write_parquet` does. Equal uids are adjacent in plan order, so duplicates are found (or, with
    dedupe, each uid's first row kept) by comparing each row with the one before it. The file's metadata
@@ -41,11 +42,13 @@ from manifests.plan import (
     refuse_bad_settings,
     sort_keys,
 )
-from manifests.read import iter_manifest, write_whole_file
+from manifests.read import iter_manifest, manifest_rows, write_whole_file
 from manifests.schema import ROW, UID, ManifestError
 
 RUN_ROWS = 1 << 20  # rows sorted in memory at a time
-MERGE_ROWS = 1 << 14  # rows read back from each run at a time
+MERGE_ROWS = 1 << 14  # rows read back from each run at a time, at most
+MERGE_BUDGET_ROWS = 1 << 19  # rows read back from all runs together: the merge's memory, whatever the runs
+MIN_MERGE_ROWS = 1 << 10
 
 
 @dataclass
@@ -92,7 +95,9 @@ def stream_plan(
     check_plan_options(shard_size, order)
     folder = tempfile.TemporaryDirectory(prefix="stylegen-plan-")
     work = Path(folder.name)
-    runs, rows, schema, manifest_fingerprint = _spill_runs(uri, order, run_rows, work)
+    expected_runs = -(-(manifest_rows(uri) or run_rows) // run_rows)
+    group_rows = min(MERGE_ROWS, max(MIN_MERGE_ROWS, MERGE_BUDGET_ROWS // expected_runs))
+    runs, rows, schema, manifest_fingerprint = _spill_runs(uri, order, run_rows, group_rows, work)
     fingerprint = plan_fingerprint(manifest_fingerprint, shard_size, order, dedupe)
     info = {
         "plan_version": PLAN_VERSION,
@@ -151,7 +156,9 @@ def _note_duplicates(
             groups.append((uids[index], np.array([first, rows[index]], dtype=np.int64)))
 
 
-def _spill_runs(uri: str, order: str, run_rows: int, work: Path) -> tuple[list[Path], int, pa.Schema, str]:
+def _spill_runs(
+    uri: str, order: str, run_rows: int, group_rows: int, work: Path
+) -> tuple[list[Path], int, pa.Schema, str]:
     """The manifest as sorted run files in `work`; its rows, schema and fingerprint."""
     hasher, runs, rows, schema = TableHasher(), [], 0, None
     for batch in iter_manifest(uri, run_rows):
@@ -161,18 +168,19 @@ def _spill_runs(uri: str, order: str, run_rows: int, work: Path) -> tuple[list[P
             raise ManifestError(f"{uri}: the files disagree on a column type: {error}") from None
         refuse_bad_settings(batch)  # at the first batch with a bad size or setting, naming its rows
         schema = batch.schema
-        runs.append(_spill(batch, order, work / f"run-{len(runs):06d}.parquet"))
+        runs.append(_spill(batch, order, work / f"run-{len(runs):06d}.parquet", group_rows))
         rows += batch.num_rows
     return runs, rows, schema, hasher.hexdigest()
 
 
-def _spill(batch: pa.Table, order: str, path: Path) -> Path:
-    """One run: the batch sorted by plan order, in text columns of plain strings."""
+def _spill(batch: pa.Table, order: str, path: Path, group_rows: int) -> Path:
+    """One run: the batch sorted by plan order, in text columns of plain strings, in row groups of
+    `group_rows` (the merge reads one group of each run at a time)."""
     plain = pa.schema(
         f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in batch.schema
     )
     rows = batch.take(pa.array(plan_order(batch, order))).cast(plain)
-    pq.write_table(rows, path, row_group_size=MERGE_ROWS, compression="lz4")  # fast: read back once
+    pq.write_table(rows, path, row_group_size=group_rows, compression="lz4")  # fast: read back once
     return path
 
 
@@ -226,7 +234,7 @@ def _merge(runs: list[Path], order: str):
 
 
 def _row_groups(path: Path):
-    """A run's row groups (MERGE_ROWS rows each), one at a time: a batch reader reads ahead."""
+    """A run's row groups, one at a time: a batch reader reads ahead."""
     run = pq.ParquetFile(path)
     for index in range(run.num_row_groups):
         yield run.read_row_group(index)
