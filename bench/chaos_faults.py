@@ -211,8 +211,8 @@ def node_removed(stage: Stage, driver: Driver, rng: random.Random, since: int) -
 
 
 def storage_outage(kind: str, stage: Stage, driver: Driver, rng: random.Random, since: int) -> Outcome | None:
-    new, length = rng.choice([0, 1]), rng.uniform(2, 5)
-    if not stage.wait_for_commits(driver, new, rng.uniform(0, 1.0), since):
+    new, length = rng.choice([0, 1, 2]), rng.uniform(2, 5)
+    if not stage.wait_for_commits(driver, new, rng.uniform(0, 2.0), since):
         return None
     if kind == "disk_full":
         stage.soak.disk_full_flag.touch()
