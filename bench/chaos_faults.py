@@ -124,6 +124,10 @@ class Stage:
     def start(self, flag: str | None = None) -> Driver:
         return Driver(self.command(flag), self.soak.env, self.soak.logs)
 
+    def total(self) -> int:
+        """The shards of the round's run once its command has run to the end."""
+        return self.soak.shards(self.soak.bigger if self.append else self.manifest)
+
     def wait_for_lease(self, driver: Driver) -> bool:
         """Until the output's lease names `driver` (it writes from then on): whether it still runs."""
         while self.lease().get("pid") != driver.process.pid:
@@ -136,7 +140,7 @@ class Stage:
         """Until `new` shards have committed since the driver started (fewer when fewer are left: the
         fault comes before the last commit), then `delay_s` more: whether the driver still runs then
         (else the fault comes too late)."""
-        total = self.soak.shards(self.soak.bigger if self.append else self.manifest)
+        total = self.total()
         if since >= total:
             return False
         while self.markers() < min(since + new, total - 1):

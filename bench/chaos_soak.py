@@ -218,8 +218,10 @@ class Soak:
         stage, outcomes = self.stage(storage), []
         print(f"[{self.clock()}] round {self.rounds} on {stage.output} ({storage}):", flush=True)
         while len(outcomes) < faults:
-            kind = self.rng.choice(self.kinds(storage))
             since = stage.markers()
+            if since >= stage.total():
+                break  # complete: the next driver would have nothing to do
+            kind = self.rng.choice(self.kinds(storage))
             driver = stage.start()
             outcome = FAULTS[kind](stage, driver, self.rng, since)
             if outcome is None:
