@@ -46,6 +46,7 @@ class Driver:
     """One `stylegen` process in its own process group, its stderr in a file."""
 
     count = 0
+    started: set[Driver] = set()  # every driver not yet waited for, so the soak's end can stop them
 
     def __init__(self, args: list[str], env: dict, logs: Path):
         Driver.count += 1
@@ -61,6 +62,7 @@ class Driver:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
+        Driver.started.add(self)
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -73,8 +75,15 @@ class Driver:
             self.process.wait()
             return -999  # hung: reported as such
         finally:
-            with contextlib.suppress(ProcessLookupError):  # whatever it left behind in its group
-                os.killpg(self.process.pid, signal.SIGKILL)
+            self.kill_group()  # whatever it left behind in its group
+            Driver.started.discard(self)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for driver in list(cls.started):
+            driver.kill_group()
+            driver.process.wait()
+            cls.started.discard(driver)
 
     def kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -154,11 +163,8 @@ class Stage:
 
 
 def clean(driver: Driver) -> list[str]:
-    return (
-        [f"traceback in {' '.join(driver.args[:1])} ({driver.stderr_path.name})"]
-        if "Traceback" in driver.stderr
-        else []
-    )
+    """A traceback in a driver's stderr is a crash, whatever its exit code."""
+    return [f"a traceback ({driver.stderr_path.name})"] if "Traceback" in driver.stderr else []
 
 
 def finished(kind: str, detail: str, driver: Driver, allowed: dict[int, tuple[str, ...]]) -> Outcome:

@@ -18,7 +18,9 @@ Everything runs against a Ray cluster of the soak's own (`ray.cluster_utils.Clus
 GPUs and GPU nodes with logical GPUs, bench/chaos_world.py) that the drivers join by address, and a
 `weed mini` the soak starts, stops and restarts on the same folder and ports. The undisturbed run is
 `stylegen run` of the same manifest and config (then `--append` of the bigger one) into a folder of its
-own on the same cluster, before any fault.
+own on the same cluster, made when the first round is checked (`--reference worker`: one ShardWorker in
+this process, no Ray and no append; the short form in tests/test_chaos_soak.py, which also joins the
+suite's shared Ray instead of starting a cluster, so it removes no node and fills no disk).
 
 The full disk needs no root: bench/chaos_shim/sitecustomize.py, first on PYTHONPATH of the cluster and
 the drivers, makes every file the local store creates fail with a real OSError(ENOSPC) while a flag file
@@ -29,13 +31,16 @@ driver on it end; nothing to resume from but the output, which driver_sigkill co
 fail (the fake generator fails a row every time or never, so `--retry-failed` here is only ever
 refused or has nothing to do).
 
-    .venv/bin/python bench/chaos_soak.py --seed 7 --faults 6 --storage local     # about 2 minutes
+    .venv/bin/python bench/chaos_soak.py --seed 7 --faults 6 --storage local     # 3-5 minutes here
     .venv/bin/python bench/chaos_soak.py --seed 1 --minutes 10 --storage both
+    .venv/bin/python bench/chaos_soak.py --kinds s3_restart,node_removed --storage seaweedfs --keep
 
 Prints one line per fault and per round, and ends with
 `faults_injected=.. survived=.. lost_rows=.. duplicated_rows=.. seed=.. ...`: a fault survived when the
 processes it hit ended as they should and its round ended with every row once and identical tars.
-Exits 1 when a fault was not survived.
+`left_behind` counts objects under `_attempts/` and leases still there after a round's last rerun
+(reported, not a failure). Exits 1 when a fault was not survived. `--keep` keeps the work folder: each
+stylegen process's stderr in `logs/`, each round's output (run logs under its `logs/`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -58,7 +64,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chaos_check import check_output  # noqa: E402
-from chaos_faults import FAULTS, Stage, faults_for  # noqa: E402
+from chaos_faults import FAULTS, Driver, Stage, faults_for  # noqa: E402
 from chaos_world import REPO, SHIM, ChaosCluster, RestartableSeaweedFS  # noqa: E402
 from run_fixtures import build_manifest, fake_config, reference_tars  # noqa: E402
 
@@ -114,7 +120,7 @@ class Soak:
         print(f"[{self.clock()}] cluster ready: {self.address}", flush=True)
         self.reference: dict[Path, dict[str, bytes]] = {}
         self.results: list[tuple[str, bool]] = []  # (fault kind, survived)
-        self.lost = self.duplicated = self.tars_checked = self.tars_differing = self.rounds = 0
+        self.lost = self.duplicated = self.tars_checked = self.tars_differing = self.rounds = self.strays = 0
 
     def clock(self) -> str:
         return f"{time.monotonic() - self.started:6.1f} s"
@@ -137,6 +143,7 @@ class Soak:
                 environment.pop(name, None)
 
     def close(self) -> None:
+        Driver.stop_all()
         if self.cluster is not None:
             self.cluster.close()
         if self.weed is not None:
@@ -226,7 +233,10 @@ class Soak:
             outcome = FAULTS[kind](stage, driver, self.rng, since)
             if outcome is None:
                 code = driver.wait()
-                print(f"  {kind}: not injected (the driver ended first, exit {code})", flush=True)
+                print(
+                    f"  [{self.clock()}] {kind}: not injected (the driver ended first, exit {code})",
+                    flush=True,
+                )
                 break  # the output is complete (or the last rerun says why not)
             outcomes.append(outcome)
             print(f"  [{self.clock()}] {kind}: {outcome.detail}{'' if outcome.ok else ' NOT AS EXPECTED: '}"
@@ -249,17 +259,24 @@ class Soak:
     def verify(self, stage: Stage) -> bool:
         manifest = self.bigger if stage.append else self.manifest
         copy = self.local_copy(stage)
-        status = collect_status(open_store(stage.output))
-        report = self.work / "report.html"
-        write_report(stage.output, report, {})
-        verdict = check_output(
-            copy,
-            self.planned[manifest],
-            self.undisturbed(manifest),
-            status,
-            report.read_text(),
-        )
+        store, report = open_store(stage.output), self.work / "report.html"
+        try:
+            status = collect_status(store)
+            write_report(stage.output, report, {})
+        except Exception as error:  # noqa: BLE001 - a broken output is a finding, not the soak's end
+            print(f"  status / report failed: {type(error).__name__}: {error}", flush=True)
+            status = {}
+        html = report.read_text() if report.exists() else ""
+        verdict = check_output(copy, self.planned[manifest], self.undisturbed(manifest), status, html)
         report.unlink(missing_ok=True)
+        # what a finished run should not leave behind: not counted as lost or duplicated, only reported
+        strays = [info.key for info in store.list("_attempts/")] + [LEASE_KEY] * bool(stage.lease())
+        self.strays += len(strays)
+        if strays:
+            print(
+                f"  left behind after the last rerun: {strays[:5]}{' ...' if len(strays) > 5 else ''}",
+                flush=True,
+            )
         self.lost += verdict.lost
         self.duplicated += verdict.duplicated
         self.tars_checked += verdict.tars_checked
@@ -297,6 +314,7 @@ class Soak:
             f"storage={self.args.storage}",
             f"rounds={self.rounds}",
             f"tars_identical={self.tars_checked - self.tars_differing}/{self.tars_checked}",
+            f"left_behind={self.strays}",
             f"minutes={seconds / 60:.1f}",
             "kinds=" + ",".join(f"{kind}:{count}" for kind, count in sorted(kinds.items())),
         ])  # fmt: skip
@@ -356,6 +374,10 @@ def run_soak(args: argparse.Namespace, work: Path, address: str | None = None) -
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Ctrl-C or SIGTERM (also when started in the background, where SIGINT comes ignored) end the soak
+    # through its `finally`: the cluster, the server and any driver in flight are stopped by handle.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="chaos-soak-"))
     try:
         line, clean = run_soak(args, work)
