@@ -242,13 +242,17 @@ def storage_outage(kind: str, stage: Stage, driver: Driver, rng: random.Random, 
     return Outcome(kind, detail, not notes, notes)
 
 
+CONCURRENT_FLAGS = {
+    "second_driver": None,
+    "concurrent_append": "--append",
+    "concurrent_retry": "--retry-failed",
+}
+
+
 def concurrent(kind: str, stage: Stage, driver: Driver, rng: random.Random, since: int) -> Outcome | None:
     if not stage.wait_for_lease(driver) or not stage.wait_for_commits(driver, 0, rng.uniform(0, 3), since):
         return None  # only while the driver holds the lease (it started the run: no append of nothing)
-    flag = {"second_driver": None, "concurrent_append": "--append", "concurrent_retry": "--retry-failed"}[
-        kind
-    ]
-    other = stage.start(flag)
+    other = stage.start(CONCURRENT_FLAGS[kind])
     if kind == "concurrent_append":
         stage.append = True  # refused or not, the user's next try is this append
     refusals = (LEASE_LINE, "is not finished") if kind == "concurrent_retry" else (LEASE_LINE,)

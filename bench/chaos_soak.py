@@ -228,7 +228,10 @@ class Soak:
             since = stage.markers()
             if since >= stage.total():
                 break  # complete: the next driver would have nothing to do
-            kind = self.rng.choice(self.kinds(storage))
+            kinds = self.kinds(storage)
+            if not kinds:
+                raise SystemExit(f"none of the faults --kinds names can strike a run on {storage}")
+            kind = self.rng.choice(kinds)
             driver = stage.start()
             outcome = FAULTS[kind](stage, driver, self.rng, since)
             if outcome is None:
