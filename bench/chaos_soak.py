@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Ctrl-C or SIGTERM (also when started in the background, where SIGINT comes ignored) end the soak
     # through its `finally`: the cluster, the server and any driver in flight are stopped by handle.
+    # (Once the cluster runs, Ray's own SIGTERM handler drains its nodes first, then exits the same way.)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="chaos-soak-"))
