@@ -113,11 +113,11 @@ def default_size(config: RunConfig) -> tuple[int, int]:
         return config.generator.fake.size, config.generator.fake.size
     from manifests.row_settings import DEFAULT_SIZE
 
-    side = 128 if config.preset == "tiny" else None
     width, height = config.rbmod.get("width"), config.rbmod.get("height")
     if width and height:
         return int(width), int(height)
-    return (side, side) if side else DEFAULT_SIZE
+    side = config.rbmod.get("resolution") or (128 if config.preset == "tiny" else None)
+    return (int(side), int(side)) if side else DEFAULT_SIZE
 
 
 def _sizes(table, default: tuple[int, int]) -> list[tuple[int, int]]:
