@@ -71,3 +71,24 @@ def test_dry_run_from_the_cli_writes_nothing(tmp_path):
     assert not output.exists()
     assert "rows 30 in 1 shards of 64" in result.output
     assert "1152x896 10 rows" in result.output and "GPU-hours for the planned rows" in result.output
+
+
+def test_a_streamed_plan_gives_the_same_bill(tmp_path, monkeypatch):
+    """A manifest big enough to be planned through disk is priced from the plan file, batch by batch."""
+    import pipeline.run.plan as plan_module
+
+    manifest = sized_manifest(tmp_path, rows=40)
+    config = RunConfig.load(None, {"preset": "stable-cascade", "shard_size": 8, "quota": {"kept": 5}})
+    in_memory = dry_run(str(manifest), config, assume_acceptance=0.3)
+    import manifests.plan_stream as plan_stream
+
+    streamed_plans = []
+    stream = plan_stream.stream_plan
+    monkeypatch.setattr(
+        plan_stream,
+        "stream_plan",
+        lambda *a, **k: streamed_plans.append(stream(*a, **k)) or streamed_plans[-1],
+    )
+    monkeypatch.setattr(plan_module, "STREAM_ROWS", 1)
+    streamed = dry_run(str(manifest), config, assume_acceptance=0.3)
+    assert len(streamed_plans) == 1 and streamed == in_memory

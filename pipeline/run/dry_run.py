@@ -79,17 +79,28 @@ def dry_run(
     from pipeline.run.plan import plan_run
 
     plan, _ = plan_run(manifest, config)
-    table = plan.table
     default = default_size(config)
-    sizes = _sizes(table, default)
-    steps = table.column("steps").to_pylist() if "steps" in table.column_names else [None] * table.num_rows
     per_image, source = _seconds_per_image(config)
     preset_steps = PRESET_STEPS.get(config.preset, 1)
-    row_seconds = [
-        per_image * (w * h / REFERENCE_AREA) * ((s or preset_steps) / preset_steps)
-        for (w, h), s in zip(sizes, steps, strict=True)
-    ]
-    buckets = Counter(sizes)
+    quota = config.quota
+    buckets: Counter = Counter()
+    seconds = 0.0
+    groups: dict[str, list[float]] = {}  # group -> [rows, seconds]
+    for batch in _plan_batches(plan, ["width", "height", "steps", quota.per if quota else None]):
+        sizes = _sizes(batch, default)
+        steps = (
+            batch.column("steps").to_pylist() if "steps" in batch.column_names else [None] * batch.num_rows
+        )
+        row_seconds = [
+            per_image * (w * h / REFERENCE_AREA) * ((s or preset_steps) / preset_steps)
+            for (w, h), s in zip(sizes, steps, strict=True)
+        ]
+        buckets.update(sizes)
+        seconds += sum(row_seconds)
+        if quota is not None:
+            for value, cost in zip(batch.column(quota.per).to_pylist(), row_seconds, strict=True):
+                group = groups.setdefault(quota.group_of({quota.per: value}), [0, 0.0])
+                group[0], group[1] = group[0] + 1, group[1] + cost
     acceptance, acceptance_source = _acceptance(assume_acceptance, like, config)
     result = DryRun(
         rows=plan.num_rows,
@@ -100,11 +111,25 @@ def dry_run(
         acceptance_source=acceptance_source,
         seconds_per_image={size: per_image * size[0] * size[1] / REFERENCE_AREA for size in buckets},
         cost_source=source,
-        gpu_hours=sum(row_seconds) / 3600,
+        gpu_hours=seconds / 3600,
     )
-    if config.quota is not None:
-        _price_quota(result, table, row_seconds, config)
+    if quota is not None:
+        _price_quota(result, groups, config)
     return result
+
+
+def _plan_batches(plan, columns: list[str | None]):
+    """The plan's rows, a batch at a time, with only `columns` (those it has): a streamed plan is read
+    from its file, so a 10^8-row dry run never holds the plan."""
+    if hasattr(plan, "path"):  # manifests.plan_stream.StreamedPlan
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(plan.path)
+        wanted = [name for name in columns if name in file.schema_arrow.names]
+        yield from file.iter_batches(columns=wanted or ["uid"])
+        return
+    table = plan.table
+    yield from table.select([name for name in columns if name in table.column_names]).to_batches()
 
 
 def default_size(config: RunConfig) -> tuple[int, int]:
@@ -156,22 +181,18 @@ def _acceptance(assume: float | None, like: str | None, config: RunConfig) -> tu
     return 0.5, "assumed; give --assume-acceptance or --like OUTPUT"
 
 
-def _price_quota(result: DryRun, table, row_seconds: list[float], config: RunConfig) -> None:
+def _price_quota(result: DryRun, groups: dict[str, list[float]], config: RunConfig) -> None:
     quota, a = config.quota, result.acceptance
-    groups: dict[str, list[float]] = {}
-    for value, seconds in zip(table.column(quota.per).to_pylist(), row_seconds, strict=True):
-        groups.setdefault(quota.group_of({quota.per: value}), []).append(seconds)
     expected = most = 0
     extra_seconds = 0.0
-    for seconds in groups.values():
-        planned = len(seconds)
+    for planned, seconds in groups.values():
         budget = max(math.floor(quota.max_factor * planned) - planned, 0)
         if a * planned >= quota.kept:
             continue
         result.groups_short += 1
         needed = budget if a <= 0 else min(budget, max(math.ceil(quota.kept / a) - planned, 0))
         expected, most = expected + needed, most + budget
-        extra_seconds += needed * sum(seconds) / planned
+        extra_seconds += needed * seconds / planned
     result.groups = len(groups)
     result.quota_rows_expected, result.quota_rows_max = expected, most
     result.quota_gpu_hours = extra_seconds / 3600
