@@ -36,7 +36,8 @@ import pyarrow.compute as pc
 from manifests.reseed import reseed_rows
 from manifests.schema import QUOTA_ROUND
 from pipeline.output.run_record import generations, retry_shards, shard_sizes
-from pipeline.output.shard_tables import newest_rows, read_shard_tables
+from pipeline.output.shard_dataset import ShardDataset
+from pipeline.output.shard_tables import newest_rows
 from pipeline.run.append import add_generation, stored_plan
 from pipeline.run.resume import read_run_record
 from pipeline.run_config import QuotaSection
@@ -122,8 +123,7 @@ class QuotaTracker:
                 for group in counts:
                     tracker.groups[group].open_shards += 1
         done = {s: m for s, m in markers.items() if s in tracker.shard_groups}
-        rows, _ = read_shard_tables(store, done, keep=lambda name: name in ("uid", "shard_id", "status"))
-        rows = newest_rows(rows)
+        rows = newest_rows(ShardDataset(store, done).read(["uid", "shard_id", "status"]))
         for uid, status in zip(
             rows.column("uid").to_pylist(), rows.column("status").to_pylist(), strict=True
         ):
