@@ -316,3 +316,20 @@ def test_brightness_is_the_bt601_luminance_and_loads_no_model(config):
     ]
     assert scores["brightness"] == pytest.approx(expected, abs=1e-12)
     assert isinstance(scorer.models, LazyScoringModels) and scorer.models._loaded is None  # no CLIP, no DINO
+
+
+def test_naming_the_scorers_imports_no_torch():
+    """Every shard's parquet schema resolves the configured scorers: a process that never scores (the
+    fake generator with scoring off) must not pay torch's import for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pipeline.scoring.registry import DEFAULT_SCORERS\n"
+        "from pipeline.worker.shard_files import shard_table_schema\n"
+        "shard_table_schema(None, DEFAULT_SCORERS + ('aesthetic', 'nsfw', 'brightness'))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

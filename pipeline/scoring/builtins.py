@@ -25,7 +25,20 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.scoring.registry import ScoreModule, ScorerContext, ScorerError
-from pipeline.scoring.scorer import _cosines, _unit
+
+
+# Imported on use: resolving the scorers' names and outputs (every shard's parquet schema does) must not
+# import torch into a process that never scores.
+def _cosines(a, b):
+    from pipeline.scoring.scorer import _cosines
+
+    return _cosines(a, b)
+
+
+def _unit(vectors):
+    from pipeline.scoring.scorer import _unit
+
+    return _unit(vectors)
 
 
 class ClipScores(ScoreModule):
