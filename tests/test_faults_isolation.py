@@ -44,9 +44,6 @@ def test_a_row_that_hangs_every_time_fails_alone(ray_cluster, tmp_path):
             "execution.max_attempts": 2,
             "execution.first_deadline_s": DEADLINE_S,
             "execution.min_deadline_s": DEADLINE_S,
-            # the observed pace (shard 0's first run includes the actor's warm-up) times 1, not 4: the
-            # second hang waits a deadline near DEADLINE_S, not several times it
-            "execution.deadline_factor": 1.0,
         }
     )
     summary = run_job(str(manifest), str(output), config, actors=2, live=False)
