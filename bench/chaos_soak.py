@@ -91,16 +91,16 @@ class Soak:
         self.planned = {
             path: read_manifest(str(path)).column("uid").to_pylist() for path in (self.manifest, self.bigger)
         }
-        self.config = config = fake_config(
-            **{
-                "shard_size": args.shard_size,
-                "generator.fake.latency_s": args.latency,
-                "execution.first_deadline_s": 120,
-                "execution.min_deadline_s": 60,
-                "execution.drain_s": 10,
-                "execution.storage_outage_s": 120,
-            }
-        )
+        settings = {
+            "shard_size": args.shard_size,
+            "execution.first_deadline_s": 120,
+            "execution.min_deadline_s": 60,
+            "execution.drain_s": 10,
+            "execution.storage_outage_s": 120,
+        }
+        self.config = config = fake_config(**settings, **{"generator.fake.latency_s": args.latency})
+        # the latency only sleeps: `--reference worker` makes the same tars without it (tests/test_faults.py)
+        self.reference_config = fake_config(**settings)
         self.config_file = work / "run.yaml"
         self.config_file.write_text(yaml.safe_dump(config.to_dict()))
         self.disk_full_flag = work / "disk-full"
@@ -160,7 +160,9 @@ class Soak:
             return self.reference[manifest]
         folder, started = self.work / "undisturbed", time.monotonic()
         if self.args.reference == "worker":
-            self.reference[manifest] = reference_tars(self.work, manifest, self.config, self.shards(manifest))
+            self.reference[manifest] = reference_tars(
+                self.work, manifest, self.reference_config, self.shards(manifest)
+            )
         else:
             stage = Stage(self, "local", str(folder), lambda: 0, dict)
             for append in [m == self.bigger for m in dict.fromkeys((self.manifest, manifest))]:

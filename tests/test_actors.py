@@ -21,7 +21,8 @@ def test_deadline_is_the_floor_until_shards_finish_then_scales_with_observed_tim
 
 @pytest.mark.slow
 def test_each_actor_holds_its_own_logical_gpu(ray_cluster, tmp_path):
-    config = fake_config(**{"scoring.enabled": True})  # scoring loads torch in the actors
+    # scoring loads torch in the actors; one scorer without weights is enough for that
+    config = fake_config(**{"scoring.enabled": True, "scoring.scorers": ["brightness"]})
     pool = GeneratorPool(config.model_dump_json(), str(tmp_path / "out"), size=4, torch_threads=3)
     try:
         infos = pool.wait_ready(timeout_s=120)

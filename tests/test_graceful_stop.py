@@ -1,5 +1,5 @@
-"""SIGTERM to a real `stylegen run` (a subprocess with its own local Ray) drains and exits 143 with one
-line and no Ray crash dump, and a rerun of the same run (in this process, on the shared local Ray)
+"""SIGTERM to a real `stylegen run` (a subprocess joining the suite's shared local Ray) drains and exits
+143 with one line and no Ray crash dump, and a rerun of the same run (in this process, on that Ray)
 finishes with tars byte-identical to a run without Ray; SIGINT then a second signal (no Ray needed):
 the second exits at once; SIGTERM while Ray starts (its handlers stood in for ray.init's) stops with 143."""
 
@@ -62,7 +62,10 @@ def test_sigterm_drains_and_exits_143_then_a_rerun_finishes_byte_identical(ray_c
     config_file.write_text(yaml.safe_dump(config.to_dict()))
     output = tmp_path / "out"
     command = [sys.executable, "-m", "pipeline.cli.app", "run", str(manifest), "--output", str(output)]
+    # it joins the module's Ray (a Ray start of its own would cost seconds); ray.init installs its
+    # SIGTERM handlers in a driver that connects as in one that starts Ray
     command += ["--config", str(config_file), "--actors", "2"]
+    command += ["--address", ray_cluster.get_runtime_context().gcs_address]
 
     # 1. SIGTERM after the first commit: drains, one line, exit 143, the log says why
     driver = start(command)
