@@ -72,7 +72,7 @@ def check_against_pandas(store) -> None:
     rows = expected_rows(store)
     assert sorted(data.rows.column("uid").to_pylist()) == sorted(rows["uid"])
     assert data.rows.column("uid").to_pylist() == rows["uid"].tolist()  # (shard_id, uid) order
-    assert data.shards_committed == rows["shard_id"].nunique() == 5
+    assert data.shards_committed == len(store.list("_SUCCESS/")) == 5  # shard 0 may keep no newest row
     assert data.status_counts == {s: int((rows["status"] == s).sum()) for s in ("kept", "rejected", "failed")}
 
     rejected = rows[rows["status"] == "rejected"]
