@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+# Registered here, before any test module imports it, so pytest rewrites its asserts too.
+pytest_plugins = ["s3_fixtures"]
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
