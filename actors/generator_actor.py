@@ -42,6 +42,13 @@ class HeartbeatActor:
     async def report(
         self, attempt_id: str, shard_id: int, images_done: int, actor_index: int, running: str | None = None
     ) -> None:
+        previous = self._attempts.get(attempt_id)
+        if previous is not None:
+            # Calls to an async actor may run out of order: a progress beat sent before a row was
+            # announced (isolation mode) must not erase that row, nor move the count back.
+            if running is None and images_done <= previous["images_done"]:
+                running = previous["running"]
+            images_done = max(images_done, previous["images_done"])
         self._attempts[attempt_id] = {
             "shard_id": shard_id,
             "images_done": images_done,

@@ -136,3 +136,21 @@ def test_an_actor_killed_for_good_mid_run_is_replaced_and_the_run_completes(ray_
     # the shards the dead actor held were rerun (the one it was generating charged as usual for a crash)
     assert all(store.read_marker(shard) is not None for shard in range(8))
     assert max(ready for _, ready, _ in scheduler.actor_timeline) == 2
+
+
+def test_a_progress_beat_arriving_after_a_row_announcement_does_not_erase_it(ray_cluster):
+    """An async actor may run calls out of order: isolation's culprit must survive a late progress beat
+    (the flaky "no row to blame" after a crash), and the count never moves back."""
+    import ray
+
+    from actors.generator_actor import HeartbeatActor
+
+    beats = HeartbeatActor.remote()
+    ray.get(beats.report.remote("a1", 0, 4, 0, "uid-4"))  # row 4 announced, then it runs
+    ray.get(beats.report.remote("a1", 0, 4, 0))  # the beat sent after row 3, arriving late
+    assert ray.get(beats.snapshot.remote())["a1"]["running"] == "uid-4"
+    ray.get(beats.report.remote("a1", 0, 5, 0))  # row 4 done: nothing runs now
+    ray.get(beats.report.remote("a1", 0, 3, 0))  # an older beat still
+    beat = ray.get(beats.snapshot.remote())["a1"]
+    assert (beat["running"], beat["images_done"]) == (None, 5)
+    ray.kill(beats)
