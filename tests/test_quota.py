@@ -44,6 +44,8 @@ def quota_manifest(folder: Path) -> Path:
             "prompt": [f"a {name} thing #{i}" for name, i in rows],
             "style": [styles[name] for name, _ in rows],
             "shade": [name for name, _ in rows],
+            # fixed seeds: the planned rows' images do not depend on the temp folder (uids do)
+            "seed": pa.array([100 + i for _, i in rows], pa.int64()),
         }
     )
     path = folder / "manifest.parquet"

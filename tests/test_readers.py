@@ -110,7 +110,11 @@ def test_webdataset_reads_image_caption_and_metadata_whatever_the_image_format(f
 def test_a_dataloader_with_two_workers_reads_every_sample_once(finished, tmp_path):
     def count(urls, **options) -> Counter:
         dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, **options)
-        loader = torch.utils.data.DataLoader(dataset.to_tuple("__key__"), num_workers=2, batch_size=None)
+        # forkserver: workers forked from a clean process, not from this one with its many threads
+        # (Arrow's pools, servers' clients: a fork of those can abort the child now and then)
+        loader = torch.utils.data.DataLoader(
+            dataset.to_tuple("__key__"), num_workers=2, batch_size=None, multiprocessing_context="forkserver"
+        )
         batches = iter(loader)
         try:
             return Counter(key for (key,) in batches)
