@@ -25,6 +25,13 @@ def pytest_collection_modifyitems(items):
 def pytest_sessionfinish(session):
     if "run_fixtures" in sys.modules:
         sys.modules["run_fixtures"].stop_shared_ray()
+    if "pyarrow.fs" in sys.modules:
+        # The AWS SDK under pyarrow's S3FileSystem (the report's reads) must be shut down while the
+        # interpreter is whole: left to the exit, it crashes the process now and then (apache/arrow#38352).
+        import gc
+
+        gc.collect()
+        sys.modules["pyarrow.fs"].finalize_s3()
 
 
 @pytest.fixture(scope="module")
