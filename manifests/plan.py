@@ -50,8 +50,21 @@ ORDERS = ("style", "uid")
 ROW_GROUP_TARGET_ROWS = 16_384
 
 
+class ShardCounts:
+    """num_shards and shard_sizes of a plan with `num_rows` and `shard_size` (in memory or streamed)."""
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_rows // self.shard_size)
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        full, rest = divmod(self.num_rows, self.shard_size)
+        return [self.shard_size] * full + ([rest] if rest else [])
+
+
 @dataclass(frozen=True)
-class Plan:
+class Plan(ShardCounts):
     manifest: pa.Table  # the normalized manifest, in its original order
     positions: np.ndarray  # manifest positions in plan order (duplicates already dropped)
     shard_size: int
@@ -64,15 +77,6 @@ class Plan:
     @property
     def num_rows(self) -> int:
         return len(self.positions)
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_rows // self.shard_size)
-
-    @property
-    def shard_sizes(self) -> list[int]:
-        full, rest = divmod(self.num_rows, self.shard_size)
-        return [self.shard_size] * full + ([rest] if rest else [])
 
     def shard(self, shard_id: int) -> pa.Table:
         """The plan rows of one shard (same columns as plan.parquet)."""

@@ -35,6 +35,7 @@ from manifests.plan import (
     PLAN_FILE,
     PLAN_VERSION,
     ROW_GROUP_TARGET_ROWS,
+    ShardCounts,
     check_plan_options,
     duplicates_error,
     plan_fingerprint,
@@ -52,7 +53,7 @@ MIN_MERGE_ROWS = 1 << 10
 
 
 @dataclass
-class StreamedPlan:
+class StreamedPlan(ShardCounts):
     """A plan written to disk: what the driver needs of it (Plan's fields but the rows) and its file."""
 
     path: Path  # plan.parquet, in a temporary folder this object owns
@@ -66,15 +67,6 @@ class StreamedPlan:
     schema: pa.Schema  # the normalized manifest's
     dropped_rows: tuple[int, ...] = field(default=())
     _folder: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_rows // self.shard_size)
-
-    @property
-    def shard_sizes(self) -> list[int]:
-        full, rest = divmod(self.num_rows, self.shard_size)
-        return [self.shard_size] * full + ([rest] if rest else [])
 
     @cached_property
     def table(self) -> pa.Table:

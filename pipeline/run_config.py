@@ -101,7 +101,11 @@ class QuotaSection(_Section):
 
     def group_of(self, row: dict[str, Any]) -> str:
         """The group a plan row (as a dict) belongs to; the driver and the workers use this one function."""
-        value = row.get(self.per)
+        return self.group_key(row.get(self.per))
+
+    @staticmethod
+    def group_key(value: Any) -> str:
+        """The group of a `per` column value (null: the group "")."""
         return "" if value is None else str(value)
 
 

@@ -11,11 +11,10 @@ import pyarrow as pa
 STATUSES = ("kept", "rejected", "failed")
 
 
-@dataclass
-class BucketStats:
-    width: int | None  # None: a row that left its size to the run and has no image (failed)
-    height: int | None
-    counts: dict[str, int]  # status -> rows
+class StatusCounts:
+    """Rows and kept share of a group of rows with `counts` (status -> rows): a style, a size bucket."""
+
+    counts: dict[str, int]
 
     @property
     def rows(self) -> int:
@@ -23,9 +22,16 @@ class BucketStats:
 
     @property
     def kept_share(self) -> float | None:
-        """Kept over generated (kept + rejected): what the filters let through at this size."""
+        """Kept over generated (kept + rejected): what the filters let through."""
         generated = self.counts["kept"] + self.counts["rejected"]
         return self.counts["kept"] / generated if generated else None
+
+
+@dataclass
+class BucketStats(StatusCounts):
+    width: int | None  # None: a row that left its size to the run and has no image (failed)
+    height: int | None
+    counts: dict[str, int]  # status -> rows
 
     @property
     def label(self) -> str:

@@ -28,7 +28,7 @@ from pipeline.output.accounting import planned_counts
 from pipeline.output.run_record import generations, load_run_record, load_summary
 from pipeline.output.shard_dataset import ShardDataset
 from pipeline.output.shard_tables import newest_rows, with_status
-from pipeline.report.buckets import BucketStats, bucket_stats
+from pipeline.report.buckets import BucketStats, StatusCounts, bucket_stats
 from pipeline.report.runs import parse_time, run_history
 
 STATUSES = ("kept", "rejected", "failed")
@@ -83,19 +83,10 @@ class Timing:
 
 
 @dataclass
-class StyleStats:
+class StyleStats(StatusCounts):
     style: str
     counts: dict[str, int]  # status -> rows
     score_means: dict[str, float | None]  # over the style's generated rows
-
-    @property
-    def rows(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def kept_share(self) -> float | None:
-        generated = self.counts["kept"] + self.counts["rejected"]
-        return self.counts["kept"] / generated if generated else None
 
 
 @dataclass

@@ -99,7 +99,7 @@ def dry_run(
         seconds += sum(row_seconds)
         if quota is not None:
             for value, cost in zip(batch.column(quota.per).to_pylist(), row_seconds, strict=True):
-                group = groups.setdefault(quota.group_of({quota.per: value}), [0, 0.0])
+                group = groups.setdefault(quota.group_key(value), [0, 0.0])
                 group[0], group[1] = group[0] + 1, group[1] + cost
     acceptance, acceptance_source = _acceptance(assume_acceptance, like, config)
     result = DryRun(

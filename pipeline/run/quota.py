@@ -275,5 +275,4 @@ def plan_reseeds(store, tracker: QuotaTracker) -> tuple[dict[str, Any], dict[int
 
 
 def _group_keys(rows: pa.Table, quota: QuotaSection) -> list[str]:
-    column = rows.column(quota.per).to_pylist()
-    return [quota.group_of({quota.per: value}) for value in column]
+    return [quota.group_key(value) for value in rows.column(quota.per).to_pylist()]
